@@ -1,0 +1,54 @@
+"""sandbox_magics: run notebook cells in pooled sandboxes, locally, on Nomad or on Modal.
+
+``%load_ext sandbox_magics`` registers ``%%sandbox``/``%sandbox``; ``from sandbox_magics
+import Client`` gives the same operations as a Python API, sync and await-able.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .exceptions import (
+    AcquireTimeoutError,
+    AgentAuthError,
+    AgentRequestError,
+    ClosedError,
+    ProfileError,
+    RunFailedError,
+    SandboxError,
+    SandboxLostError,
+    SandboxStartError,
+)
+from .kernel import Client
+from .profiles import Profile, load_profiles
+from .runs import Run, RunSpec, RunState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
+    "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState",
+    "SandboxError", "SandboxLostError", "SandboxStartError", "load_profiles",
+    "load_ipython_extension", "unload_ipython_extension",
+]
+
+_MAGICS_KEY = "sandbox_magics"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics; the manager and its loop start on first use."""
+    from .magics import SandboxMagics
+    magics = SandboxMagics(shell=ipython)
+    ipython.register_magics(magics)
+    ipython.configurables.append(magics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Stop every sandbox of this kernel and remove the magics."""
+    from .magics import SandboxMagics
+    for magics in list(ipython.magics_manager.registry.values()):
+        if isinstance(magics, SandboxMagics):
+            magics.close()
+    ipython.magics_manager.registry.pop("SandboxMagics", None)
+    ipython.magics_manager.magics["line"].pop("sandbox", None)
+    ipython.magics_manager.magics["cell"].pop("sandbox", None)

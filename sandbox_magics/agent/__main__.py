@@ -1,0 +1,85 @@
+"""Run the sandbox agent: ``python -m sandbox_magics.agent --root DIR --slots K``.
+
+The bearer token comes from ``$SANDBOX_AGENT_TOKEN`` (never argv, which ``ps`` shows). Once
+listening it prints one JSON line ``{"port": ..., "pid": ...}`` on stdout. It exits on
+SIGTERM/SIGINT, on ``POST /v1/shutdown``, when its parent process dies, and after
+``--idle-timeout`` seconds without a request or a running command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from . import protocol
+from .app import idle_seconds, make_app
+
+WATCH_INTERVAL = 0.5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m sandbox_magics.agent", description=__doc__)
+    parser.add_argument("--root", required=True, type=Path, help="directory for slot workspaces")
+    parser.add_argument("--slots", type=int, default=1, help="number of slot workspaces")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=0, help="port (0: pick a free one)")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process is no longer our parent")
+    parser.add_argument("--idle-timeout", type=float, default=600.0,
+                        help="exit after this many idle seconds (0: never)")
+    args = parser.parse_args(argv)
+    if args.slots < 1:
+        parser.error(f"--slots must be at least 1, got {args.slots}")
+    return args
+
+
+async def serve(args: argparse.Namespace, token: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app = make_app(token, args.root, args.slots, stop)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
+    watcher = asyncio.ensure_future(_watch(app, args, stop))
+    try:
+        await stop.wait()
+    finally:
+        watcher.cancel()
+        await runner.cleanup()
+
+
+async def _watch(app: web.Application, args: argparse.Namespace, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await asyncio.sleep(WATCH_INTERVAL)
+        if args.parent_pid is not None and os.getppid() != args.parent_pid:
+            print("agent: parent process is gone; exiting", file=sys.stderr, flush=True)
+            stop.set()
+        elif args.idle_timeout > 0 and idle_seconds(app) > args.idle_timeout:
+            print("agent: idle timeout reached; exiting", file=sys.stderr, flush=True)
+            stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    token = os.environ.pop(protocol.TOKEN_ENV, "")
+    if not token:
+        print(f"agent: set ${protocol.TOKEN_ENV} to the bearer token", file=sys.stderr)
+        return 2
+    asyncio.run(serve(args, token))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

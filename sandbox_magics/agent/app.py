@@ -1,0 +1,252 @@
+"""The agent's aiohttp application: a route table over K slot workspaces.
+
+Routes (all under ``/v1``, all behind the bearer token)::
+
+    GET  /health                          slots, running runs, pid
+    POST /slots/{slot}/exec               run argv in the slot; stream frames (protocol.py)
+    POST /slots/{slot}/cancel             stop the slot's run: SIGINT, SIGTERM, SIGKILL
+    POST /slots/{slot}/reset              empty the slot's workspace
+    GET  /slots/{slot}/files              list files  (?path= is not taken: whole workspace)
+    GET  /slots/{slot}/files/{path}       download one file
+    PUT  /slots/{slot}/files/{path}       upload one file (parents created)
+    POST /shutdown                        stop the agent
+
+If the client of an exec goes away mid-stream, the run is killed: nobody could read its
+output or its exit code, and a kernel that died must not leave work running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import process, protocol, workspace
+from .auth import bearer_auth
+
+SLOTS = web.AppKey("slots", list)
+STATE = web.AppKey("state", dict)
+STOP = web.AppKey("stop", asyncio.Event)
+
+_DISCONNECT_POLL = 1.0
+
+
+def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
+             base_env: dict[str, str] | None = None) -> web.Application:
+    """Build the agent app serving ``slots`` workspaces below ``root``."""
+    if not token:
+        raise ValueError("the agent needs a non-empty token")
+    app = web.Application(middlewares=[bearer_auth(token), _activity], client_max_size=1024**3)
+    app[SLOTS] = []
+    for i in range(slots):
+        path = root / f"slot-{i}"
+        path.mkdir(parents=True, exist_ok=True)
+        app[SLOTS].append(process.Slot(index=i, path=path))
+    app[STATE] = {"last_activity": time.monotonic(),
+                  "base_env": dict(os.environ if base_env is None else base_env)}
+    app[STATE]["base_env"].pop(protocol.TOKEN_ENV, None)
+    app[STOP] = stop
+    app.cleanup_ctx.append(_kill_children_on_exit)
+    p = protocol.API
+    app.router.add_routes([
+        web.get(f"{p}/health", health),
+        web.post(f"{p}/slots/{{slot}}/exec", exec_run),
+        web.post(f"{p}/slots/{{slot}}/cancel", cancel),
+        web.post(f"{p}/slots/{{slot}}/reset", reset),
+        web.get(f"{p}/slots/{{slot}}/files", list_files),
+        web.get(f"{p}/slots/{{slot}}/files/{{path:.+}}", get_file),
+        web.put(f"{p}/slots/{{slot}}/files/{{path:.+}}", put_file),
+        web.post(f"{p}/shutdown", shutdown),
+    ])
+    return app
+
+
+def idle_seconds(app: web.Application) -> float:
+    """Seconds since the last request ended, or 0 while any slot is running."""
+    if any(slot.busy for slot in app[SLOTS]):
+        return 0.0
+    return time.monotonic() - app[STATE]["last_activity"]
+
+
+@web.middleware
+async def _activity(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    finally:
+        request.app[STATE]["last_activity"] = time.monotonic()
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _slot(request: web.Request) -> process.Slot:
+    slots = request.app[SLOTS]
+    try:
+        index = int(request.match_info["slot"])
+        if index < 0:
+            raise IndexError(index)
+        return slots[index]
+    except (ValueError, IndexError):
+        raise web.HTTPNotFound(
+            text=f'{{"error": "no slot {request.match_info["slot"]!s}; slots are 0..{len(slots) - 1}"}}',
+            content_type="application/json",
+        ) from None
+
+
+def _confined(request: web.Request, slot: process.Slot) -> Path:
+    try:
+        return workspace.confine(slot.path, request.match_info["path"])
+    except workspace.PathEscapeError as exc:
+        raise web.HTTPForbidden(text=f'{{"error": "{exc}"}}', content_type="application/json") from None
+
+
+async def health(request: web.Request) -> web.Response:
+    slots = request.app[SLOTS]
+    return web.json_response({
+        "ok": True, "pid": os.getpid(), "slots": len(slots),
+        "running": [s.index for s in slots if s.busy],
+    })
+
+
+async def exec_run(request: web.Request) -> web.StreamResponse:
+    slot = _slot(request)
+    body = await request.json()
+    argv, run_id = body.get("argv"), body.get("run_id")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return _error(400, "argv must be a non-empty list of strings")
+    if not isinstance(run_id, str) or not run_id:
+        return _error(400, "run_id must be a non-empty string")
+    if slot.busy:
+        return _error(409, f"slot {slot.index} is busy with run {slot.run_id}")
+    env = {**request.app[STATE]["base_env"], **body.get("env", {})}
+    stdin = body.get("stdin")
+    stdin_bytes = stdin.encode() if isinstance(stdin, str) else None
+    timeout = body.get("timeout")
+
+    response = web.StreamResponse(headers={"Content-Type": protocol.FRAME_CONTENT_TYPE})
+    slot.run_id = run_id
+    try:
+        try:
+            proc = await process.start(slot, run_id, argv, env, stdin_bytes)
+        except (FileNotFoundError, PermissionError) as exc:
+            await response.prepare(request)
+            missing = exc.filename or argv[0]
+            await response.write(protocol.json_frame(protocol.EXIT, {
+                "exit_code": protocol.EXIT_NOT_FOUND, "signal": None, "reason": "not-found",
+                "error": f"{missing!r} cannot be run in the sandbox ({exc.strerror}); "
+                         "install it in the image or pick another interpreter",
+            }))
+            await response.write_eof()
+            return response
+        await response.prepare(request)
+        await response.write(protocol.json_frame(protocol.START, {"pid": proc.pid, "pgid": proc.pid}))
+        frames: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+        pumper = asyncio.ensure_future(_pump_then_close(proc, stdin_bytes, frames, timeout, slot))
+        try:
+            await _forward(request, response, frames)
+        finally:
+            if not pumper.done():
+                slot.stop_reason = "client-gone"
+                process.killpg(proc.pid, signal.SIGKILL)
+                pumper.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pumper
+        await response.write(protocol.json_frame(protocol.EXIT, pumper.result()))
+        await response.write_eof()
+        return response
+    finally:
+        slot.run_id, slot.process = None, None
+        slot.done.set()
+
+
+async def _pump_then_close(proc: asyncio.subprocess.Process, stdin: bytes | None,
+                           frames: asyncio.Queue[bytes | None], timeout: float | None,
+                           slot: process.Slot) -> dict[str, Any]:
+    try:
+        return await process.pump(proc, stdin, frames, timeout, slot)
+    finally:
+        await frames.put(None)
+
+
+async def _forward(request: web.Request, response: web.StreamResponse,
+                   frames: asyncio.Queue[bytes | None]) -> None:
+    """Write frames until the pump ends; raise ConnectionResetError if the client left."""
+    while True:
+        try:
+            item = await asyncio.wait_for(frames.get(), _DISCONNECT_POLL)
+        except asyncio.TimeoutError:
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("client went away") from None
+            continue
+        if item is None:
+            return
+        await response.write(item)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    slot = _slot(request)
+    body = await request.json() if request.can_read_body else {}
+    run_id, grace = body.get("run_id"), float(body.get("grace", 2.0))
+    proc = slot.process
+    if proc is None or (run_id and run_id != slot.run_id):
+        return web.json_response({"step": "not-running"})
+    slot.stop_reason = "cancelled"
+    step = await process.stop(proc, grace)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(slot.done.wait(), 5.0)
+    return web.json_response({"step": step})
+
+
+async def reset(request: web.Request) -> web.Response:
+    slot = _slot(request)
+    if slot.busy:
+        return _error(409, f"slot {slot.index} is busy with run {slot.run_id}")
+    workspace.reset(slot.path)
+    return web.json_response({"ok": True})
+
+
+async def list_files(request: web.Request) -> web.Response:
+    slot = _slot(request)
+    files = await asyncio.get_running_loop().run_in_executor(None, workspace.list_files, slot.path)
+    return web.json_response({"files": files})
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    path = _confined(request, _slot(request))
+    if not path.is_file():
+        return _error(404, f"no file {request.match_info['path']!r} in the workspace")
+    return web.FileResponse(path)
+
+
+async def put_file(request: web.Request) -> web.Response:
+    slot = _slot(request)
+    path = _confined(request, slot)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _confined(request, slot)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    size = 0
+    with os.fdopen(fd, "wb") as fh:
+        async for chunk in request.content.iter_chunked(protocol.MAX_CHUNK):
+            fh.write(chunk)
+            size += len(chunk)
+    return web.json_response({"path": request.match_info["path"], "size": size})
+
+
+async def shutdown(request: web.Request) -> web.Response:
+    request.app[STOP].set()
+    return web.json_response({"ok": True})
+
+
+async def _kill_children_on_exit(app: web.Application) -> AsyncIterator[None]:
+    yield
+    for slot in app[SLOTS]:
+        if slot.process is not None:
+            process.killpg(slot.process.pid, signal.SIGKILL)

@@ -1,0 +1,151 @@
+"""`AgentSandbox`: a sandbox reached through the HTTP agent (local and Nomad backends).
+
+Every request carries the bearer token; the token never appears in a repr or a message.
+Connection failures mid-run become `SandboxLostError`; refusals become `AgentRequestError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..agent import protocol
+from ..exceptions import AgentAuthError, AgentRequestError, SandboxLostError
+from .base import ExecEvent, ExecRequest, Exited, FileInfo, Output, Sandbox, Started
+
+HEALTH_TIMEOUT = 2.0
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=60.0)
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=None)
+_LOST = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError,
+         ConnectionError)
+
+
+class AgentSandbox(Sandbox):
+    """A sandbox whose slots are served by an agent at ``base_url``."""
+
+    def __init__(self, sandbox_id: str, slots: int, base_url: str, token: str,
+                 session: aiohttp.ClientSession) -> None:
+        self.id = sandbox_id
+        self.slots = slots
+        self.base_url = base_url.rstrip("/") + protocol.API
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.base_url} slots={self.slots}>"
+
+    def describe(self) -> dict[str, object]:
+        return {"address": self.base_url}
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", REQUEST_TIMEOUT)
+        try:
+            async with self._session.request(method, self.base_url + path,
+                                             headers=self._headers, **kwargs) as resp:
+                await _raise_for_status(resp, self.id)
+                return await resp.json()
+        except _LOST as exc:
+            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({exc!s}).") from None
+
+    async def exec(self, slot: int, request: ExecRequest) -> AsyncIterator[ExecEvent]:
+        body = {"run_id": request.run_id, "argv": list(request.argv), "env": dict(request.env),
+                "stdin": request.stdin, "timeout": request.timeout}
+        try:
+            async with self._session.post(f"{self.base_url}/slots/{slot}/exec", json=body,
+                                          headers=self._headers, timeout=STREAM_TIMEOUT) as resp:
+                await _raise_for_status(resp, self.id)
+                while True:
+                    header = await resp.content.readexactly(protocol.HEADER.size)
+                    kind, length = protocol.HEADER.unpack(header)
+                    payload = await resp.content.readexactly(length) if length else b""
+                    if kind == protocol.STDOUT:
+                        yield Output("stdout", payload)
+                    elif kind == protocol.STDERR:
+                        yield Output("stderr", payload)
+                    elif kind == protocol.START:
+                        yield Started(json.loads(payload).get("pgid"))
+                    elif kind == protocol.EXIT:
+                        info = json.loads(payload)
+                        yield Exited(info.get("exit_code"), info.get("signal"),
+                                     info.get("reason"), info.get("error"))
+                        return
+        except _LOST as exc:
+            raise SandboxLostError(
+                f"Sandbox {self.id} was lost during the run ({type(exc).__name__}: {exc!s})."
+            ) from None
+
+    async def cancel(self, slot: int, run_id: str, grace: float = 2.0) -> str:
+        result = await self._request("POST", f"/slots/{slot}/cancel",
+                                     json={"run_id": run_id, "grace": grace},
+                                     timeout=aiohttp.ClientTimeout(total=grace * 3 + 10))
+        return str(result["step"])
+
+    async def list_files(self, slot: int) -> list[FileInfo]:
+        result = await self._request("GET", f"/slots/{slot}/files")
+        return [FileInfo(f["path"], f["size"], f["mtime"]) for f in result["files"]]
+
+    async def upload(self, slot: int, local: Path, remote: str) -> None:
+        with open(local, "rb") as fh:
+            await self._request("PUT", f"/slots/{slot}/files/{_quote(remote)}", data=fh)
+
+    async def download(self, slot: int, remote: str, local: Path) -> None:
+        url = f"{self.base_url}/slots/{slot}/files/{_quote(remote)}"
+        try:
+            async with self._session.get(url, headers=self._headers,
+                                         timeout=REQUEST_TIMEOUT) as resp:
+                await _raise_for_status(resp, self.id)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                with open(local, "wb") as fh:
+                    async for chunk in resp.content.iter_chunked(protocol.MAX_CHUNK):
+                        fh.write(chunk)
+        except _LOST as exc:
+            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({exc!s}).") from None
+
+    async def reset(self, slot: int) -> None:
+        await self._request("POST", f"/slots/{slot}/reset")
+
+    async def health(self) -> dict[str, Any]:
+        return dict(await self._request("GET", "/health",
+                                        timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)))
+
+    async def is_alive(self) -> bool:
+        try:
+            await self.health()
+        except (SandboxLostError, AgentRequestError, AgentAuthError, asyncio.TimeoutError):
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        """Ask the agent to stop; it kills its running process groups as it goes."""
+        await self._request("POST", "/shutdown", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT))
+
+    async def terminate(self) -> None:
+        try:
+            await self.shutdown()
+        except (SandboxLostError, AgentRequestError, AgentAuthError, asyncio.TimeoutError):
+            pass
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote
+    return quote(path, safe="/")
+
+
+async def _raise_for_status(resp: aiohttp.ClientResponse, sandbox_id: str) -> None:
+    if resp.status < 400:
+        return
+    try:
+        message = (await resp.json()).get("error", resp.reason)
+    except (aiohttp.ContentTypeError, json.JSONDecodeError, ValueError):
+        message = resp.reason
+    if resp.status == 401:
+        raise AgentAuthError(
+            f"The agent of sandbox {sandbox_id} refused the token; the sandbox was started "
+            "by another kernel or its token was lost: shut it down and start a new one."
+        )
+    raise AgentRequestError(f"Sandbox {sandbox_id} refused the request: {message}.", resp.status)

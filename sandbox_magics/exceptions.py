@@ -1,0 +1,67 @@
+"""Errors raised by sandbox_magics; every message says what happened and what to do.
+
+The tree::
+
+    SandboxError
+    ├── ProfileError            a profiles file, profile or key is invalid
+    ├── SandboxStartError       a sandbox could not be started
+    ├── SandboxLostError        a sandbox died or stopped answering mid-run
+    ├── AgentAuthError          the agent refused the token
+    ├── AgentRequestError       the agent refused a request (bad path, busy slot, ...)
+    ├── AcquireTimeoutError     no slot became free within the acquire timeout
+    ├── ClosedError             the client or pool has been shut down
+    └── RunFailedError          a run ended with a non-zero exit, a timeout or a cancel
+
+In IPython every error renders as its one-line message, not a traceback wall
+(``_render_traceback_``, the hook ipyparallel's remote errors use too).
+"""
+
+from __future__ import annotations
+
+
+class SandboxError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+class ProfileError(SandboxError, ValueError):
+    """Raised when a profiles file, a profile or one of its keys is invalid."""
+
+
+class SandboxStartError(SandboxError):
+    """Raised when a backend cannot start a sandbox."""
+
+
+class SandboxLostError(SandboxError):
+    """Raised when a sandbox dies or stops answering while a run uses it."""
+
+
+class AgentAuthError(SandboxError):
+    """Raised when the sandbox agent refuses the bearer token."""
+
+
+class AgentRequestError(SandboxError):
+    """Raised when the sandbox agent refuses a request (path escape, busy slot, ...)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AcquireTimeoutError(SandboxError, TimeoutError):
+    """Raised when no slot of a pool becomes free within the acquire timeout."""
+
+
+class ClosedError(SandboxError):
+    """Raised when an operation is attempted on a client or pool that has been shut down."""
+
+
+class RunFailedError(SandboxError):
+    """Raised when a run exits non-zero, times out, is cancelled or loses its sandbox."""
+
+    def __init__(self, message: str, run_id: str, exit_code: int | None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.exit_code = exit_code

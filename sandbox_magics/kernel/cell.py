@@ -1,0 +1,85 @@
+"""Stream a run into the current cell: each chunk printed as it arrives, Ctrl-C cancels.
+
+Output is written from the thread that runs the cell (so it lands in that cell), decoded
+by incremental UTF-8 decoders so a character split across chunks prints whole.
+"""
+
+from __future__ import annotations
+
+import codecs
+import queue
+import sys
+import time
+from typing import TextIO
+
+from ..runs import Run
+from ..runs.run import Listener
+from .client import Client
+
+POLL = 0.2
+DRAIN_AFTER_CANCEL = 5.0
+
+
+def stream_to_cell(client: Client, run: Run, chunks: queue.SimpleQueue[tuple[str, bytes]],
+                   out: TextIO | None = None, err: TextIO | None = None) -> Run:
+    """Print ``run``'s output from ``chunks`` (fed by `queue_listener`) until it ends.
+
+    On KeyboardInterrupt the remote process group is stopped, the rest of the output is
+    printed, a line says which signal did it, and KeyboardInterrupt is raised again.
+    """
+    out, err = out or sys.stdout, err or sys.stderr
+    writer = _Writer(out, err)
+    try:
+        writer.drain(chunks, run, deadline=None)
+    except KeyboardInterrupt:
+        step = client.cancel(run)
+        writer.drain(chunks, run, deadline=DRAIN_AFTER_CANCEL)
+        err.write(f"[sandbox] interrupted: run {run.id}'s process group was stopped "
+                  f"({step}) and its slot freed.\n")
+        err.flush()
+        raise
+    finally:
+        writer.close()
+    return run
+
+
+def queue_listener(chunks: queue.SimpleQueue[tuple[str, bytes]]) -> Listener:
+    """A run listener that forwards every event to ``chunks``."""
+    def listener(run: Run, stream: str, data: bytes) -> None:
+        chunks.put((stream, data))
+    return listener
+
+
+class _Writer:
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.files = {"stdout": out, "stderr": err}
+        self.decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+                         for name in self.files}
+
+    def drain(self, chunks: queue.SimpleQueue[tuple[str, bytes]], run: Run,
+              deadline: float | None) -> None:
+        end = None if deadline is None else time.monotonic() + deadline
+        while end is None or time.monotonic() < end:
+            try:
+                stream, data = chunks.get(timeout=POLL)
+            except queue.Empty:
+                if run.done and chunks.empty():
+                    return
+                continue
+            if stream in self.files:
+                text = self.decoders[stream].decode(data)
+                if text:
+                    self.files[stream].write(text)
+                    self.files[stream].flush()
+            elif stream == "notice":
+                self.files["stderr"].write(f"[sandbox] {data.decode()}\n")
+                self.files["stderr"].flush()
+            elif stream == "state" and run.done:
+                return
+
+    def close(self) -> None:
+        for name, decoder in self.decoders.items():
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                self.files[name].write(tail)
+                self.files[name].flush()

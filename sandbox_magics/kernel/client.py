@@ -1,0 +1,183 @@
+"""`Client`: the Python API — the manager on its own loop thread, sync and async twins.
+
+Each operation is written once as a coroutine on the manager's loop; the blocking form
+waits for it with a bounded timeout, the ``a``-prefixed form awaits it from any loop::
+
+    from sandbox_magics import Client
+    client = Client()
+    run = client.run("echo hi", "bash")          # blocks; run.stdout == "hi\\n"
+    run = await client.arun("print(1)", "python")
+    client.shutdown()
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from ..backends import Backend, make_backend
+from ..exceptions import ClosedError
+from ..manager import Manager
+from ..profiles import Profile, load_profiles
+from ..runs import Run, RunSpec
+from ..runs.run import Listener
+from .loop import LoopThread
+
+CALL_TIMEOUT = 60.0
+SHUTDOWN_TIMEOUT = 120.0
+
+
+class Client:
+    """Runs commands in pooled sandboxes.
+
+    Args:
+        profiles_file: a TOML profiles file (default: ``$SANDBOX_MAGICS_PROFILES`` or none).
+        backend_factory: makes a backend from its name (tests pass their own).
+        pool_options: keyword arguments for every `Pool` (``tick``, ``cooldown``).
+    """
+
+    def __init__(self, profiles_file: str | os.PathLike[str] | None = None, *,
+                 backend_factory: Callable[[str], Backend] = make_backend,
+                 pool_options: dict[str, Any] | None = None) -> None:
+        self.profiles_file = profiles_file
+        self._loop = LoopThread()
+        self._manager = Manager(self._profiles, backend_factory, pool_options)
+        self._closed = False
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._manager.runs)} runs"
+        return f"<sandbox_magics.Client {state}>"
+
+    def _profiles(self) -> dict[str, Profile]:
+        return load_profiles(self.profiles_file)
+
+    @property
+    def manager(self) -> Manager:
+        """The async core; use it only from coroutines run by this client's loop."""
+        return self._manager
+
+    def profile(self, name: str) -> Profile:
+        return self._manager.profile(name)
+
+    def profiles(self) -> pd.DataFrame:
+        """Every profile as a DataFrame, one row per profile (secret names only)."""
+        rows = [p.as_row() for p in self._profiles().values()]
+        return pd.DataFrame(rows).set_index("name")
+
+    def _spec(self, code: str, interpreter: str, profile: str, timeout: float | None,
+              env: Mapping[str, str] | None, session: str | None, name: str | None) -> RunSpec:
+        return RunSpec(code=code, interpreter=interpreter, profile=profile, timeout=timeout,
+                       env=dict(env or {}), session=session, name=name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("This sandbox client has been shut down; create a new Client "
+                              "(or run %reload_ext sandbox_magics).")
+
+    async def _submit(self, spec: RunSpec, listener: Listener | None) -> Run:
+        run = self._manager.submit(spec)
+        if listener is not None:
+            run.add_listener(listener)
+        run._cancel = lambda: self.cancel(run)
+        return run
+
+    def submit(self, code: str, interpreter: str = "bash", *, profile: str = "default",
+               timeout: float | None = None, env: Mapping[str, str] | None = None,
+               session: str | None = None, name: str | None = None,
+               listener: Listener | None = None) -> Run:
+        """Start ``code`` under ``interpreter`` in a slot of ``profile``; return the Run at once.
+
+        ``listener(run, stream, data)`` is attached before any output can arrive.
+        """
+        self._check_open()
+        spec = self._spec(code, interpreter, profile, timeout, env, session, name)
+        return self._loop.run(self._submit(spec, listener), CALL_TIMEOUT)
+
+    async def asubmit(self, code: str, interpreter: str = "bash", *, profile: str = "default",
+                      timeout: float | None = None, env: Mapping[str, str] | None = None,
+                      session: str | None = None, name: str | None = None,
+                      listener: Listener | None = None) -> Run:
+        """Await-able twin of `submit`."""
+        self._check_open()
+        spec = self._spec(code, interpreter, profile, timeout, env, session, name)
+        return await self._loop.arun(self._submit(spec, listener))
+
+    def run(self, code: str, interpreter: str = "bash", *, check: bool = True,
+            **options: Any) -> Run:
+        """Run ``code`` and wait for it; raise `RunFailedError` if it fails and ``check``.
+
+        Ctrl-C cancels the remote run before KeyboardInterrupt propagates.
+        """
+        run = self.submit(code, interpreter, **options)
+        try:
+            run.wait()
+        except KeyboardInterrupt:
+            self.cancel(run)
+            raise
+        return run.check() if check else run
+
+    async def arun(self, code: str, interpreter: str = "bash", *, check: bool = True,
+                   **options: Any) -> Run:
+        """Await-able twin of `run`."""
+        run = await self.asubmit(code, interpreter, **options)
+        await run
+        return run.check() if check else run
+
+    def get_run(self, key: str | Run) -> Run:
+        """A run by id or name (the latest of that name)."""
+        return key if isinstance(key, Run) else self._manager.runs.get(key)
+
+    def cancel(self, run: str | Run) -> str:
+        """Stop a run; return the step that did it (dequeued, SIGINT, SIGTERM, SIGKILL)."""
+        run = self.get_run(run)
+        return self._loop.run(self._manager.cancel(run), CALL_TIMEOUT)
+
+    async def acancel(self, run: str | Run) -> str:
+        return await self._loop.arun(self._manager.cancel(self.get_run(run)))
+
+    def runs(self) -> pd.DataFrame:
+        """The history of this client's runs, one row each."""
+        return self._manager.runs.to_frame()
+
+    async def _status(self) -> list[dict[str, Any]]:
+        return self._manager.status()
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every pool as plain data: sandboxes, slot states, queue, recent events."""
+        return self._loop.run(self._status(), CALL_TIMEOUT)
+
+    def scale(self, profile: str, sandboxes: int) -> None:
+        """Keep exactly ``sandboxes`` sandboxes of ``profile`` running."""
+        self._loop.run(self._manager.scale(profile, sandboxes), CALL_TIMEOUT)
+
+    async def ascale(self, profile: str, sandboxes: int) -> None:
+        await self._loop.arun(self._manager.scale(profile, sandboxes))
+
+    def shutdown(self) -> None:
+        """Cancel every run and stop every sandbox; the client cannot be used afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._loop.run(self._manager.shutdown(), SHUTDOWN_TIMEOUT)
+        finally:
+            self._loop.stop()
+
+    async def ashutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._loop.arun(self._manager.shutdown())
+        self._loop.stop()
+
+
+def _shutdown_at_exit(ref: weakref.ref[Client]) -> None:
+    client = ref()
+    if client is not None:
+        client.shutdown()

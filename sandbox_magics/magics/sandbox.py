@@ -1,0 +1,189 @@
+"""``%%sandbox`` and ``%sandbox``: thin magics over `sandbox_magics.Client`.
+
+Cell form: run the cell in a pooled sandbox, streaming its output into the cell. Line
+form: ``%sandbox profiles|runs|status|logs RUN|cancel RUN|scale PROFILE N|shutdown``.
+"""
+
+from __future__ import annotations
+
+import queue
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Unicode, observe
+
+from ..exceptions import ProfileError
+from ..kernel import Client
+from ..kernel.cell import queue_listener, stream_to_cell
+from ._args import parse_env, run_args
+
+
+@magics_class
+class SandboxMagics(Magics):
+    """Run cells in pooled sandboxes (local, Nomad, Modal)."""
+
+    profiles_file = Unicode(
+        "", config=True,
+        help="TOML file of sandbox profiles; empty: $SANDBOX_MAGICS_PROFILES or built-ins only.",
+    )
+    raise_error = Bool(
+        True, config=True,
+        help="Whether a failed %%sandbox cell raises an error when neither "
+             "--raise-error nor --no-raise-error is given.",
+    )
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        """The kernel's client, created on first use (loading the extension stays cheap)."""
+        if self._client is None:
+            self._client = Client(self.profiles_file or None)
+        return self._client
+
+    @observe("profiles_file")
+    def _profiles_file_changed(self, change: dict[str, Any]) -> None:
+        if self._client is not None:
+            self._client.profiles_file = change["new"] or None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.shutdown()
+            self._client = None
+
+    @magic_arguments()
+    @run_args
+    @line_cell_magic
+    def sandbox(self, line: str, cell: str | None = None) -> Any:
+        """Run the cell in a pooled sandbox, or manage the pools.
+
+        ``%%sandbox [interpreter] [options]`` feeds the cell on stdin to ``interpreter``
+        (default bash) in a free slot of ``--profile``; output streams into the cell as it
+        is produced. A non-zero exit raises an error naming the exit code and the run id
+        (``--no-raise-error`` to keep going). Interrupting the kernel kills the remote
+        process group, frees the slot and ends the cell with KeyboardInterrupt.
+
+        Line form::
+
+            %sandbox profiles             the profiles, as a DataFrame
+            %sandbox runs                 every run of this kernel, as a DataFrame
+            %sandbox status               every pool's sandboxes and slots
+            %sandbox logs RUN             the full log of a run (id or name)
+            %sandbox cancel RUN           stop a run
+            %sandbox scale PROFILE N      keep N sandboxes of PROFILE running
+            %sandbox shutdown             stop every sandbox and run of this kernel
+
+        Examples::
+
+            %%sandbox bash
+            echo "hello from $PWD"
+
+            %%sandbox python --profile high-memory --timeout 30 --env MODE=fast
+            import os; print(os.environ["MODE"])
+
+            %%sandbox bash --session prep
+            echo 42 > answer.txt
+        """
+        if cell is None:
+            return self._line(line)
+        args = parse_argstring(self.sandbox, line)
+        self._check_profile(args.profile)
+        chunks: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        run = self.client.submit(
+            cell, args.interpreter, profile=args.profile, timeout=args.timeout,
+            env=parse_env(args.env), session=args.session, listener=queue_listener(chunks))
+        stream_to_cell(self.client, run, chunks)
+        raise_error = self.raise_error if args.raise_error is None else args.raise_error
+        if raise_error:
+            run.check()
+        return None
+
+    def _check_profile(self, name: str) -> None:
+        profiles = self.client.manager.profiles()
+        if name not in profiles:
+            raise UsageError(f"Unknown profile {name!r}; valid profiles are: "
+                             f"{', '.join(sorted(profiles))}.")
+
+    def _line(self, line: str) -> Any:
+        words = shlex.split(line)
+        if not words:
+            raise UsageError(f"%sandbox needs a subcommand: {', '.join(sorted(self._commands))}.")
+        command = self._commands.get(words[0])
+        if command is None:
+            raise UsageError(f"Unknown %sandbox subcommand {words[0]!r}; valid subcommands "
+                             f"are: {', '.join(sorted(self._commands))}.")
+        return command(self, shlex.join(words[1:]))
+
+    def _run_key(self, key: str) -> Any:
+        try:
+            return self.client.get_run(key)
+        except KeyError as exc:
+            raise UsageError(exc.args[0]) from None
+
+    @magic_arguments()
+    def _profiles(self, line: str) -> pd.DataFrame:
+        parse_argstring(self._profiles, line)
+        return self.client.profiles()
+
+    @magic_arguments()
+    def _runs(self, line: str) -> pd.DataFrame:
+        parse_argstring(self._runs, line)
+        return self.client.runs()
+
+    @magic_arguments()
+    def _status(self, line: str) -> pd.DataFrame:
+        parse_argstring(self._status, line)
+        rows = []
+        for pool in self.client.status():
+            for box in pool["sandboxes"] or [{"id": None, "state": "none", "slots": []}]:
+                slots = box["slots"]
+                rows.append({"profile": pool["profile"], "backend": pool["backend"],
+                             "sandbox": box["id"], "state": box["state"],
+                             "busy": slots.count("busy"), "free": slots.count("free"),
+                             "session": slots.count("session"), "queued": pool["queued"]})
+        return pd.DataFrame(rows, columns=["profile", "backend", "sandbox", "state", "busy",
+                                           "free", "session", "queued"])
+
+    @magic_arguments()
+    @argument("run", help="run id or name")
+    def _logs(self, line: str) -> None:
+        args = parse_argstring(self._logs, line)
+        print(self._run_key(args.run).log.text(), end="")
+
+    @magic_arguments()
+    @argument("run", help="run id or name")
+    def _cancel(self, line: str) -> None:
+        args = parse_argstring(self._cancel, line)
+        run = self._run_key(args.run)
+        step = self.client.cancel(run)
+        print(f"Run {run.id}: {step}; now {run.state.value}.")
+
+    @magic_arguments()
+    @argument("profile", help="profile name")
+    @argument("sandboxes", type=int, help="number of sandboxes to keep running")
+    def _scale(self, line: str) -> None:
+        args = parse_argstring(self._scale, line)
+        self._check_profile(args.profile)
+        try:
+            self.client.scale(args.profile, args.sandboxes)
+        except ProfileError as exc:
+            raise UsageError(str(exc)) from None
+
+    @magic_arguments()
+    def _shutdown(self, line: str) -> None:
+        parse_argstring(self._shutdown, line)
+        stopped = sum(len(p["sandboxes"]) for p in self.client.status()) if self._client else 0
+        self.close()
+        print(f"Stopped {stopped} sandbox(es); nothing of this kernel is running.")
+
+    _commands: dict[str, Callable[[SandboxMagics, str], Any]] = {
+        "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
+        "cancel": _cancel, "scale": _scale, "shutdown": _shutdown,
+    }

@@ -1,0 +1,205 @@
+"""`Manager`: the async core — pools per profile, the run registry, and each run's drive.
+
+One cell's path: ``submit(spec)`` → ``pool.acquire`` → ``sandbox.exec`` → chunks into the
+run's log and listeners → ``pool.release``. Everything here runs on one event loop (the
+kernel bridge's thread); other threads reach it through `sandbox_magics.kernel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from .backends import Backend, make_backend
+from .backends.base import ExecRequest, Exited, Output, Started
+from .exceptions import ClosedError, ProfileError, SandboxError, SandboxLostError
+from .pool import Lease, Pool, PoolEvent
+from .profiles import Profile
+from .runs import Run, RunRegistry, RunSpec, RunState
+
+CANCEL_GRACE = 2.0
+EXEC_SLACK = 30.0
+
+_EXIT_STATES = {"timeout": RunState.TIMED_OUT, "cancelled": RunState.CANCELLED,
+                "not-found": RunState.ERROR}
+
+
+class Manager:
+    """Pools, runs and backends of one kernel. Loop-bound: call from its loop only."""
+
+    def __init__(self, load_profiles: Callable[[], dict[str, Profile]],
+                 backend_factory: Callable[[str], Backend] = make_backend,
+                 pool_options: dict[str, Any] | None = None) -> None:
+        self._load_profiles = load_profiles
+        self._backend_factory = backend_factory
+        self._pool_options = pool_options or {}
+        self.backends: dict[str, Backend] = {}
+        self.pools: dict[str, Pool] = {}
+        self.runs = RunRegistry()
+        self.listeners: list[Callable[[PoolEvent], None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._leases: dict[str, Lease] = {}
+        self._closed = False
+
+    def profiles(self) -> dict[str, Profile]:
+        return self._load_profiles()
+
+    def profile(self, name: str) -> Profile:
+        """The profile called ``name``; a `ProfileError` lists the valid names otherwise."""
+        profiles = self.profiles()
+        if name not in profiles:
+            raise ProfileError(
+                f"Unknown profile {name!r}; valid profiles are: {', '.join(sorted(profiles))}.")
+        return profiles[name]
+
+    def pool(self, profile: Profile) -> Pool:
+        if self._closed:
+            raise ClosedError("The sandbox manager has been shut down; load the extension again.")
+        pool = self.pools.get(profile.name)
+        if pool is None:
+            if profile.backend not in self.backends:
+                self.backends[profile.backend] = self._backend_factory(profile.backend)
+            pool = Pool(profile, self.backends[profile.backend], on_event=self._on_event,
+                        **self._pool_options)
+            self.pools[profile.name] = pool
+            pool.start()
+        elif pool.profile != profile:
+            pool.update_profile(profile)
+        return pool
+
+    def _on_event(self, event: PoolEvent) -> None:
+        for listener in list(self.listeners):
+            listener(event)
+
+    def submit(self, spec: RunSpec, run_id: str | None = None) -> Run:
+        """Queue ``spec`` and return its `Run` at once; the run proceeds in a task."""
+        profile = self.profile(spec.profile)
+        pool = self.pool(profile)
+        run = Run(run_id or self.runs.next_id(), spec, profile.backend)
+        self.runs.add(run)
+        for notice in pool.backend.notices(profile):
+            run._notice(notice)
+        task = asyncio.ensure_future(self._drive(run, profile, pool))
+        self._tasks[run.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(run.id, None))
+        return run
+
+    async def _drive(self, run: Run, profile: Profile, pool: Pool) -> None:
+        try:
+            lease = await pool.acquire(run.spec.session, timeout=profile.acquire_timeout)
+        except asyncio.CancelledError:
+            run._finish(RunState.CANCELLED, error="cancelled while queued")
+            return
+        except SandboxError as exc:
+            run._finish(RunState.ERROR, error=str(exc))
+            return
+        if run.spec.session and (notice := pool.session_notice(run.spec.session)):
+            run._notice(notice)
+        self._leases[run.id] = lease
+        outcome: tuple[RunState, int | None, str | None] = (
+            RunState.ERROR, None, "the run ended without an exit status")
+        try:
+            run._start(lease.sandbox_id, lease.index)
+            outcome = await self._execute(run, profile, pool, lease)
+        except asyncio.CancelledError:
+            outcome = (RunState.CANCELLED, None, "the manager shut down")
+        finally:
+            self._leases.pop(run.id, None)
+            with contextlib.suppress(Exception):
+                await pool.release(lease, reset=run.spec.session is None)
+            run._finish(*outcome)
+
+    async def _execute(self, run: Run, profile: Profile, pool: Pool,
+                       lease: Lease) -> tuple[RunState, int | None, str | None]:
+        """Run the command in the leased slot; return (state, exit code, error)."""
+        timeout = run.spec.timeout or profile.run_timeout
+        request = ExecRequest(
+            run_id=run.id, argv=(run.spec.interpreter,),
+            env={**profile.env, **run.spec.env, "SANDBOX_RUN_ID": run.id},
+            stdin=run.spec.code, timeout=timeout)
+        exec_task = asyncio.ensure_future(self._consume(run, lease, request))
+        lost_task = asyncio.ensure_future(lease.lost.wait())
+        try:
+            done, _ = await asyncio.wait({exec_task, lost_task},
+                                         timeout=timeout + EXEC_SLACK if timeout else None,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if exec_task in done:
+                try:
+                    return _outcome(exec_task.result())
+                except SandboxLostError as exc:
+                    pool.mark_lost(lease.slot.sandbox, str(exc))
+                    return RunState.LOST, None, lease.slot.lost_reason or str(exc)
+            if lost_task in done:
+                return RunState.LOST, None, lease.slot.lost_reason
+            pool.mark_lost(lease.slot.sandbox, f"run {run.id} outlived its timeout by "
+                                               f"{EXEC_SLACK:g} s without the sandbox ending it")
+            return RunState.TIMED_OUT, None, "the sandbox did not stop the run in time"
+        finally:
+            for task in (exec_task, lost_task):
+                task.cancel()
+            await asyncio.gather(exec_task, lost_task, return_exceptions=True)
+
+    async def _consume(self, run: Run, lease: Lease, request: ExecRequest) -> Exited:
+        async for event in lease.sandbox.exec(lease.index, request):
+            if isinstance(event, Output):
+                run._output(event.stream, event.data)
+            elif isinstance(event, Started):
+                run.pgid = event.pgid
+            elif isinstance(event, Exited):
+                return event
+        raise SandboxLostError(f"Sandbox {lease.sandbox_id} ended the stream without an exit status.")
+
+    async def cancel(self, run: Run, grace: float = CANCEL_GRACE) -> str:
+        """Stop ``run``; return what it took ("dequeued", "SIGINT", "SIGTERM", ...)."""
+        if run.done:
+            return "already-finished"
+        lease = self._leases.get(run.id)
+        if lease is None:
+            task = self._tasks.get(run.id)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return "dequeued"
+        try:
+            step = await lease.sandbox.cancel(lease.index, run.id, grace)
+        except SandboxError as exc:
+            pool = self.pools[run.profile]
+            pool.mark_lost(lease.slot.sandbox, f"cancel failed: {exc}")
+            step = "sandbox-retired"
+        task = self._tasks.get(run.id)
+        if task is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), grace * 3 + 5)
+        return step
+
+    async def scale(self, profile_name: str, sandboxes: int) -> None:
+        if sandboxes < 0:
+            raise ProfileError(f"Cannot scale profile {profile_name!r} to {sandboxes}; give 0 or more.")
+        await self.pool(self.profile(profile_name)).scale(sandboxes)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [pool.snapshot() for pool in self.pools.values()]
+
+    async def shutdown(self) -> None:
+        """Cancel every run, stop every sandbox, close every backend."""
+        self._closed = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(pool.aclose() for pool in self.pools.values()), return_exceptions=True)
+        self.pools.clear()
+        await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
+        self.backends.clear()
+
+
+def _outcome(exited: Exited) -> tuple[RunState, int | None, str | None]:
+    state = _EXIT_STATES.get(exited.reason or "")
+    if state is None:
+        state = RunState.SUCCEEDED if exited.exit_code == 0 else RunState.FAILED
+    error = exited.error
+    if state is RunState.FAILED and exited.signal:
+        error = f"killed by signal {exited.signal}"
+    return state, exited.exit_code, error

@@ -1,0 +1,346 @@
+"""`Pool`: the sandboxes × slots of one profile, shared fairly among runs.
+
+Policy lives here, I/O in the backend. Acquire is first-in first-out with a timeout; when
+every slot is busy and the pool is below ``max_sandboxes`` it starts more; a maintenance
+task checks health, keeps ``min_sandboxes`` running and stops sandboxes idle for longer
+than ``idle_timeout`` (no more than one scale-down per ``cooldown``). A sandbox that dies
+is retired and the runs on it see their lease's ``lost`` event. Loop-bound: every method
+runs on the manager's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends.base import Backend
+from ..exceptions import AcquireTimeoutError, ClosedError, SandboxError, SandboxStartError
+from ..profiles import Profile
+from .state import Lease, PoolEvent, SandboxRecord, SandboxState, SlotRecord
+
+HEALTH_TIMEOUT = 3.0
+RESET_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+EVENT_HISTORY = 200
+
+
+@dataclass(eq=False)
+class _Waiter:
+    future: asyncio.Future[Lease]
+    slot: SlotRecord | None
+    session: str | None
+
+
+class Pool:
+    """Sandboxes of one profile. Start with `start`, stop with `aclose`."""
+
+    def __init__(self, profile: Profile, backend: Backend,
+                 on_event: Callable[[PoolEvent], None] | None = None,
+                 tick: float = 1.0, cooldown: float = 10.0) -> None:
+        self.profile = profile
+        self.backend = backend
+        self.sandboxes: list[SandboxRecord] = []
+        self.events: collections.deque[PoolEvent] = collections.deque(maxlen=EVENT_HISTORY)
+        self._on_event = on_event
+        self._tick = tick
+        self._cooldown = cooldown
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._sessions: dict[str, SlotRecord] = {}
+        self._lost_sessions: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._counter = 0
+        self._last_scale_down = 0.0
+        self._closed = False
+        self._maintenance: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (f"<Pool {self.profile.name} sandboxes={len(self._live())} "
+                f"busy={self.busy_slots} queued={self.queued}>")
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for w in self._waiters if not w.future.done())
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(s.busy for r in self.sandboxes for s in r.slots)
+
+    def start(self) -> None:
+        """Start the maintenance task and the ``min_sandboxes``."""
+        if self._maintenance is None:
+            self._maintenance = asyncio.ensure_future(self._maintain())
+            self._ensure_min()
+
+    def _emit(self, kind: str, sandbox: str | None = None, detail: str = "") -> None:
+        event = PoolEvent(self.profile.name, kind, sandbox, detail)
+        self.events.append(event)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _live(self) -> list[SandboxRecord]:
+        return [r for r in self.sandboxes if r.state in (SandboxState.STARTING, SandboxState.READY)]
+
+    async def acquire(self, session: str | None = None, timeout: float | None = None) -> Lease:
+        """Wait for a free slot (the session's own slot if it has one) and lease it.
+
+        Raises:
+            AcquireTimeoutError: no slot came free within ``timeout`` seconds.
+            SandboxStartError: the pool has no sandbox and could not start one.
+            ClosedError: the pool was shut down.
+        """
+        if self._closed:
+            raise ClosedError(f"The pool of profile {self.profile.name!r} has been shut down.")
+        slot = self._sessions.get(session) if session else None
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), slot, session)
+        self._waiters.append(waiter)
+        self._dispatch()
+        self._scale_up()
+        try:
+            return await asyncio.wait_for(waiter.future, timeout)
+        except asyncio.TimeoutError:
+            raise AcquireTimeoutError(
+                f"No slot of profile {self.profile.name!r} came free within {timeout:g} s "
+                f"({self.busy_slots} of {self.profile.max_slots} busy, {self.queued} queued); "
+                f"wait for runs to end, cancel some, or raise max_sandboxes."
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                self._free(waiter.future.result().slot)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def session_notice(self, session: str) -> str | None:
+        """If ``session``'s sandbox was lost, say so once."""
+        reason = self._lost_sessions.pop(session, None)
+        if reason is None:
+            return None
+        return (f"Session {session!r} started afresh in a new workspace: its sandbox was lost "
+                f"({reason}), and the files in it with it.")
+
+    async def release(self, lease: Lease, reset: bool = True) -> None:
+        """Give the slot back, emptying its workspace unless it belongs to a session."""
+        if lease.released:
+            return
+        lease.released = True
+        slot = lease.slot
+        record = slot.sandbox
+        if reset and slot.session is None and record.state is SandboxState.READY and record.sandbox:
+            try:
+                await asyncio.wait_for(record.sandbox.reset(slot.index), RESET_TIMEOUT)
+            except (SandboxError, asyncio.TimeoutError) as exc:
+                self.mark_lost(record, f"could not reset slot {slot.index}: {exc}")
+        self._free(slot)
+
+    def _free(self, slot: SlotRecord) -> None:
+        slot.busy, slot.run_id = False, None
+        if slot.sandbox.idle:
+            slot.sandbox.idle_since = time.monotonic()
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters in arrival order."""
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                continue
+            if waiter.slot is not None and waiter.slot.sandbox.state is SandboxState.DEAD:
+                waiter.slot = None
+            slot = waiter.slot if waiter.slot is not None else self._free_slot()
+            if slot is None or slot.busy or slot.sandbox.state is not SandboxState.READY:
+                continue
+            slot.busy = True
+            slot.lost = asyncio.Event()
+            slot.lost_reason = None
+            slot.sandbox.idle_since = None
+            if waiter.session and slot.session is None:
+                slot.session = waiter.session
+                self._sessions[waiter.session] = slot
+            waiter.future.set_result(Lease(slot))
+
+    def _free_slot(self) -> SlotRecord | None:
+        for record in self.sandboxes:
+            if record.state is SandboxState.READY:
+                for slot in record.slots:
+                    if not slot.busy and slot.session is None:
+                        return slot
+        return None
+
+    def _scale_up(self) -> None:
+        waiting = sum(1 for w in self._waiters if not w.future.done() and w.slot is None)
+        coming = sum(r.size for r in self.sandboxes if r.state is SandboxState.STARTING)
+        room = self.profile.max_sandboxes - len(self._live())
+        need = min(room, math.ceil(max(0, waiting - coming) / self.profile.slots_per_sandbox))
+        if need > 0:
+            self._emit("scale-up", detail=f"{waiting} waiting, {coming} slots starting: "
+                                          f"starting {need} sandbox(es)")
+        for _ in range(need):
+            self._start_sandbox()
+
+    def _ensure_min(self) -> None:
+        for _ in range(self.profile.min_sandboxes - len(self._live())):
+            self._start_sandbox()
+
+    def _start_sandbox(self) -> None:
+        self._counter += 1
+        record = SandboxRecord(f"{self.profile.name}-{self._counter}", SandboxState.STARTING,
+                               self.profile.slots_per_sandbox)
+        self.sandboxes.append(record)
+        self._spawn(self._boot(record))
+
+    async def _boot(self, record: SandboxRecord) -> None:
+        try:
+            sandbox = await asyncio.wait_for(
+                self.backend.create(self.profile, record.id), self.profile.start_timeout + 5)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, SandboxError) else (
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, asyncio.TimeoutError)
+                else f"it did not start within {self.profile.start_timeout:g} s")
+            self.sandboxes.remove(record)
+            self._emit("start-failed", record.id, reason)
+            if not self._live():
+                error = SandboxStartError(
+                    f"Could not start a sandbox for profile {self.profile.name!r}: {reason}")
+                for waiter in self._waiters:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(error)
+            return
+        if self._closed:
+            await sandbox.terminate()
+            return
+        record.sandbox = sandbox
+        record.slots = [SlotRecord(record, i) for i in range(sandbox.slots)]
+        record.size = sandbox.slots
+        record.state = SandboxState.READY
+        record.idle_since = time.monotonic()
+        self._emit("ready", record.id, str(sandbox.describe().get("address", "")))
+        self._dispatch()
+
+    def mark_lost(self, record: SandboxRecord, reason: str) -> None:
+        """Retire a dead sandbox: fail its runs' leases, drop its sessions, clean it up."""
+        if record.state in (SandboxState.DEAD, SandboxState.STOPPING):
+            return
+        record.state = SandboxState.DEAD
+        for slot in record.slots:
+            if slot.busy:
+                slot.lost_reason = reason
+                slot.lost.set()
+            if slot.session is not None:
+                self._sessions.pop(slot.session, None)
+                self._lost_sessions[slot.session] = reason
+        self._emit("lost", record.id, reason)
+        self._spawn(self._retire(record))
+        self._ensure_min()
+        self._scale_up()
+        self._dispatch()
+
+    async def _retire(self, record: SandboxRecord) -> None:
+        if record.sandbox is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(record.sandbox.terminate(), STOP_TIMEOUT)
+        with contextlib.suppress(ValueError):
+            self.sandboxes.remove(record)
+
+    async def _maintain(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self._tick)
+            ready = [r for r in self.sandboxes if r.state is SandboxState.READY and r.sandbox]
+            alive = await asyncio.gather(*(self._alive(r) for r in ready))
+            for record, ok in zip(ready, alive):
+                if not ok:
+                    self.mark_lost(record, "it stopped answering health checks")
+            self._ensure_min()
+            self._scale_down()
+
+    async def _alive(self, record: SandboxRecord) -> bool:
+        assert record.sandbox is not None
+        try:
+            return await asyncio.wait_for(record.sandbox.is_alive(), HEALTH_TIMEOUT)
+        except asyncio.TimeoutError:
+            return False
+
+    def _scale_down(self) -> None:
+        now = time.monotonic()
+        if now - self._last_scale_down < self._cooldown:
+            return
+        live = len(self._live())
+        for record in list(self.sandboxes):
+            if live <= self.profile.min_sandboxes:
+                return
+            idle_for = now - record.idle_since if record.idle and record.idle_since else 0.0
+            too_old = now - record.created > self.profile.lifetime
+            if record.idle and (idle_for > self.profile.idle_timeout or too_old):
+                record.state = SandboxState.STOPPING
+                self._emit("scale-down", record.id,
+                           "lifetime reached" if too_old else f"idle for {idle_for:.0f} s")
+                self._spawn(self._retire(record))
+                self._last_scale_down = now
+                return
+
+    async def scale(self, sandboxes: int) -> None:
+        """Run exactly ``sandboxes`` sandboxes from now on (min = max = that number)."""
+        self.profile = dataclasses.replace(self.profile, min_sandboxes=sandboxes,
+                               max_sandboxes=max(sandboxes, 1))
+        self._emit("scale", detail=f"set to {sandboxes} sandbox(es)")
+        self._ensure_min()
+        for record in [r for r in self.sandboxes if r.idle][: max(0, len(self._live()) - sandboxes)]:
+            record.state = SandboxState.STOPPING
+            self._spawn(self._retire(record))
+
+    def update_profile(self, profile: Profile) -> None:
+        """Adopt a changed definition of this pool's profile (limits apply from now on)."""
+        self.profile = profile
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pool as plain data, for status views."""
+        return {
+            "profile": self.profile.name,
+            "backend": self.backend.name,
+            "slots_per_sandbox": self.profile.slots_per_sandbox,
+            "max_sandboxes": self.profile.max_sandboxes,
+            "queued": self.queued,
+            "starting": sum(r.state is SandboxState.STARTING for r in self.sandboxes),
+            "sandboxes": [
+                {"id": r.id, "state": r.state.value,
+                 "slots": [s.state for s in r.slots] or [r.state.value] * r.size,
+                 "runs": [s.run_id for s in r.slots],
+                 **(r.sandbox.describe() if r.sandbox else {})}
+                for r in self.sandboxes
+            ],
+            "events": [e.as_dict() for e in list(self.events)[-20:]],
+        }
+
+    async def aclose(self) -> None:
+        """Stop every sandbox and task; pending acquires fail with `ClosedError`."""
+        if self._closed:
+            return
+        self._closed = True
+        error = ClosedError(f"The pool of profile {self.profile.name!r} was shut down.")
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        for record in self.sandboxes:
+            for slot in record.slots:
+                if slot.busy:
+                    slot.lost_reason = "the pool was shut down"
+                    slot.lost.set()
+        tasks = [t for t in [self._maintenance, *self._tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        records = [r for r in self.sandboxes if r.sandbox is not None]
+        await asyncio.gather(*(self._retire(r) for r in records), return_exceptions=True)
+        self.sandboxes.clear()

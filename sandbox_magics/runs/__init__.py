@@ -1,0 +1,7 @@
+"""Runs: a submitted command's state, bounded log and history."""
+
+from .log import LogBuffer
+from .registry import RunRegistry
+from .run import Run, RunSpec, RunState
+
+__all__ = ["LogBuffer", "Run", "RunRegistry", "RunSpec", "RunState"]

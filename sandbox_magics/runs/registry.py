@@ -1,0 +1,55 @@
+"""`RunRegistry`: every run of this kernel, found by id or name, and the history as a DataFrame."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pandas as pd
+
+from .run import Run
+
+COLUMNS = ["id", "name", "profile", "backend", "interpreter", "session", "sandbox", "slot",
+           "state", "exit_code", "queued", "started", "ended", "wait_s", "run_s",
+           "output_bytes", "error"]
+
+
+class RunRegistry:
+    """Runs in submission order; ids are ``r1``, ``r2``, ... per kernel."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, Run] = {}
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def next_id(self) -> str:
+        with self._lock:
+            return f"r{next(self._counter)}"
+
+    def add(self, run: Run) -> None:
+        with self._lock:
+            self._runs[run.id] = run
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        with self._lock:
+            return iter(list(self._runs.values()))
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def get(self, key: str) -> Run:
+        """The run with id ``key``, else the latest run named ``key``."""
+        with self._lock:
+            if key in self._runs:
+                return self._runs[key]
+            named = [r for r in self._runs.values() if r.spec.name == key]
+        if named:
+            return named[-1]
+        known = ", ".join(list(self._runs)[-5:]) or "none yet"
+        raise KeyError(f"No run with id or name {key!r}; recent runs: {known}.")
+
+    def to_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame([run.as_row() for run in self], columns=COLUMNS)
+        for column in ("queued", "started", "ended"):
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        return frame.set_index("id")

@@ -1,0 +1,195 @@
+"""`Run`: one command's life in a slot, shaped like `asyncio.subprocess.Process`.
+
+The manager's loop thread drives a run through its states; any thread may read it, wait
+for it (``wait()``, ``await run``) or cancel it. Output goes to a bounded `LogBuffer` and to
+listeners, which are called on the manager's loop and must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..exceptions import RunFailedError
+from .log import LogBuffer
+
+
+class RunState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed-out"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+    ERROR = "error"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunState.QUEUED, RunState.RUNNING)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run: ``code`` fed on stdin to ``interpreter`` in a slot of ``profile``."""
+
+    code: str
+    interpreter: str = "bash"
+    profile: str = "default"
+    timeout: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    session: str | None = None
+    name: str | None = None
+
+
+Listener = Callable[["Run", str, bytes], None]
+
+
+class Run:
+    """A submitted command. ``returncode`` is None until it ends."""
+
+    def __init__(self, run_id: str, spec: RunSpec, backend: str,
+                 log: LogBuffer | None = None) -> None:
+        self.id = run_id
+        self.spec = spec
+        self.backend = backend
+        self.state = RunState.QUEUED
+        self.sandbox: str | None = None
+        self.slot: int | None = None
+        self.pgid: int | None = None
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self.notices: list[str] = []
+        self.queued_at = time.time()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.log = log or LogBuffer()
+        self._listeners: list[Listener] = []
+        self._done = threading.Event()
+        self._future: concurrent.futures.Future[Run] = concurrent.futures.Future()
+        self._cancel: Callable[[], Any] | None = None
+
+    def __repr__(self) -> str:
+        where = f" {self.sandbox}/slot-{self.slot}" if self.sandbox else ""
+        code = f" exit={self.exit_code}" if self.exit_code is not None else ""
+        return f"<Run {self.id} {self.spec.interpreter} [{self.spec.profile}]{where} {self.state.value}{code}>"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.id
+
+    @property
+    def profile(self) -> str:
+        return self.spec.profile
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the run has ended (None before, or when it had none)."""
+        return self.exit_code
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def stdout(self) -> str:
+        return self.log.text("stdout")
+
+    @property
+    def stderr(self) -> str:
+        return self.log.text("stderr")
+
+    def poll(self) -> int | None:
+        return self.exit_code if self.done else None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the run ends; return its exit code. Not for the manager's loop."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"Run {self.id} is still {self.state.value} after {timeout} s.")
+        return self.exit_code
+
+    def __await__(self) -> Generator[Any, None, Run]:
+        return asyncio.wrap_future(self._future).__await__()
+
+    def cancel(self) -> None:
+        """Stop the run: dequeue it, or kill its remote process group."""
+        if self._cancel is not None and not self.done:
+            self._cancel()
+
+    def check(self) -> Run:
+        """Raise `RunFailedError` unless the run succeeded; return the run."""
+        if self.state is RunState.SUCCEEDED:
+            return self
+        raise RunFailedError(self.failure_message(), self.id, self.exit_code)
+
+    def failure_message(self) -> str:
+        what = f"Run {self.id} ({self.spec.interpreter}, profile {self.spec.profile!r})"
+        if self.state is RunState.FAILED:
+            return f"{what} exited with code {self.exit_code}."
+        if self.state is RunState.TIMED_OUT:
+            return (f"{what} exceeded its timeout of {self.spec.timeout:g} s; its process group "
+                    "was killed and the slot freed. Raise --timeout to give it longer.")
+        if self.state is RunState.CANCELLED:
+            return f"{what} was cancelled; its process group was killed and the slot freed."
+        if self.state is RunState.LOST:
+            return f"{what} failed: sandbox lost ({self.error}). Run it again: the pool replaces the sandbox."
+        if self.state is RunState.ERROR:
+            return f"{what} could not run: {self.error}"
+        return f"{what} is {self.state.value}."
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(run, stream, data)`` for each chunk; stream "state" on changes."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _emit(self, stream: str, data: bytes) -> None:
+        for listener in list(self._listeners):
+            listener(self, stream, data)
+
+    def _output(self, stream: str, data: bytes) -> None:
+        self.log.append(stream, data)
+        self._emit(stream, data)
+
+    def _notice(self, text: str) -> None:
+        self.notices.append(text)
+        self._emit("notice", text.encode())
+
+    def _start(self, sandbox: str, slot: int) -> None:
+        self.sandbox, self.slot = sandbox, slot
+        self.state = RunState.RUNNING
+        self.started_at = time.time()
+        self._emit("state", b"")
+
+    def _finish(self, state: RunState, exit_code: int | None = None, error: str | None = None) -> None:
+        if self.done:
+            return
+        self.state, self.exit_code, self.error = state, exit_code, error
+        self.ended_at = time.time()
+        self._done.set()
+        self._future.set_result(self)
+        self._emit("state", b"")
+
+    def as_row(self) -> dict[str, Any]:
+        """One row of the run history."""
+        wait = (self.started_at or self.ended_at or time.time()) - self.queued_at
+        run_seconds = None
+        if self.started_at is not None:
+            run_seconds = (self.ended_at or time.time()) - self.started_at
+        return {
+            "id": self.id, "name": self.spec.name, "profile": self.spec.profile,
+            "backend": self.backend, "interpreter": self.spec.interpreter,
+            "session": self.spec.session, "sandbox": self.sandbox, "slot": self.slot,
+            "state": self.state.value, "exit_code": self.exit_code,
+            "queued": self.queued_at, "started": self.started_at, "ended": self.ended_at,
+            "wait_s": wait, "run_s": run_seconds, "output_bytes": self.log.total_bytes,
+            "error": self.error,
+        }
