@@ -18,6 +18,7 @@ from .exceptions import ClosedError, ProfileError, SandboxError, SandboxLostErro
 from .pool import Lease, Pool, PoolEvent
 from .profiles import Profile
 from .runs import Run, RunRegistry, RunSpec, RunState
+from .runs.run import Listener
 
 CANCEL_GRACE = 2.0
 EXEC_SLACK = 30.0
@@ -73,11 +74,16 @@ class Manager:
         for listener in list(self.listeners):
             listener(event)
 
-    def submit(self, spec: RunSpec, run_id: str | None = None) -> Run:
-        """Queue ``spec`` and return its `Run` at once; the run proceeds in a task."""
+    def submit(self, spec: RunSpec, listener: Listener | None = None) -> Run:
+        """Queue ``spec`` and return its `Run` at once; the run proceeds in a task.
+
+        ``listener`` is attached before anything (notices included) is emitted.
+        """
         profile = self.profile(spec.profile)
         pool = self.pool(profile)
-        run = Run(run_id or self.runs.next_id(), spec, profile.backend)
+        run = Run(self.runs.next_id(), spec, profile.backend)
+        if listener is not None:
+            run.add_listener(listener)
         self.runs.add(run)
         for notice in pool.backend.notices(profile):
             run._notice(notice)

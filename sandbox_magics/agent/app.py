@@ -135,7 +135,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     slot.run_id = run_id
     try:
         try:
-            proc = await process.start(slot, run_id, argv, env, stdin_bytes)
+            job = await process.start(argv, slot.path, env, stdin_bytes is not None)
         except (FileNotFoundError, PermissionError) as exc:
             await response.prepare(request)
             missing = exc.filename or argv[0]
@@ -146,16 +146,17 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
             }))
             await response.write_eof()
             return response
+        slot.job = job
         await response.prepare(request)
-        await response.write(protocol.json_frame(protocol.START, {"pid": proc.pid, "pgid": proc.pid}))
+        await response.write(protocol.json_frame(protocol.START, {"pid": job.pgid, "pgid": job.pgid}))
         frames: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
-        pumper = asyncio.ensure_future(_pump_then_close(proc, stdin_bytes, frames, timeout, slot))
+        pumper = asyncio.ensure_future(_pump_then_close(job, stdin_bytes, frames, timeout))
         try:
             await _forward(request, response, frames)
         finally:
             if not pumper.done():
-                slot.stop_reason = "client-gone"
-                process.killpg(proc.pid, signal.SIGKILL)
+                job.stop_reason = "client-gone"
+                process.killpg(job.pgid, signal.SIGKILL)
                 pumper.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pumper
@@ -163,15 +164,14 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
         return response
     finally:
-        slot.run_id, slot.process = None, None
-        slot.done.set()
+        slot.run_id, slot.job = None, None
 
 
-async def _pump_then_close(proc: asyncio.subprocess.Process, stdin: bytes | None,
-                           frames: asyncio.Queue[bytes | None], timeout: float | None,
-                           slot: process.Slot) -> dict[str, Any]:
+async def _pump_then_close(job: process.Job, stdin: bytes | None,
+                           frames: asyncio.Queue[bytes | None],
+                           timeout: float | None) -> dict[str, Any]:
     try:
-        return await process.pump(proc, stdin, frames, timeout, slot)
+        return await process.pump(job, stdin, frames, timeout)
     finally:
         await frames.put(None)
 
@@ -195,14 +195,11 @@ async def cancel(request: web.Request) -> web.Response:
     slot = _slot(request)
     body = await request.json() if request.can_read_body else {}
     run_id, grace = body.get("run_id"), float(body.get("grace", 2.0))
-    proc = slot.process
-    if proc is None or (run_id and run_id != slot.run_id):
+    job = slot.job
+    if job is None or (run_id and run_id != slot.run_id):
         return web.json_response({"step": "not-running"})
-    slot.stop_reason = "cancelled"
-    step = await process.stop(proc, grace)
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(slot.done.wait(), 5.0)
-    return web.json_response({"step": step})
+    job.stop_reason = "cancelled"
+    return web.json_response({"step": await process.stop(job, grace)})
 
 
 async def reset(request: web.Request) -> web.Response:
@@ -248,5 +245,5 @@ async def shutdown(request: web.Request) -> web.Response:
 async def _kill_children_on_exit(app: web.Application) -> AsyncIterator[None]:
     yield
     for slot in app[SLOTS]:
-        if slot.process is not None:
-            process.killpg(slot.process.pid, signal.SIGKILL)
+        if slot.job is not None:
+            process.killpg(slot.job.pgid, signal.SIGKILL)

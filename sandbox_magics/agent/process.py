@@ -1,8 +1,12 @@
 """One slot's process: start it in its own process group, pump its output, stop it.
 
 Output is read in chunks as produced and turned into protocol frames on a bounded queue, so
-a slow client slows the process down instead of filling the agent's memory. The run ends
-when its main process exits; anything it left running in its process group is killed.
+a slow client slows the process down instead of filling the agent's memory. A run ends
+when its main process exits; whatever it left in its process group (a ``cmd &`` holding
+stdout open) is killed after a short grace, so the run cannot hang on a straggler.
+
+asyncio's ``Process.wait()`` also waits for the pipes to close, which such a straggler
+prevents; `Job.exited` is set the moment the main process itself exits.
 """
 
 from __future__ import annotations
@@ -22,51 +26,71 @@ STRAGGLER_GRACE = 0.5
 _ESCALATION = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
 
-@dataclass
+class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The stream protocol of `asyncio.create_subprocess_exec`, plus an exit event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=protocol.MAX_CHUNK, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
+@dataclass(eq=False)
+class Job:
+    """A running command: its process, the moment it exits, the moment its output ends."""
+
+    process: asyncio.subprocess.Process
+    exited: asyncio.Event
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_reason: str | None = None
+
+    @property
+    def pgid(self) -> int:
+        return self.process.pid
+
+
+@dataclass(eq=False)
 class Slot:
-    """A workspace directory and at most one running process."""
+    """A workspace directory and at most one job."""
 
     index: int
     path: Path
     run_id: str | None = None
-    process: asyncio.subprocess.Process | None = None
-    stop_reason: str | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    job: Job | None = None
 
     @property
     def busy(self) -> bool:
         return self.run_id is not None
 
 
-def killpg(pid: int, sig: int) -> bool:
-    """Signal the process group led by ``pid``; False if it is already gone."""
+def killpg(pgid: int, sig: int) -> bool:
+    """Signal a process group; False if it is already gone."""
     try:
-        os.killpg(pid, sig)
+        os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         return False
     return True
 
 
-async def start(slot: Slot, run_id: str, argv: list[str], env: dict[str, str],
-                stdin: bytes | None) -> asyncio.subprocess.Process:
-    """Start ``argv`` in the slot's workspace as the leader of a new process group."""
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=slot.path,
-        env=env,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+async def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: bool) -> Job:
+    """Start ``argv`` in ``cwd`` as the leader of a new process group."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.subprocess_exec(
+        lambda: _ExitAwareProtocol(loop), *argv, cwd=cwd, env=env,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    slot.run_id, slot.process, slot.stop_reason = run_id, process, None
-    slot.done = asyncio.Event()
-    return process
+    return Job(asyncio.subprocess.Process(transport, proto, loop), proto.exited)
 
 
-async def pump(process: asyncio.subprocess.Process, stdin: bytes | None,
-               out: asyncio.Queue[bytes | None], timeout: float | None, slot: Slot) -> dict[str, Any]:
+async def pump(job: Job, stdin: bytes | None, out: asyncio.Queue[bytes | None],
+               timeout: float | None) -> dict[str, Any]:
     """Feed stdin, forward stdout/stderr frames to ``out``, and return the EXIT payload."""
+    process = job.process
     assert process.stdout is not None and process.stderr is not None
     started = time.monotonic()
     feeders = [
@@ -77,38 +101,44 @@ async def pump(process: asyncio.subprocess.Process, stdin: bytes | None,
         feeders.append(asyncio.ensure_future(_write_stdin(process, stdin)))
     try:
         try:
-            await asyncio.wait_for(process.wait(), timeout)
+            await asyncio.wait_for(job.exited.wait(), timeout)
         except asyncio.TimeoutError:
-            slot.stop_reason = "timeout"
-            await stop(process, grace=2.0)
+            job.stop_reason = "timeout"
+            killpg(job.pgid, signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(job.exited.wait(), 2.0)
         _, pending = await asyncio.wait(feeders, timeout=STRAGGLER_GRACE)
         if pending:
-            killpg(process.pid, signal.SIGKILL)
+            killpg(job.pgid, signal.SIGKILL)
             await asyncio.wait(pending, timeout=5.0)
     finally:
-        killpg(process.pid, signal.SIGKILL)
+        killpg(job.pgid, signal.SIGKILL)
         for task in feeders:
             task.cancel()
         await asyncio.gather(*feeders, return_exceptions=True)
-    code = process.returncode
+        job.finished.set()
+    code = await asyncio.wait_for(process.wait(), 5.0)
     return {
         "exit_code": code,
         "signal": -code if code is not None and code < 0 else None,
-        "reason": slot.stop_reason,
+        "reason": job.stop_reason,
         "seconds": round(time.monotonic() - started, 6),
     }
 
 
-async def stop(process: asyncio.subprocess.Process, grace: float) -> str:
-    """Escalate SIGINT, SIGTERM, SIGKILL on the process group; return the step that worked."""
+async def stop(job: Job, grace: float) -> str:
+    """Escalate SIGINT, SIGTERM, SIGKILL on the process group until the job has finished.
+
+    Returns the signal that ended it, or "already-exited".
+    """
     for sig in _ESCALATION:
-        if process.returncode is not None:
+        if job.finished.is_set():
             break
-        killpg(process.pid, sig)
+        killpg(job.pgid, sig)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(process.wait()), grace)
+            await asyncio.wait_for(job.finished.wait(), grace)
             return sig.name
-    return "already-exited" if process.returncode is not None else "SIGKILL"
+    return "already-exited" if job.finished.is_set() else "SIGKILL"
 
 
 async def _read(stream: asyncio.StreamReader, kind: int, out: asyncio.Queue[bytes | None]) -> None:

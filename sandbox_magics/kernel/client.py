@@ -81,9 +81,7 @@ class Client:
                               "(or run %reload_ext sandbox_magics).")
 
     async def _submit(self, spec: RunSpec, listener: Listener | None) -> Run:
-        run = self._manager.submit(spec)
-        if listener is not None:
-            run.add_listener(listener)
+        run = self._manager.submit(spec, listener)
         run._cancel = lambda: self.cancel(run)
         return run
 

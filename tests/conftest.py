@@ -1,0 +1,175 @@
+"""Shared fixtures: a real IPython kernel driven over ZMQ, agent process discovery, profiles."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.manager import KernelManager
+
+TEST_PROFILES = """
+[profiles.default]
+slots_per_sandbox = 4
+max_sandboxes = 2
+idle_timeout = 30
+
+[profiles.tiny]
+slots_per_sandbox = 1
+max_sandboxes = 1
+acquire_timeout = 1.5
+"""
+
+
+@dataclass
+class Reply:
+    """What one execute_request produced, as the frontend saw it."""
+
+    status: str
+    streams: list[tuple[float, str, str]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    sent: float = 0.0
+    replied: float = 0.0
+
+    @property
+    def stdout(self) -> str:
+        return "".join(text for _, name, text in self.streams if name == "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return "".join(text for _, name, text in self.streams if name == "stderr")
+
+    @property
+    def usage_error(self) -> str | None:
+        """The message of a UsageError, which IPython prints to stderr instead of raising."""
+        if self.status == "error" and self.stderr.startswith("UsageError: "):
+            return self.stderr[len("UsageError: "):].strip()
+        return None
+
+    @property
+    def data(self) -> list[dict[str, Any]]:
+        return [o["data"] for o in self.outputs if "data" in o]
+
+
+class Kernel:
+    """An ipykernel process and a blocking client, with an ``execute`` that keeps timings."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.manager = KernelManager(kernel_name="python3")
+        self.manager.start_kernel(env=env)
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        return self.manager.provisioner.process.pid  # type: ignore[union-attr]
+
+    def execute(self, code: str, timeout: float = 60, on_stream: Any = None) -> Reply:
+        code = textwrap.dedent(code).strip("\n")
+        reply = Reply(status="?", sent=time.monotonic())
+        msg_id = self.client.execute(code)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                reply.streams.append((time.monotonic(), content["name"], content["text"]))
+                if on_stream is not None:
+                    on_stream(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                reply.outputs.append(content)
+            elif kind == "error":
+                reply.error = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+        shell = self.client.get_shell_msg(timeout=max(1, deadline - time.monotonic()))
+        reply.status = shell["content"]["status"]
+        reply.replied = time.monotonic()
+        return reply
+
+    def shutdown(self) -> None:
+        self.client.stop_channels()
+        if self.manager.is_alive():
+            self.manager.shutdown_kernel(now=False)
+
+
+@pytest.fixture
+def profiles_file(tmp_path: Path) -> Path:
+    path = tmp_path / "profiles.toml"
+    path.write_text(TEST_PROFILES)
+    return path
+
+
+def kernel_env(profiles_file: Path, workspace: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_MAGICS")}
+    env["SANDBOX_MAGICS_PROFILES"] = str(profiles_file)
+    env["SANDBOX_MAGICS__DEFAULT__WORKSPACE_BASE"] = str(workspace)
+    env["SANDBOX_MAGICS__TINY__WORKSPACE_BASE"] = str(workspace)
+    return env
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    """One kernel per test module, with the extension loaded and test profiles."""
+    root = tmp_path_factory.mktemp("kernel")
+    profiles = root / "profiles.toml"
+    profiles.write_text(TEST_PROFILES)
+    k = Kernel(kernel_env(profiles, root / "ws"))
+    assert k.execute("%load_ext sandbox_magics").status == "ok"
+    yield k
+    k.execute("%sandbox shutdown", timeout=120)
+    k.shutdown()
+
+
+@pytest.fixture
+def fresh_kernel(profiles_file: Path, tmp_path: Path) -> Iterator[Kernel]:
+    """A kernel of its own, for tests that break or kill it."""
+    k = Kernel(kernel_env(profiles_file, tmp_path / "ws"))
+    yield k
+    k.shutdown()
+
+
+def agent_pids(parent: int | None = None) -> list[int]:
+    """Pids of running sandbox agents (children of ``parent`` if given), read from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"sandbox_magics.agent" not in argv or status[0] == "Z":
+            continue
+        if parent is not None and (b"--parent-pid" not in argv or
+                                   argv[argv.index(b"--parent-pid") + 1] != str(parent).encode()):
+            continue
+        pids.append(int(entry.name))
+    return pids
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
