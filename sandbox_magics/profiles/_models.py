@@ -51,7 +51,7 @@ class Profile:
     acquire_timeout: float = 600.0
     run_timeout: float | None = None
     secrets: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     workspace_base: str | None = None
     artifact_limit_mb: float = 50.0
     bind_host: str = "127.0.0.1"

@@ -1,0 +1,109 @@
+"""The Python API on real local agents: sync and await-able, concurrency, limits, history."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox_magics import Client, ClosedError, RunFailedError, RunState
+
+PROFILES = """
+[profiles.default]
+slots_per_sandbox = 4
+max_sandboxes = 2
+workspace_base = "{ws}"
+
+[profiles.one]
+slots_per_sandbox = 1
+max_sandboxes = 1
+acquire_timeout = 1.0
+workspace_base = "{ws}"
+"""
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[Client]:
+    path = tmp_path / "profiles.toml"
+    path.write_text(PROFILES.format(ws=tmp_path / "ws"))
+    c = Client(path)
+    yield c
+    c.shutdown()
+
+
+def test_forty_runs_on_two_by_four_never_exceed_eight_and_each_has_its_own_workspace(
+        client: Client) -> None:
+    code = 'echo start $(date +%s.%N) "$PWD"; sleep 0.4; echo end $(date +%s.%N)'
+    runs = [client.submit(code) for _ in range(40)]
+    for run in runs:
+        assert run.wait(120) == 0, run.failure_message()
+    spans = []
+    for run in runs:
+        start_line, end_line = run.stdout.splitlines()
+        _, start, pwd = start_line.split(" ", 2)
+        spans.append((float(start), float(end_line.split()[1]), pwd))
+    peak = 0
+    for start, _, pwd in spans:
+        live = [s for s in spans if s[0] <= start < s[1]]
+        peak = max(peak, len(live))
+        assert len({s[2] for s in live}) == len(live), "two concurrent runs shared a workspace"
+    assert peak == 8
+    assert {run.sandbox for run in runs} == {"default-1", "default-2"}
+    assert len({(run.sandbox, run.slot) for run in runs}) == 8
+
+
+def test_async_api_from_another_event_loop(client: Client) -> None:
+    async def main() -> list[str]:
+        runs = await asyncio.gather(*(client.arun(f"print({i} * 2)", "python") for i in range(3)))
+        return [r.stdout for r in runs]
+    assert asyncio.run(main()) == ["0\n", "2\n", "4\n"]
+
+
+def test_failed_run_raises_or_returns_by_check(client: Client) -> None:
+    with pytest.raises(RunFailedError, match=r"Run r\d+ \(bash, profile 'default'\) exited with code 5"):
+        client.run("exit 5")
+    run = client.run("exit 5", check=False)
+    assert run.returncode == 5 and run.state is RunState.FAILED
+
+
+def test_acquire_timeout_ends_the_run_with_a_clear_error(client: Client) -> None:
+    holder = client.submit("sleep 5", profile="one")
+    waiting = client.run("echo never", profile="one", check=False)
+    assert waiting.state is RunState.ERROR
+    assert "No slot of profile 'one' came free within 1 s" in waiting.failure_message()
+    client.cancel(holder)
+    assert holder.state is RunState.CANCELLED
+
+
+def test_cancel_while_queued_dequeues(client: Client) -> None:
+    holder = client.submit("sleep 5", profile="one")
+    queued = client.submit("echo never", profile="one")
+    assert client.cancel(queued) == "dequeued" and queued.state is RunState.CANCELLED
+    client.cancel(holder)
+
+
+def test_history_dataframe_has_one_row_per_run(client: Client) -> None:
+    client.run("echo a", name="first")
+    client.run("exit 1", check=False)
+    frame = client.runs()
+    assert list(frame["state"]) == ["succeeded", "failed"]
+    assert list(frame["exit_code"]) == [0, 1] and frame.loc["r1", "name"] == "first"
+    assert frame.loc["r1", "output_bytes"] == 2 and frame["run_s"].notna().all()
+    assert client.get_run("first").id == "r1"
+
+
+def test_closed_client_says_so(client: Client) -> None:
+    client.shutdown()
+    with pytest.raises(ClosedError, match="has been shut down"):
+        client.submit("echo hi")
+
+
+def test_secrets_and_tokens_stay_out_of_reprs(client: Client) -> None:
+    run = client.run("echo hi", env={"API_KEY": "hunter2"})
+    status = client.status()
+    assert "hunter2" not in repr(run) and "hunter2" not in repr(run.spec)
+    pool = client.manager.pools["default"]
+    sandbox = pool.sandboxes[0].sandbox
+    assert "Bearer" not in repr(sandbox) and "Bearer" not in str(status)
