@@ -41,6 +41,7 @@ def load_ipython_extension(ipython: Any) -> None:
     magics = SandboxMagics(shell=ipython)
     ipython.register_magics(magics)
     ipython.configurables.append(magics)
+    ipython.display_formatter.ipython_display_formatter.for_type(Run, magics.display_run)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -49,6 +50,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     for magics in list(ipython.magics_manager.registry.values()):
         if isinstance(magics, SandboxMagics):
             magics.close()
+    ipython.display_formatter.ipython_display_formatter.pop(Run, None)
     ipython.magics_manager.registry.pop("SandboxMagics", None)
     ipython.magics_manager.magics["line"].pop("sandbox", None)
     ipython.magics_manager.magics["cell"].pop("sandbox", None)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from ._paths import kernel_dir, reap_dead_kernels, user_base
 from .backends import Backend, make_backend
 from .backends.base import ExecRequest, Exited, Output, Started
 from .exceptions import ClosedError, ProfileError, SandboxError, SandboxLostError
 from .pool import Lease, Pool, PoolEvent
 from .profiles import Profile
-from .runs import Run, RunRegistry, RunSpec, RunState
+from .runs import Run, RunRegistry, RunSpec, RunState, artifacts
 from .runs.run import Listener
 
 CANCEL_GRACE = 2.0
+TRANSFER_TIMEOUT = 300.0
 EXEC_SLACK = 30.0
 
 _EXIT_STATES = {"timeout": RunState.TIMED_OUT, "cancelled": RunState.CANCELLED,
@@ -42,6 +46,7 @@ class Manager:
         self.listeners: list[Callable[[PoolEvent], None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._leases: dict[str, Lease] = {}
+        self._artifacts_dir: Path | None = None
         self._closed = False
 
     def profiles(self) -> dict[str, Profile]:
@@ -108,9 +113,15 @@ class Manager:
             RunState.ERROR, None, "the run ended without an exit status")
         try:
             run._start(lease.sandbox_id, lease.index)
+            await self._upload(run, lease)
             outcome = await self._execute(run, profile, pool, lease)
+            if outcome[0] is not RunState.LOST:
+                await self._download(run, lease)
+                await self._collect(run, lease, profile)
         except asyncio.CancelledError:
             outcome = (RunState.CANCELLED, None, "the manager shut down")
+        except (SandboxError, OSError) as exc:
+            outcome = (RunState.ERROR, None, f"file transfer failed: {exc}")
         finally:
             self._leases.pop(run.id, None)
             with contextlib.suppress(Exception):
@@ -146,6 +157,43 @@ class Manager:
             for task in (exec_task, lost_task):
                 task.cancel()
             await asyncio.gather(exec_task, lost_task, return_exceptions=True)
+
+    async def _upload(self, run: Run, lease: Lease) -> None:
+        for local, remote in run.spec.uploads:
+            source = Path(local)
+            files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+            if not files:
+                raise FileNotFoundError(f"--upload {local}: no such file or folder here")
+            for path in files:
+                target = remote if path == source else f"{remote}/{path.relative_to(source).as_posix()}"
+                await asyncio.wait_for(lease.sandbox.upload(lease.index, path, target), TRANSFER_TIMEOUT)
+
+    async def _download(self, run: Run, lease: Lease) -> None:
+        for remote, local in run.spec.downloads:
+            try:
+                await asyncio.wait_for(lease.sandbox.download(lease.index, remote, Path(local)),
+                                       TRANSFER_TIMEOUT)
+            except (SandboxError, OSError, asyncio.TimeoutError) as exc:
+                run._notice(f"--download {remote}: not copied ({exc}).")
+
+    async def _collect(self, run: Run, lease: Lease, profile: Profile) -> None:
+        if run.started_at is None:
+            return
+        dest = self.artifacts_dir / run.id
+        try:
+            run.artifacts = await asyncio.wait_for(
+                artifacts.collect(lease.sandbox, lease.index, run.started_at, dest,
+                                  int(profile.artifact_limit_mb * 2**20)), TRANSFER_TIMEOUT)
+        except (SandboxError, OSError, asyncio.TimeoutError) as exc:
+            run._notice(f"The run's artifacts could not be collected ({exc or type(exc).__name__}).")
+
+    @property
+    def artifacts_dir(self) -> Path:
+        if self._artifacts_dir is None:
+            base = user_base("artifacts")
+            reap_dead_kernels(base)
+            self._artifacts_dir = kernel_dir(base)
+        return self._artifacts_dir
 
     async def _consume(self, run: Run, lease: Lease, request: ExecRequest) -> Exited:
         async for event in lease.sandbox.exec(lease.index, request):
@@ -188,8 +236,9 @@ class Manager:
     def status(self) -> list[dict[str, Any]]:
         return [pool.snapshot() for pool in self.pools.values()]
 
-    async def shutdown(self) -> None:
-        """Cancel every run, stop every sandbox, close every backend."""
+    async def shutdown(self, purge: bool = False) -> None:
+        """Cancel every run, stop every sandbox, close every backend; ``purge`` also
+        deletes the copies of artifacts and spilled logs."""
         self._closed = True
         tasks = list(self._tasks.values())
         for task in tasks:
@@ -199,6 +248,11 @@ class Manager:
         self.pools.clear()
         await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
         self.backends.clear()
+        if purge:
+            for run in self.runs:
+                run.log.close()
+            if self._artifacts_dir is not None:
+                shutil.rmtree(self._artifacts_dir, ignore_errors=True)
 
 
 def _outcome(exited: Exited) -> tuple[RunState, int | None, str | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import textwrap
 import time
 from collections.abc import Iterator
@@ -66,6 +67,7 @@ class Kernel:
         self.client = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
+        self.messages: list[tuple[float, dict[str, Any]]] = []
 
     @property
     def pid(self) -> int:
@@ -78,6 +80,7 @@ class Kernel:
         deadline = time.monotonic() + timeout
         while True:
             msg = self.client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            self.messages.append((time.monotonic(), msg))
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]
@@ -95,6 +98,35 @@ class Kernel:
         reply.status = shell["content"]["status"]
         reply.replied = time.monotonic()
         return reply
+
+    def drain(self, seconds: float) -> None:
+        """Keep recording iopub messages (widget updates from background threads) for a while."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            try:
+                msg = self.client.get_iopub_msg(timeout=left)
+            except queue.Empty:
+                return
+            self.messages.append((time.monotonic(), msg))
+
+    def widgets(self) -> dict[str, dict[str, Any]]:
+        """Every widget model's state, rebuilt from the comm_open/comm_msg the kernel sent."""
+        states: dict[str, dict[str, Any]] = {}
+        for _, msg in self.messages:
+            content = msg["content"]
+            if msg["msg_type"] == "comm_open" and content.get("target_name") == "jupyter.widget":
+                states[content["comm_id"]] = dict(content["data"].get("state", {}))
+            elif msg["msg_type"] == "comm_msg" and content["comm_id"] in states:
+                data = content["data"]
+                if data.get("method") == "update":
+                    states[content["comm_id"]].update(data.get("state", {}))
+        return states
+
+    def comm_updates(self, model_id: str) -> list[float]:
+        """Arrival times of the update messages the kernel sent for one widget model."""
+        return [t for t, msg in self.messages if msg["msg_type"] == "comm_msg"
+                and msg["content"]["comm_id"] == model_id
+                and msg["content"]["data"].get("method") == "update"]
 
     def shutdown(self) -> None:
         self.client.stop_channels()

@@ -17,11 +17,11 @@ import os
 import secrets
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import aiohttp
 
+from .._paths import kernel_dir, reap_dead_kernels, user_base
 from ..agent import protocol
 from ..exceptions import SandboxStartError
 from ..profiles import Profile
@@ -77,11 +77,11 @@ class LocalBackend(Backend):
         return self._session
 
     def _kernel_dir(self, profile: Profile) -> Path:
-        base = Path(profile.workspace_base or Path(tempfile.gettempdir()) / f"sandbox_magics-{os.getuid()}")
+        base = Path(profile.workspace_base) if profile.workspace_base else user_base("workspaces")
         if base not in self._reaped:
             self._reaped.add(base)
-            _reap_dead_kernels(base)
-        return base / f"kernel-{os.getpid()}"
+            reap_dead_kernels(base)
+        return kernel_dir(base)
 
     def notices(self, profile: Profile) -> list[str]:
         if profile.gpu:
@@ -131,19 +131,3 @@ class LocalBackend(Backend):
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _reap_dead_kernels(base: Path) -> None:
-    """Remove workspace folders left by kernels that are no longer running."""
-    if not base.is_dir():
-        return
-    for entry in base.glob("kernel-*"):
-        try:
-            pid = int(entry.name.split("-", 1)[1])
-            os.kill(pid, 0)
-        except ValueError:
-            continue
-        except ProcessLookupError:
-            shutil.rmtree(entry, ignore_errors=True)
-        except PermissionError:
-            continue

@@ -17,6 +17,7 @@ from ..runs.run import Listener
 from .client import Client
 
 POLL = 0.2
+CELL_OUTPUT_LIMIT = 8 * 2**20
 DRAIN_AFTER_CANCEL = 5.0
 
 
@@ -43,9 +44,25 @@ def stream_to_cell(client: Client, run: Run, chunks: queue.SimpleQueue[tuple[str
     return run
 
 
-def queue_listener(chunks: queue.SimpleQueue[tuple[str, bytes]]) -> Listener:
-    """A run listener that forwards every event to ``chunks``."""
+def queue_listener(chunks: queue.SimpleQueue[tuple[str, bytes]],
+                   limit_bytes: int = CELL_OUTPUT_LIMIT) -> Listener:
+    """A run listener that forwards events to ``chunks``, output only up to ``limit_bytes``.
+
+    Past the limit one ``("truncated", b"")`` event is sent and output is dropped here
+    (the run's log keeps all of it), so a flood cannot fill the kernel or the browser.
+    """
+    sent = 0
+
     def listener(run: Run, stream: str, data: bytes) -> None:
+        nonlocal sent
+        if stream in ("stdout", "stderr"):
+            if sent >= limit_bytes:
+                return
+            sent += len(data)
+            if sent >= limit_bytes:
+                chunks.put((stream, data[: len(data) - (sent - limit_bytes)]))
+                chunks.put(("truncated", b""))
+                return
         chunks.put((stream, data))
     return listener
 
@@ -71,6 +88,11 @@ class _Writer:
                 if text:
                     self.files[stream].write(text)
                     self.files[stream].flush()
+            elif stream == "truncated":
+                self.files["stderr"].write(
+                    f"\n[sandbox] output shown in the cell stops here ({CELL_OUTPUT_LIMIT // 2**20} MB); "
+                    f"the run goes on and keeps its full log: %sandbox logs {run.id}\n")
+                self.files["stderr"].flush()
             elif stream == "notice":
                 self.files["stderr"].write(f"[sandbox] {data.decode()}\n")
                 self.files["stderr"].flush()

@@ -12,10 +12,13 @@ waits for it with a bounded timeout, the ``a``-prefixed form awaits it from any 
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
+import logging
 import os
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -71,9 +74,13 @@ class Client:
         return pd.DataFrame(rows).set_index("name")
 
     def _spec(self, code: str, interpreter: str, profile: str, timeout: float | None,
-              env: Mapping[str, str] | None, session: str | None, name: str | None) -> RunSpec:
+              env: Mapping[str, str] | None, session: str | None, name: str | None,
+              uploads: Sequence[tuple[str, str]], downloads: Sequence[tuple[str, str]],
+              raise_error: bool) -> RunSpec:
         return RunSpec(code=code, interpreter=interpreter, profile=profile, timeout=timeout,
-                       env=dict(env or {}), session=session, name=name)
+                       env=dict(env or {}), session=session, name=name,
+                       uploads=tuple(uploads), downloads=tuple(downloads),
+                       raise_error=raise_error)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -88,22 +95,35 @@ class Client:
     def submit(self, code: str, interpreter: str = "bash", *, profile: str = "default",
                timeout: float | None = None, env: Mapping[str, str] | None = None,
                session: str | None = None, name: str | None = None,
-               listener: Listener | None = None) -> Run:
+               uploads: Sequence[tuple[str, str]] = (), downloads: Sequence[tuple[str, str]] = (),
+               raise_error: bool = True, listener: Listener | None = None) -> Run:
         """Start ``code`` under ``interpreter`` in a slot of ``profile``; return the Run at once.
 
-        ``listener(run, stream, data)`` is attached before any output can arrive.
+        Args:
+            timeout: seconds before the run's process group is killed.
+            env: environment variables for this run.
+            session: a sticky slot whose workspace later runs of the same name share.
+            name: a name to find the run by (``%sandbox logs NAME``).
+            uploads: (local, remote) files or folders copied in before the run.
+            downloads: (remote, local) files copied out after it.
+            raise_error: whether ``wait()`` and ``await run`` raise if it fails.
+            listener: ``listener(run, stream, data)``, attached before any output arrives.
         """
         self._check_open()
-        spec = self._spec(code, interpreter, profile, timeout, env, session, name)
+        spec = self._spec(code, interpreter, profile, timeout, env, session, name,
+                          uploads, downloads, raise_error)
         return self._loop.run(self._submit(spec, listener), CALL_TIMEOUT)
 
     async def asubmit(self, code: str, interpreter: str = "bash", *, profile: str = "default",
                       timeout: float | None = None, env: Mapping[str, str] | None = None,
                       session: str | None = None, name: str | None = None,
-                      listener: Listener | None = None) -> Run:
+                      uploads: Sequence[tuple[str, str]] = (),
+                      downloads: Sequence[tuple[str, str]] = (),
+                      raise_error: bool = True, listener: Listener | None = None) -> Run:
         """Await-able twin of `submit`."""
         self._check_open()
-        spec = self._spec(code, interpreter, profile, timeout, env, session, name)
+        spec = self._spec(code, interpreter, profile, timeout, env, session, name,
+                          uploads, downloads, raise_error)
         return await self._loop.arun(self._submit(spec, listener))
 
     def run(self, code: str, interpreter: str = "bash", *, check: bool = True,
@@ -112,20 +132,18 @@ class Client:
 
         Ctrl-C cancels the remote run before KeyboardInterrupt propagates.
         """
-        run = self.submit(code, interpreter, **options)
+        run = self.submit(code, interpreter, raise_error=check, **options)
         try:
             run.wait()
         except KeyboardInterrupt:
             self.cancel(run)
             raise
-        return run.check() if check else run
+        return run
 
     async def arun(self, code: str, interpreter: str = "bash", *, check: bool = True,
                    **options: Any) -> Run:
         """Await-able twin of `run`."""
-        run = await self.asubmit(code, interpreter, **options)
-        await run
-        return run.check() if check else run
+        return await (await self.asubmit(code, interpreter, raise_error=check, **options))
 
     def get_run(self, key: str | Run) -> Run:
         """A run by id or name (the latest of that name)."""
@@ -157,22 +175,45 @@ class Client:
     async def ascale(self, profile: str, sandboxes: int) -> None:
         await self._loop.arun(self._manager.scale(profile, sandboxes))
 
-    def shutdown(self) -> None:
-        """Cancel every run and stop every sandbox; the client cannot be used afterwards."""
+    def every(self, interval: float, callback: Callable[[], bool]) -> concurrent.futures.Future[None]:
+        """Call ``callback()`` on the manager's loop every ``interval`` seconds until it
+        returns False or the client shuts down; cancel the returned future to stop it.
+
+        Views poll this way (at 2 Hz or less) instead of reacting to every chunk.
+        """
+        self._check_open()
+        return self._loop.submit(_every(interval, callback))
+
+    def shutdown(self, purge: bool = False) -> None:
+        """Cancel every run and stop every sandbox; the client cannot be used afterwards.
+
+        ``purge`` also deletes the local copies of artifacts and spilled logs.
+        """
         if self._closed:
             return
         self._closed = True
         try:
-            self._loop.run(self._manager.shutdown(), SHUTDOWN_TIMEOUT)
+            self._loop.run(self._manager.shutdown(purge), SHUTDOWN_TIMEOUT)
         finally:
             self._loop.stop()
 
-    async def ashutdown(self) -> None:
+    async def ashutdown(self, purge: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
-        await self._loop.arun(self._manager.shutdown())
+        await self._loop.arun(self._manager.shutdown(purge))
         self._loop.stop()
+
+
+async def _every(interval: float, callback: Callable[[], bool]) -> None:
+    while True:
+        try:
+            if callback() is False:
+                return
+        except Exception:
+            logging.getLogger(__name__).exception("a periodic view update failed; it stops")
+            return
+        await asyncio.sleep(interval)
 
 
 def _shutdown_at_exit(ref: weakref.ref[Client]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
@@ -26,6 +27,14 @@ def run_args(f: F) -> F:
                  help="set an environment variable for this run (repeatable)"),
         argument("--session", default=None, metavar="NAME",
                  help="a sticky slot: later cells with the same NAME share its workspace"),
+        argument("--bg", action="store_true",
+                 help="return at once with a Run handle; the cell shows the run's live log"),
+        argument("--name", default=None, metavar="RUN",
+                 help="a name for the run (%%sandbox logs RUN, artifacts RUN, cancel RUN)"),
+        argument("--upload", action="append", default=[], metavar="LOCAL[:REMOTE]",
+                 help="copy a local file or folder into the workspace first (repeatable)"),
+        argument("--download", action="append", default=[], metavar="REMOTE[:LOCAL]",
+                 help="copy a workspace file here after the run (repeatable)"),
         argument("--raise-error", action="store_true", dest="raise_error", default=None,
                  help="raise an error if the run fails (the default, see SandboxMagics.raise_error)"),
         argument("--no-raise-error", action="store_false", dest="raise_error",
@@ -44,6 +53,36 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise UsageError(f"--timeout must be more than 0 seconds, got {text!r}.")
     return value
+
+
+def parse_uploads(specs: list[str]) -> list[tuple[str, str]]:
+    """``LOCAL[:REMOTE]`` pairs; LOCAL must exist, REMOTE defaults to its name."""
+    pairs = []
+    for spec in specs:
+        local, _, remote = spec.partition(":")
+        path = Path(local).expanduser()
+        if not path.exists():
+            raise UsageError(f"--upload {spec}: no file or folder {local!r} here ({Path.cwd()}).")
+        pairs.append((str(path), _relative("--upload", spec, remote or path.name)))
+    return pairs
+
+
+def parse_downloads(specs: list[str]) -> list[tuple[str, str]]:
+    """``REMOTE[:LOCAL]`` pairs; LOCAL defaults to REMOTE's name in the current folder."""
+    pairs = []
+    for spec in specs:
+        remote, _, local = spec.partition(":")
+        remote = _relative("--download", spec, remote)
+        pairs.append((remote, str(Path(local or PurePosixPath(remote).name).expanduser())))
+    return pairs
+
+
+def _relative(flag: str, spec: str, remote: str) -> str:
+    pure = PurePosixPath(remote)
+    if not remote or pure.is_absolute() or ".." in pure.parts:
+        raise UsageError(f"{flag} {spec}: the sandbox path must be relative to the workspace "
+                         f"and stay inside it, got {remote!r}.")
+    return remote
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:

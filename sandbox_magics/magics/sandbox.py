@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import shlex
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -15,12 +16,15 @@ import pandas as pd
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
 from traitlets import Bool, Unicode, observe
 
 from ..exceptions import ProfileError
 from ..kernel import Client
 from ..kernel.cell import queue_listener, stream_to_cell
-from ._args import parse_env, run_args
+from ..runs import Run
+from ..widgets import ArtifactsView, Dashboard, RunLogView
+from ._args import parse_downloads, parse_env, parse_uploads, run_args
 
 
 @magics_class
@@ -40,6 +44,8 @@ class SandboxMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._client: Client | None = None
+        self._log_views: weakref.WeakKeyDictionary[Run, RunLogView] = weakref.WeakKeyDictionary()
+        self._dashboard: Dashboard | None = None
 
     @property
     def client(self) -> Client:
@@ -53,9 +59,13 @@ class SandboxMagics(Magics):
         if self._client is not None:
             self._client.profiles_file = change["new"] or None
 
-    def close(self) -> None:
+    def close(self, purge: bool = False) -> None:
+        for view in [*self._log_views.values(), *([self._dashboard] if self._dashboard else [])]:
+            view.close()
+        self._log_views.clear()
+        self._dashboard = None
         if self._client is not None:
-            self._client.shutdown()
+            self._client.shutdown(purge)
             self._client = None
 
     @magic_arguments()
@@ -68,14 +78,16 @@ class SandboxMagics(Magics):
         (default bash) in a free slot of ``--profile``; output streams into the cell as it
         is produced. A non-zero exit raises an error naming the exit code and the run id
         (``--no-raise-error`` to keep going). Interrupting the kernel kills the remote
-        process group, frees the slot and ends the cell with KeyboardInterrupt.
+        process group, frees the slot and ends the cell with KeyboardInterrupt. With
+        ``--bg`` the cell returns a `Run` at once and shows its live log (``run = _``).
 
         Line form::
 
             %sandbox profiles             the profiles, as a DataFrame
             %sandbox runs                 every run of this kernel, as a DataFrame
             %sandbox status               every pool's sandboxes and slots
-            %sandbox logs RUN             the full log of a run (id or name)
+            %sandbox logs RUN             the live log of a run (id or name)
+            %sandbox artifacts RUN        the files a run left: list, preview, download
             %sandbox cancel RUN           stop a run
             %sandbox scale PROFILE N      keep N sandboxes of PROFILE running
             %sandbox shutdown             stop every sandbox and run of this kernel
@@ -90,20 +102,38 @@ class SandboxMagics(Magics):
 
             %%sandbox bash --session prep
             echo 42 > answer.txt
+
+            %%sandbox bash --bg --name sweep-3e-4 --download metrics.csv
+            python train.py --lr 3e-4 --out metrics.csv
         """
         if cell is None:
             return self._line(line)
         args = parse_argstring(self.sandbox, line)
         self._check_profile(args.profile)
-        chunks: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
-        run = self.client.submit(
-            cell, args.interpreter, profile=args.profile, timeout=args.timeout,
-            env=parse_env(args.env), session=args.session, listener=queue_listener(chunks))
-        stream_to_cell(self.client, run, chunks)
         raise_error = self.raise_error if args.raise_error is None else args.raise_error
+        options = dict(profile=args.profile, timeout=args.timeout, env=parse_env(args.env),
+                       session=args.session, name=args.name,
+                       uploads=parse_uploads(args.upload), downloads=parse_downloads(args.download),
+                       raise_error=raise_error)
+        if args.bg:
+            return self.client.submit(cell, args.interpreter, **options)
+        chunks: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        run = self.client.submit(cell, args.interpreter, listener=queue_listener(chunks), **options)
+        stream_to_cell(self.client, run, chunks)
         if raise_error:
             run.check()
         return None
+
+    def log_view(self, run: Run) -> RunLogView:
+        """The (cached) live log view of ``run``."""
+        if run not in self._log_views:
+            self._log_views[run] = RunLogView(run, self.client.every)
+        return self._log_views[run]
+
+    def display_run(self, run: Run) -> bool:
+        """IPython's display hook for a `Run`: its live log view."""
+        display(self.log_view(run))
+        return True
 
     def _check_profile(self, name: str) -> None:
         profiles = self.client.manager.profiles()
@@ -138,24 +168,23 @@ class SandboxMagics(Magics):
         return self.client.runs()
 
     @magic_arguments()
-    def _status(self, line: str) -> pd.DataFrame:
+    def _status(self, line: str) -> None:
         parse_argstring(self._status, line)
-        rows = []
-        for pool in self.client.status():
-            for box in pool["sandboxes"] or [{"id": None, "state": "none", "slots": []}]:
-                slots = box["slots"]
-                rows.append({"profile": pool["profile"], "backend": pool["backend"],
-                             "sandbox": box["id"], "state": box["state"],
-                             "busy": slots.count("busy"), "free": slots.count("free"),
-                             "session": slots.count("session"), "queued": pool["queued"]})
-        return pd.DataFrame(rows, columns=["profile", "backend", "sandbox", "state", "busy",
-                                           "free", "session", "queued"])
+        if self._dashboard is None:
+            self._dashboard = Dashboard(self.client)
+        display(self._dashboard)
 
     @magic_arguments()
     @argument("run", help="run id or name")
     def _logs(self, line: str) -> None:
         args = parse_argstring(self._logs, line)
-        print(self._run_key(args.run).log.text(), end="")
+        display(self.log_view(self._run_key(args.run)))
+
+    @magic_arguments()
+    @argument("run", help="run id or name")
+    def _artifacts(self, line: str) -> None:
+        args = parse_argstring(self._artifacts, line)
+        display(ArtifactsView(self._run_key(args.run), self.client.every))
 
     @magic_arguments()
     @argument("run", help="run id or name")
@@ -177,13 +206,15 @@ class SandboxMagics(Magics):
             raise UsageError(str(exc)) from None
 
     @magic_arguments()
+    @argument("--purge", action="store_true",
+              help="also delete the local copies of artifacts and spilled logs")
     def _shutdown(self, line: str) -> None:
-        parse_argstring(self._shutdown, line)
+        args = parse_argstring(self._shutdown, line)
         stopped = sum(len(p["sandboxes"]) for p in self.client.status()) if self._client else 0
-        self.close()
+        self.close(purge=args.purge)
         print(f"Stopped {stopped} sandbox(es); nothing of this kernel is running.")
 
     _commands: dict[str, Callable[[SandboxMagics, str], Any]] = {
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
-        "cancel": _cancel, "scale": _scale, "shutdown": _shutdown,
+        "artifacts": _artifacts, "cancel": _cancel, "scale": _scale, "shutdown": _shutdown,
     }

@@ -1,7 +1,8 @@
 """Runs: a submitted command's state, bounded log and history."""
 
+from .artifacts import Artifact
 from .log import LogBuffer
 from .registry import RunRegistry
 from .run import Run, RunSpec, RunState
 
-__all__ = ["LogBuffer", "Run", "RunRegistry", "RunSpec", "RunState"]
+__all__ = ["Artifact", "LogBuffer", "Run", "RunRegistry", "RunSpec", "RunState"]

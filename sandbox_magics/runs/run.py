@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import RunFailedError
+from .artifacts import Artifact
 from .log import LogBuffer
 
 
@@ -37,7 +38,12 @@ class RunState(enum.Enum):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to run: ``code`` fed on stdin to ``interpreter`` in a slot of ``profile``."""
+    """What to run: ``code`` fed on stdin to ``interpreter`` in a slot of ``profile``.
+
+    ``uploads`` are (local, remote) pairs copied in before the run; ``downloads`` are
+    (remote, local) pairs copied out after it. ``raise_error``: `Run.wait` and ``await run``
+    raise `RunFailedError` if the run fails.
+    """
 
     code: str
     interpreter: str = "bash"
@@ -46,6 +52,9 @@ class RunSpec:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     session: str | None = None
     name: str | None = None
+    uploads: tuple[tuple[str, str], ...] = ()
+    downloads: tuple[tuple[str, str], ...] = ()
+    raise_error: bool = True
 
 
 Listener = Callable[["Run", str, bytes], None]
@@ -66,6 +75,7 @@ class Run:
         self.exit_code: int | None = None
         self.error: str | None = None
         self.notices: list[str] = []
+        self.artifacts: list[Artifact] = []
         self.queued_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -109,13 +119,24 @@ class Run:
         return self.exit_code if self.done else None
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """Block until the run ends; return its exit code. Not for the manager's loop."""
+        """Block until the run ends; return its exit code. Not for the manager's loop.
+
+        Raises:
+            RunFailedError: the run failed and was submitted with ``raise_error``.
+            TimeoutError: it is still going after ``timeout`` seconds.
+        """
         if not self._done.wait(timeout):
             raise TimeoutError(f"Run {self.id} is still {self.state.value} after {timeout} s.")
+        if self.spec.raise_error:
+            self.check()
         return self.exit_code
 
     def __await__(self) -> Generator[Any, None, Run]:
-        return asyncio.wrap_future(self._future).__await__()
+        return self._await().__await__()
+
+    async def _await(self) -> Run:
+        await asyncio.wrap_future(self._future)
+        return self.check() if self.spec.raise_error else self
 
     def cancel(self) -> None:
         """Stop the run: dequeue it, or kill its remote process group."""

@@ -1,0 +1,62 @@
+"""Artifacts: the files a run left in its workspace, copied to this machine at release.
+
+Files changed since the run started are copied, smallest first, until the profile's
+``artifact_limit_mb`` is spent; the rest are listed with the reason they were not kept.
+Copies live in a per-kernel folder, so they outlive the slot and its next run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..backends.base import Sandbox
+
+MTIME_SLACK = 2.0
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a run: ``local`` is its copy here, or None with ``skipped`` saying why."""
+
+    path: str
+    size: int
+    mtime: float
+    local: Path | None = None
+    skipped: str | None = None
+
+    def read_bytes(self, limit: int | None = None) -> bytes:
+        if self.local is None:
+            raise FileNotFoundError(f"Artifact {self.path!r} was not kept: {self.skipped}.")
+        with open(self.local, "rb") as fh:
+            return fh.read(limit) if limit is not None else fh.read()
+
+
+async def collect(sandbox: Sandbox, slot: int, since: float, dest: Path,
+                  limit_bytes: int) -> list[Artifact]:
+    """Copy the slot's files modified at or after ``since`` into ``dest``."""
+    files = [f for f in await sandbox.list_files(slot) if f.mtime >= since - MTIME_SLACK]
+    budget = limit_bytes
+    kept: list[Artifact] = []
+    for info in sorted(files, key=lambda f: (f.size, f.path)):
+        if info.size > budget:
+            kept.append(Artifact(info.path, info.size, info.mtime, skipped=(
+                f"over the profile's artifact limit of {limit_bytes / 2**20:g} MB")))
+            continue
+        local = dest / info.path
+        await sandbox.download(slot, info.path, local)
+        budget -= info.size
+        kept.append(Artifact(info.path, info.size, info.mtime, local))
+    return sorted(kept, key=lambda a: a.path)
+
+
+def to_frame(artifacts: list[Artifact]) -> pd.DataFrame:
+    """Artifacts as a DataFrame: path, size, modified time, kept or why not."""
+    frame = pd.DataFrame(
+        [{"path": a.path, "size": a.size, "modified": a.mtime,
+          "kept": a.local is not None, "note": a.skipped or ""} for a in artifacts],
+        columns=["path", "size", "modified", "kept", "note"])
+    frame["modified"] = pd.to_datetime(frame["modified"], unit="s", utc=True)
+    return frame

@@ -1,0 +1,98 @@
+"""Shared pieces of the views: colours by state, CSS, escaping, sizes, the view base."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import html
+from collections.abc import Callable
+from typing import Any
+
+REFRESH_INTERVAL = 0.5
+
+SLOT_COLORS = {"free": "#d1fae5", "busy": "#2563eb", "session": "#a78bfa",
+               "starting": "#fbbf24", "stopping": "#9ca3af", "dead": "#dc2626"}
+RUN_COLORS = {"queued": "#6b7280", "running": "#2563eb", "succeeded": "#059669",
+              "failed": "#dc2626", "timed-out": "#d97706", "cancelled": "#6b7280",
+              "lost": "#dc2626", "error": "#dc2626"}
+
+CSS = "<style>" + "".join(
+    f".sbx-s-{state}{{background:{color}}}" for state, color in SLOT_COLORS.items()
+) + (".sbx-grid i{display:inline-block;width:9px;height:9px;margin:1px;border-radius:2px}"
+     ".sbx-row{line-height:11px;white-space:nowrap}"
+     ".sbx-id{display:inline-block;min-width:9em;font:11px monospace}"
+     ".sbx-log{max-height:24em;overflow:auto;font:12px monospace;white-space:pre-wrap;margin:0}"
+     ".sbx-err{color:#b91c1c}.sbx-muted{color:#6b7280;font-size:11px}"
+     "</style>")
+
+
+def esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def badge(state: str) -> str:
+    color = RUN_COLORS.get(state, "#6b7280")
+    return f'<b style="color:{color}">{esc(state)}</b>'
+
+
+class PolledView:
+    """A view whose ipywidget is built once, then refreshed by a poller on the manager's
+    loop every `REFRESH_INTERVAL` seconds until ``refresh`` returns False or it is closed.
+    Without ipywidgets it is plain text and HTML."""
+
+    def __init__(self, every: Callable[[float, Callable[[], bool]], concurrent.futures.Future[None]]) -> None:
+        self._every = every
+        self._widget: Any = None
+        self._poller: concurrent.futures.Future[None] | None = None
+
+    @property
+    def widget(self) -> Any:
+        if self._widget is None:
+            try:
+                import ipywidgets  # noqa: F401
+            except ImportError:
+                return None
+            self._widget = self._build()
+            self.refresh()
+            self._poller = self._every(REFRESH_INTERVAL, self.refresh)
+        return self._widget
+
+    def _build(self) -> Any:
+        raise NotImplementedError
+
+    def refresh(self) -> bool:
+        """Update the widget if something changed; False once there will be no more change."""
+        raise NotImplementedError
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def html(self) -> str:
+        return f"<pre>{esc(self.text())}</pre>"
+
+    def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._widget is not None:
+            self._widget.close()
+        self._widget = None
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        widget = self.widget
+        bundle: dict[str, Any] = {}
+        if widget is not None:
+            data = widget._repr_mimebundle_()
+            bundle.update(data[0] if isinstance(data, tuple) else data or {})
+        bundle["text/plain"] = self.text()
+        bundle["text/html"] = self.html()
+        return bundle

@@ -1,0 +1,128 @@
+"""`ArtifactsView`: browse the files a run left — list, preview, download next to the notebook.
+
+Previews: text (first 64 KB), images, CSV as a DataFrame (first 1,000 rows). Artifacts
+are local copies taken at release, so this works after the slot has been reused.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from ..runs import Artifact, Run
+from ..runs.artifacts import to_frame
+from ._html import CSS, PolledView, esc, size
+
+TEXT_PREVIEW = 64 * 1024
+CSV_ROWS = 1000
+IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".gif": "gif"}
+CSV_SUFFIXES = {".csv", ".tsv"}
+
+
+def preview(artifact: Artifact) -> Any:
+    """Something IPython can display for ``artifact``: an Image, a DataFrame or text."""
+    from IPython.display import Image, Pretty
+    if artifact.local is None:
+        return Pretty(f"{artifact.path}: not kept ({artifact.skipped}).")
+    suffix = PurePosixPath(artifact.path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return Image(filename=str(artifact.local), format=IMAGE_SUFFIXES[suffix])
+    if suffix in CSV_SUFFIXES:
+        try:
+            return pd.read_csv(artifact.local, nrows=CSV_ROWS, sep="\t" if suffix == ".tsv" else ",")
+        except (ValueError, pd.errors.ParserError) as exc:
+            return Pretty(f"{artifact.path} is not readable as CSV: {exc}")
+    data = artifact.read_bytes(TEXT_PREVIEW)
+    if b"\0" in data[:4096]:
+        return Pretty(f"{artifact.path}: binary file of {size(artifact.size)}; download it to open it.")
+    more = "\n[…]" if artifact.size > TEXT_PREVIEW else ""
+    return Pretty(data.decode("utf-8", errors="replace") + more)
+
+
+def download(artifact: Artifact, directory: Path | None = None) -> Path:
+    """Copy ``artifact`` into ``directory`` (the notebook's, by default); return the copy."""
+    if artifact.local is None:
+        raise FileNotFoundError(f"Artifact {artifact.path!r} was not kept: {artifact.skipped}.")
+    target = (directory or Path.cwd()) / PurePosixPath(artifact.path).name
+    shutil.copyfile(artifact.local, target)
+    return target
+
+
+class ArtifactsView(PolledView):
+    """The artifacts of ``run``; fills in when the run ends."""
+
+    def __init__(self, run: Run, every: Any, directory: Path | None = None) -> None:
+        super().__init__(every)
+        self.run = run
+        self.directory = directory
+        self._shown: int | None = None
+
+    def _build(self) -> Any:
+        import ipywidgets as w
+        self._header = w.HTML()
+        self._files = w.Select(options=[], rows=8, layout=w.Layout(width="40em"))
+        self._download = w.Button(description="Download", icon="download")
+        self._status = w.HTML()
+        self._preview = w.Output()
+        self._files.observe(lambda change: self._show(change["new"]), "value")
+        self._download.on_click(lambda _: self._save())
+        return w.VBox([self._header, w.HBox([self._files, w.VBox([self._download, self._status])]),
+                       self._preview])
+
+    def _selected(self) -> Artifact | None:
+        index = self._files.index
+        return self.run.artifacts[index] if index is not None and self.run.artifacts else None
+
+    def _show(self, _: Any) -> None:
+        artifact = self._selected()
+        self._preview.clear_output()
+        if artifact is not None:
+            self._preview.append_display_data(preview(artifact))
+
+    def _save(self) -> None:
+        artifact = self._selected()
+        if artifact is None:
+            self._status.value = "Select a file first."
+            return
+        try:
+            target = download(artifact, self.directory)
+        except OSError as exc:
+            self._status.value = f'<span class="sbx-err">{esc(exc)}</span>'
+            return
+        self._status.value = f'Saved <a href="{esc(target.name)}" download>{esc(target.name)}</a>'
+
+    def refresh(self) -> bool:
+        if self._widget is None:
+            return False
+        run = self.run
+        if self._shown != (len(run.artifacts) if run.done else None):
+            self._shown = len(run.artifacts) if run.done else None
+            self._header.value = CSS + self._summary_html()
+            self._files.options = [
+                f"{a.path}  ({size(a.size)}{'' if a.local else ', not kept'})" for a in run.artifacts]
+        return not run.done
+
+    def _summary_html(self) -> str:
+        run = self.run
+        if not run.done:
+            return f"<b>{esc(run.name)}</b> is {esc(run.state.value)}: its files are collected when it ends."
+        return (f"<b>{esc(run.name)}</b>: {len(run.artifacts)} file(s), "
+                f"{size(sum(a.size for a in run.artifacts))}")
+
+    def frame(self) -> pd.DataFrame:
+        return to_frame(self.run.artifacts)
+
+    def text(self) -> str:
+        if not self.run.done:
+            return f"Run {self.run.id} is {self.run.state.value}: its files are collected when it ends."
+        if not self.run.artifacts:
+            return f"Run {self.run.id} left no files."
+        return f"Artifacts of run {self.run.id}:\n{self.frame().to_string(index=False)}"
+
+    def html(self) -> str:
+        if not self.run.done or not self.run.artifacts:
+            return f"<p>{esc(self.text())}</p>"
+        return self.frame().to_html(index=False)

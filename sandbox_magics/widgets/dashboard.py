@@ -1,0 +1,105 @@
+"""`Dashboard`: every pool as a compact grid of slot cells coloured by state, live.
+
+One HTML widget for any number of slots (10,000 render as one string of small cells, not
+as widgets); per pool, the queue, sandboxes starting, run counts and the latest scaling
+decisions. Each pool's ``<div>`` carries its counts as ``data-`` attributes.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from ..kernel import Client
+from ._html import CSS, PolledView, esc
+
+TITLE_LIMIT = 256
+EVENTS_SHOWN = 4
+
+
+def pool_counts(pool: dict[str, Any], runs: collections.Counter[str]) -> dict[str, int]:
+    slots = [s for box in pool["sandboxes"] for s in box["slots"]]
+    return {
+        "sandboxes": sum(box["state"] == "ready" for box in pool["sandboxes"]),
+        "starting": pool["starting"], "queued": pool["queued"],
+        "busy": slots.count("busy"), "free": slots.count("free"),
+        "session": slots.count("session"), "dead": slots.count("dead"),
+        "running": runs["running"], "succeeded": runs["succeeded"],
+        "failed": sum(runs[s] for s in ("failed", "timed-out", "lost", "error")),
+        "cancelled": runs["cancelled"],
+    }
+
+
+def render(status: list[dict[str, Any]], run_states: dict[str, collections.Counter[str]]) -> str:
+    """The dashboard's HTML for ``Manager.status()`` and run states counted per profile."""
+    if not status:
+        return CSS + '<div class="sbx-muted">No pool has started yet: run a %%sandbox cell.</div>'
+    parts = [CSS]
+    for pool in status:
+        counts = pool_counts(pool, run_states.get(pool["profile"], collections.Counter()))
+        attrs = " ".join(f'data-{k}="{v}"' for k, v in counts.items())
+        total = sum(len(b["slots"]) for b in pool["sandboxes"])
+        titles = total <= TITLE_LIMIT
+        parts.append(
+            f'<div class="sbx-pool" data-profile="{esc(pool["profile"])}" {attrs}>'
+            f'<b>{esc(pool["profile"])}</b> <span class="sbx-muted">{esc(pool["backend"])} · '
+            f'{counts["sandboxes"]}/{pool["max_sandboxes"]} sandboxes · {counts["busy"]} busy · '
+            f'{counts["free"]} free · {counts["queued"]} queued · {counts["starting"]} starting · '
+            f'runs: {counts["running"]} running, {counts["succeeded"]} ok, '
+            f'{counts["failed"]} failed</span><div class="sbx-grid">')
+        for box in pool["sandboxes"]:
+            cells = "".join(
+                f'<i class="sbx-s-{state}" title="slot {i}: {esc(run or state)}"></i>' if titles
+                else f'<i class="sbx-s-{state}"></i>'
+                for i, (state, run) in enumerate(zip(box["slots"], box.get("runs") or [None] * len(box["slots"]))))
+            parts.append(f'<div class="sbx-row"><span class="sbx-id">{esc(box["id"])}</span>{cells}</div>')
+        events = pool["events"][-EVENTS_SHOWN:]
+        if events:
+            parts.append('<div class="sbx-muted">' + " · ".join(
+                f'{esc(e["kind"])} {esc(e["sandbox"] or "")} {esc(e["detail"])}'.strip()
+                for e in events) + "</div>")
+        parts.append("</div></div>")
+    return "".join(parts)
+
+
+class Dashboard(PolledView):
+    """Live view of every pool of ``client``; refreshed on the client's loop."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client.every)
+        self.client = client
+        self._last = ""
+
+    def _build(self) -> Any:
+        import ipywidgets as w
+        self._html = w.HTML()
+        return w.VBox([self._html])
+
+    def _states(self) -> dict[str, collections.Counter[str]]:
+        states: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for run in self.client.manager.runs:
+            states[run.profile][run.state.value] += 1
+        return states
+
+    def refresh(self) -> bool:
+        if self._widget is None:
+            return False
+        value = render(self.client.manager.status(), self._states())
+        if value != self._last:
+            self._last = value
+            self._html.value = value
+        return True
+
+    def html(self) -> str:
+        return render(self.client.status(), self._states())
+
+    def text(self) -> str:
+        lines = []
+        states = self._states()
+        for pool in self.client.status():
+            c = pool_counts(pool, states.get(pool["profile"], collections.Counter()))
+            lines.append(f"{pool['profile']} ({pool['backend']}): {c['sandboxes']} sandboxes, "
+                         f"{c['busy']} busy, {c['free']} free, {c['queued']} queued, "
+                         f"{c['starting']} starting; runs {c['running']} running, "
+                         f"{c['succeeded']} succeeded, {c['failed']} failed")
+        return "\n".join(lines) or "No pool has started yet."

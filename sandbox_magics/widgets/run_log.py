@@ -1,0 +1,112 @@
+"""`RunLogView`: the live log of one run — header, tail with stderr in red, follow, save."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ..runs import Run
+from ._html import CSS, PolledView, badge, esc, size
+
+TAIL_BYTES = 128 * 1024
+TAIL_CHOICES = (50, 200, 1000)
+
+
+def tail_lines(run: Run, lines: int) -> list[tuple[str, str]]:
+    """The last ``lines`` lines of the run's log as (stream, text) pieces, in order."""
+    pieces: list[tuple[str, str]] = []
+    count = 0
+    for stream, data in reversed(run.log.tail(TAIL_BYTES)):
+        text = data.decode("utf-8", errors="replace")
+        pieces.append((stream, text))
+        count += text.count("\n")
+        if count > lines:
+            break
+    pieces.reverse()
+    excess = count - lines
+    while excess > 0 and pieces:
+        stream, text = pieces[0]
+        newlines = text.count("\n")
+        if newlines < excess:
+            pieces.pop(0)
+            excess -= newlines
+            continue
+        cut = 0
+        for _ in range(excess):
+            cut = text.index("\n", cut) + 1
+        pieces[0] = (stream, text[cut:])
+        excess = 0
+    return [(stream, text) for stream, text in pieces if text]
+
+
+class RunLogView(PolledView):
+    """Live log of ``run``; never mixes in another run's output."""
+
+    def __init__(self, run: Run, every: Any, directory: Path | None = None) -> None:
+        super().__init__(every)
+        self.run = run
+        self.directory = directory
+        self._seen: tuple[Any, ...] | None = None
+
+    def _build(self) -> Any:
+        import ipywidgets as w
+        self._header = w.HTML()
+        self._body = w.HTML()
+        self._follow = w.ToggleButton(value=True, description="Follow", icon="play",
+                                      tooltip="Keep showing the newest output")
+        self._lines = w.Dropdown(options=TAIL_CHOICES, value=TAIL_CHOICES[1],
+                                 description="Tail lines", layout=w.Layout(width="12em"))
+        self._save = w.Button(description="Save full log", icon="download")
+        self._saved = w.HTML()
+        self._follow.observe(lambda _: self.refresh(), "value")
+        self._lines.observe(lambda _: self.refresh(), "value")
+        self._save.on_click(lambda _: self.save())
+        return w.VBox([self._header,
+                       w.HBox([self._follow, self._lines, self._save, self._saved]),
+                       self._body])
+
+    def _header_html(self) -> str:
+        run = self.run
+        where = f"{run.sandbox}/slot-{run.slot}" if run.sandbox else "waiting for a slot"
+        code = f" exit {run.exit_code}" if run.exit_code is not None else ""
+        error = f' <span class="sbx-err">{esc(run.error)}</span>' if run.error and run.done else ""
+        return (f"{CSS}<b>{esc(run.name)}</b> <span class='sbx-muted'>{esc(run.id)} · "
+                f"{esc(run.spec.interpreter)} · {esc(run.profile)} · {esc(where)}</span> "
+                f"{badge(run.state.value)}{esc(code)} <span class='sbx-muted'>"
+                f"{size(run.log.total_bytes)} of output</span>{error}")
+
+    def refresh(self) -> bool:
+        if self._widget is None:
+            return False
+        run = self.run
+        key = (run.state, run.sandbox, run.log.chunks, self._follow.value, self._lines.value)
+        if key != self._seen:
+            self._seen = key
+            self._header.value = self._header_html()
+            if self._follow.value:
+                body = "".join(
+                    f'<span class="sbx-err">{esc(text)}</span>' if stream == "stderr" else esc(text)
+                    for stream, text in tail_lines(run, self._lines.value))
+                self._body.value = f'<pre class="sbx-log">{body}</pre>'
+        return not run.done
+
+    def save(self) -> Path:
+        """Write the whole log (both streams, in order) next to the notebook."""
+        directory = self.directory or Path.cwd()
+        path = directory / (re.sub(r"[^\w.-]+", "_", self.run.name) + ".log")
+        with open(path, "wb") as fh:
+            for _, data in self.run.log.chunks_iter():
+                fh.write(data)
+        if self._widget is not None:
+            self._saved.value = (f'<a href="{esc(path.name)}" download>{esc(path.name)}</a> '
+                                 f'<span class="sbx-muted">{size(path.stat().st_size)}</span>')
+        return path
+
+    def text(self) -> str:
+        run = self.run
+        lines = "".join(text for _, text in tail_lines(run, 20))
+        code = f", exit code {run.exit_code}" if run.exit_code is not None else ""
+        head = f"Run {run.id} ({run.name}, profile {run.profile}): {run.state.value}{code}"
+        live = "" if run.done else f"\n[live log: %sandbox logs {run.id}]"
+        return head + (f"\n{lines.rstrip()}" if lines else "") + live
