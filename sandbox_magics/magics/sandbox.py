@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import shlex
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +20,10 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Bool, Unicode, observe
 
-from ..exceptions import ProfileError
+from ..exceptions import ProfileError, RunFailedError
 from ..kernel import Client
 from ..kernel.cell import queue_listener, stream_to_cell
-from ..runs import Run
+from ..runs import Run, RunState
 from ..widgets import ArtifactsView, Dashboard, RunLogView
 from ._args import parse_downloads, parse_env, parse_uploads, run_args
 
@@ -88,6 +89,7 @@ class SandboxMagics(Magics):
             %sandbox status               every pool's sandboxes and slots
             %sandbox logs RUN             the live log of a run (id or name)
             %sandbox artifacts RUN        the files a run left: list, preview, download
+            %sandbox wait [RUN ...]       wait for runs (default: all); raise if one failed
             %sandbox cancel RUN           stop a run
             %sandbox scale PROFILE N      keep N sandboxes of PROFILE running
             %sandbox shutdown             stop every sandbox and run of this kernel
@@ -187,6 +189,29 @@ class SandboxMagics(Magics):
         display(ArtifactsView(self._run_key(args.run), self.client.every))
 
     @magic_arguments()
+    @argument("runs", nargs="*", help="run ids or names (default: every unfinished run)")
+    @argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    def _wait(self, line: str) -> None:
+        args = parse_argstring(self._wait, line)
+        runs = ([self._run_key(key) for key in args.runs] if args.runs
+                else [r for r in self.client.manager.runs if not r.done])
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        try:
+            for run in runs:
+                run.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            print(f"Stopped waiting; the runs go on ({', '.join(r.id for r in runs if not r.done)}).")
+            raise
+        pending = [r.id for r in runs if not r.done]
+        if pending:
+            raise UsageError(f"Still running after {args.timeout:g} s: {', '.join(pending)}.")
+        failed = [r for r in runs if r.spec.raise_error and r.state is not RunState.SUCCEEDED]
+        if failed:
+            raise RunFailedError(" ".join(r.failure_message() for r in failed),
+                                 failed[0].id, failed[0].exit_code)
+        print(f"{len(runs)} run(s) finished.")
+
+    @magic_arguments()
     @argument("run", help="run id or name")
     def _cancel(self, line: str) -> None:
         args = parse_argstring(self._cancel, line)
@@ -216,5 +241,5 @@ class SandboxMagics(Magics):
 
     _commands: dict[str, Callable[[SandboxMagics, str], Any]] = {
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
-        "artifacts": _artifacts, "cancel": _cancel, "scale": _scale, "shutdown": _shutdown,
+        "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "scale": _scale, "shutdown": _shutdown,
     }

@@ -118,6 +118,10 @@ class Run:
     def poll(self) -> int | None:
         return self.exit_code if self.done else None
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until the run ends or ``timeout`` passes; return whether it ended. Never raises."""
+        return self._done.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the run ends; return its exit code. Not for the manager's loop.
 

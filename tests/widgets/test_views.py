@@ -1,0 +1,66 @@
+"""Views without a kernel: tail rendering, the dashboard grid at scale, text fallbacks."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+from sandbox_magics.runs import Run, RunSpec, RunState
+from sandbox_magics.widgets import RunLogView
+from sandbox_magics.widgets.dashboard import render
+from sandbox_magics.widgets.run_log import tail_lines
+
+
+def no_poll(interval: float, callback: Any) -> Any:
+    class Handle:
+        def cancel(self) -> None:
+            pass
+    return Handle()
+
+
+def make_run() -> Run:
+    run = Run("r7", RunSpec("echo", name="demo"), "local")
+    for i in range(300):
+        run._output("stderr" if i % 10 == 0 else "stdout", f"line {i}\n".encode())
+    return run
+
+
+def test_tail_keeps_the_last_lines_and_their_streams() -> None:
+    pieces = tail_lines(make_run(), 3)
+    assert pieces == [("stdout", "line 297\n"), ("stdout", "line 298\n"), ("stdout", "line 299\n")]
+    pieces = tail_lines(make_run(), 11)
+    assert pieces[0] == ("stdout", "line 289\n") and ("stderr", "line 290\n") in pieces
+
+
+def test_dashboard_renders_ten_thousand_slots_as_one_compact_string() -> None:
+    status = [{"profile": "big", "backend": "local", "max_sandboxes": 1000, "queued": 3,
+               "starting": 1, "events": [],
+               "sandboxes": [{"id": f"big-{i}", "state": "ready",
+                              "slots": ["busy" if j % 2 else "free" for j in range(10)],
+                              "runs": [None] * 10} for i in range(1000)]}]
+    html = render(status, {})
+    assert html.count("<i ") == 10_000
+    assert len(html) < 400_000 and "title=" not in html
+    assert 'data-busy="5000"' in html and 'data-free="5000"' in html and 'data-queued="3"' in html
+
+
+def test_views_fall_back_to_text_without_ipywidgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    run = make_run()
+    run._finish(RunState.FAILED, 2)
+    view = RunLogView(run, no_poll)
+    assert view.widget is None
+    bundle = view._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in bundle
+    assert bundle["text/plain"].startswith("Run r7 (demo, profile default): failed, exit code 2")
+    assert "line 299" in bundle["text/plain"]
+
+
+def test_log_view_escapes_output_html() -> None:
+    run = Run("r8", RunSpec("echo"), "local")
+    run._output("stdout", b"<script>alert(1)</script>\n")
+    view = RunLogView(run, no_poll)
+    view.widget
+    assert "<script>" not in view._body.value and "&lt;script&gt;" in view._body.value
