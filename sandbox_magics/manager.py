@@ -183,7 +183,7 @@ class Manager:
         try:
             run.artifacts = await asyncio.wait_for(
                 artifacts.collect(lease.sandbox, lease.index, run.started_at, dest,
-                                  int(profile.artifact_limit_mb * 2**20)), TRANSFER_TIMEOUT)
+                                  profile.artifact_limit_mb), TRANSFER_TIMEOUT)
         except (SandboxError, OSError, asyncio.TimeoutError) as exc:
             run._notice(f"The run's artifacts could not be collected ({exc or type(exc).__name__}).")
 

@@ -24,6 +24,7 @@ idle_timeout = 30
 slots_per_sandbox = 1
 max_sandboxes = 1
 acquire_timeout = 1.5
+artifact_limit_mb = 0.01
 """
 
 

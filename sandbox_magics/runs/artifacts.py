@@ -35,15 +35,15 @@ class Artifact:
 
 
 async def collect(sandbox: Sandbox, slot: int, since: float, dest: Path,
-                  limit_bytes: int) -> list[Artifact]:
-    """Copy the slot's files modified at or after ``since`` into ``dest``."""
+                  limit_mb: float) -> list[Artifact]:
+    """Copy the slot's files modified at or after ``since`` into ``dest``, up to ``limit_mb``."""
     files = [f for f in await sandbox.list_files(slot) if f.mtime >= since - MTIME_SLACK]
-    budget = limit_bytes
+    budget = int(limit_mb * 2**20)
     kept: list[Artifact] = []
     for info in sorted(files, key=lambda f: (f.size, f.path)):
         if info.size > budget:
             kept.append(Artifact(info.path, info.size, info.mtime, skipped=(
-                f"over the profile's artifact limit of {limit_bytes / 2**20:g} MB")))
+                f"over the profile's artifact limit of {limit_mb:g} MB")))
             continue
         local = dest / info.path
         await sandbox.download(slot, info.path, local)

@@ -103,19 +103,23 @@ def test_artifacts_survive_slot_reuse_and_preview_csv_as_dataframe(kernel: Kerne
         with open("metrics.csv", "w", newline="") as f:
             csv.writer(f).writerows([["step", "loss"], [1, 0.9], [2, 0.5]])
         open("notes.txt", "w").write("hello artifacts")
+        open("big.bin", "wb").write(bytes(20_000))
     """)
     assert reply.status == "ok", reply.error
     kernel.execute("%%sandbox bash --profile tiny\nrm -f *; echo reused > other.txt")
     listing = kernel.execute("%sandbox artifacts art-1")
     text = listing.data[0]["text/plain"]
     assert "metrics.csv" in text and "notes.txt" in text and "other.txt" not in text
+    big = next(line for line in text.splitlines() if "big.bin" in line)
+    assert "False" in big and "over the profile's artifact limit of 0.01 MB" in big
     reply = kernel.execute(f"""
         import sandbox_magics.widgets.artifacts as art
         magics = get_ipython().find_line_magic("sandbox").__self__
         run = magics.client.get_run("art-1")
-        frame = art.preview(run.artifacts[0])
+        metrics = next(a for a in run.artifacts if a.path == "metrics.csv")
+        frame = art.preview(metrics)
         print(type(frame).__name__, list(frame.columns), frame.shape)
-        print(art.download(run.artifacts[0], __import__("pathlib").Path({str(tmp_path)!r})).read_text().splitlines()[0])
+        print(art.download(metrics, __import__("pathlib").Path({str(tmp_path)!r})).read_text().splitlines()[0])
     """)
     assert reply.stdout.splitlines() == ["DataFrame ['step', 'loss'] (2, 2)", "step,loss"], reply.error
 
@@ -137,3 +141,14 @@ def test_failed_bg_run_raises_when_waited_on(kernel: Kernel) -> None:
     assert "exited with code 9" in reply.error["evalue"]
     reply = kernel.execute("%sandbox logs will-fail")
     assert "will-fail" in reply.data[0]["text/plain"]
+
+
+def test_concurrent_runs_logs_never_interleave_and_handles_are_awaitable(kernel: Kernel) -> None:
+    kernel.execute("%%sandbox bash --bg --name left\nfor i in $(seq 40); do echo AAAA; sleep 0.01; done")
+    kernel.execute("left = _")
+    kernel.execute("%%sandbox bash --bg --name right\nfor i in $(seq 40); do echo BBBB >&2; sleep 0.01; done")
+    reply = kernel.execute("right = await _\nawait left\nprint(left.stdout.count('AAAA'), right.stderr.count('BBBB'), left.stderr, right.stdout)")
+    assert reply.stdout == "40 40  \n", reply.error
+    kernel.drain(1.5)
+    bodies = [v for _, v in html_values(kernel, "sbx-log") if "AAAA" in v or "BBBB" in v]
+    assert bodies and all(("AAAA" in v) != ("BBBB" in v) for v in bodies)
