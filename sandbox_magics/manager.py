@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,28 +110,28 @@ class Manager:
         if run.spec.session and (notice := pool.session_notice(run.spec.session)):
             run._notice(notice)
         self._leases[run.id] = lease
-        outcome: tuple[RunState, int | None, str | None] = (
-            RunState.ERROR, None, "the run ended without an exit status")
+        outcome = _Outcome(RunState.ERROR, error="the run ended without an exit status")
         try:
             run._start(lease.sandbox_id, lease.index)
             await self._upload(run, lease)
             outcome = await self._execute(run, profile, pool, lease)
-            if outcome[0] is not RunState.LOST:
+            if outcome.state is not RunState.LOST:
                 await self._download(run, lease)
-                await self._collect(run, lease, profile)
+                if not outcome.workspace_empty:
+                    await self._collect(run, lease, profile)
         except asyncio.CancelledError:
-            outcome = (RunState.CANCELLED, None, "the manager shut down")
+            outcome = _Outcome(RunState.CANCELLED, error="the manager shut down")
         except (SandboxError, OSError) as exc:
-            outcome = (RunState.ERROR, None, f"file transfer failed: {exc}")
+            outcome = _Outcome(RunState.ERROR, error=f"file transfer failed: {exc}")
         finally:
             self._leases.pop(run.id, None)
+            reset = run.spec.session is None and not outcome.workspace_empty
             with contextlib.suppress(Exception):
-                await pool.release(lease, reset=run.spec.session is None)
-            run._finish(*outcome)
+                await pool.release(lease, reset=reset)
+            run._finish(outcome.state, outcome.exit_code, outcome.error)
 
-    async def _execute(self, run: Run, profile: Profile, pool: Pool,
-                       lease: Lease) -> tuple[RunState, int | None, str | None]:
-        """Run the command in the leased slot; return (state, exit code, error)."""
+    async def _execute(self, run: Run, profile: Profile, pool: Pool, lease: Lease) -> _Outcome:
+        """Run the command in the leased slot and say how it ended."""
         timeout = run.spec.timeout or profile.run_timeout
         request = ExecRequest(
             run_id=run.id, argv=(run.spec.interpreter,),
@@ -144,15 +145,15 @@ class Manager:
                                          return_when=asyncio.FIRST_COMPLETED)
             if exec_task in done:
                 try:
-                    return _outcome(exec_task.result())
+                    return _Outcome.of(exec_task.result())
                 except SandboxLostError as exc:
                     pool.mark_lost(lease.slot.sandbox, str(exc))
-                    return RunState.LOST, None, lease.slot.lost_reason or str(exc)
+                    return _Outcome(RunState.LOST, error=lease.slot.lost_reason or str(exc))
             if lost_task in done:
-                return RunState.LOST, None, lease.slot.lost_reason
+                return _Outcome(RunState.LOST, error=lease.slot.lost_reason)
             pool.mark_lost(lease.slot.sandbox, f"run {run.id} outlived its timeout by "
                                                f"{EXEC_SLACK:g} s without the sandbox ending it")
-            return RunState.TIMED_OUT, None, "the sandbox did not stop the run in time"
+            return _Outcome(RunState.TIMED_OUT, error="the sandbox did not stop the run in time")
         finally:
             for task in (exec_task, lost_task):
                 task.cancel()
@@ -255,11 +256,21 @@ class Manager:
                 shutil.rmtree(self._artifacts_dir, ignore_errors=True)
 
 
-def _outcome(exited: Exited) -> tuple[RunState, int | None, str | None]:
-    state = _EXIT_STATES.get(exited.reason or "")
-    if state is None:
-        state = RunState.SUCCEEDED if exited.exit_code == 0 else RunState.FAILED
-    error = exited.error
-    if state is RunState.FAILED and exited.signal:
-        error = f"killed by signal {exited.signal}"
-    return state, exited.exit_code, error
+@dataclass(frozen=True)
+class _Outcome:
+    """How a run ended, and whether its workspace was left empty (then nothing to collect)."""
+
+    state: RunState
+    exit_code: int | None = None
+    error: str | None = None
+    workspace_empty: bool | None = None
+
+    @classmethod
+    def of(cls, exited: Exited) -> _Outcome:
+        state = _EXIT_STATES.get(exited.reason or "")
+        if state is None:
+            state = RunState.SUCCEEDED if exited.exit_code == 0 else RunState.FAILED
+        error = exited.error
+        if state is RunState.FAILED and exited.signal:
+            error = f"killed by signal {exited.signal}"
+        return cls(state, exited.exit_code, error, exited.workspace_empty)

@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         print(f"agent: set ${protocol.TOKEN_ENV} to the bearer token", file=sys.stderr)
         return 2
+    if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
+        try:
+            asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+        except OSError:
+            pass
     asyncio.run(serve(args, token))
     return 0
 

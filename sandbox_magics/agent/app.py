@@ -151,16 +151,19 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
         await response.write(protocol.json_frame(protocol.START, {"pid": job.pgid, "pgid": job.pgid}))
         frames: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
         pumper = asyncio.ensure_future(_pump_then_close(job, stdin_bytes, frames, timeout))
+        watchdog = asyncio.ensure_future(_watch_client(request, job))
         try:
-            await _forward(request, response, frames)
+            await _forward(response, frames)
         finally:
+            watchdog.cancel()
             if not pumper.done():
                 job.stop_reason = "client-gone"
                 process.killpg(job.pgid, signal.SIGKILL)
                 pumper.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pumper
-        await response.write(protocol.json_frame(protocol.EXIT, pumper.result()))
+        exit_info = {**pumper.result(), "workspace_empty": workspace.is_empty(slot.path)}
+        await response.write(protocol.json_frame(protocol.EXIT, exit_info))
         await response.write_eof()
         return response
     finally:
@@ -176,19 +179,20 @@ async def _pump_then_close(job: process.Job, stdin: bytes | None,
         await frames.put(None)
 
 
-async def _forward(request: web.Request, response: web.StreamResponse,
-                   frames: asyncio.Queue[bytes | None]) -> None:
-    """Write frames until the pump ends; raise ConnectionResetError if the client left."""
-    while True:
-        try:
-            item = await asyncio.wait_for(frames.get(), _DISCONNECT_POLL)
-        except asyncio.TimeoutError:
-            if request.transport is None or request.transport.is_closing():
-                raise ConnectionResetError("client went away") from None
-            continue
-        if item is None:
-            return
+async def _forward(response: web.StreamResponse, frames: asyncio.Queue[bytes | None]) -> None:
+    """Write frames until the pump ends (a closed connection raises ConnectionResetError)."""
+    while (item := await frames.get()) is not None:
         await response.write(item)
+
+
+async def _watch_client(request: web.Request, job: process.Job) -> None:
+    """Kill the job if its client goes away while it prints nothing."""
+    while not job.finished.is_set():
+        await asyncio.sleep(_DISCONNECT_POLL)
+        if request.transport is None or request.transport.is_closing():
+            job.stop_reason = "client-gone"
+            process.killpg(job.pgid, signal.SIGKILL)
+            return
 
 
 async def cancel(request: web.Request) -> web.Response:

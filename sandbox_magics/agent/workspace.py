@@ -48,6 +48,12 @@ def list_files(root: Path) -> list[dict[str, Any]]:
     return out
 
 
+def is_empty(root: Path) -> bool:
+    """True if ``root`` has no entries at all."""
+    with os.scandir(root) as entries:
+        return next(entries, None) is None
+
+
 def reset(root: Path) -> None:
     """Empty ``root``, removing links themselves rather than what they point to."""
     for entry in os.scandir(root):

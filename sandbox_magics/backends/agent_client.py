@@ -72,7 +72,8 @@ class AgentSandbox(Sandbox):
                     elif kind == protocol.EXIT:
                         info = json.loads(payload)
                         yield Exited(info.get("exit_code"), info.get("signal"),
-                                     info.get("reason"), info.get("error"))
+                                     info.get("reason"), info.get("error"),
+                                     info.get("workspace_empty"))
                         return
         except _LOST as exc:
             raise SandboxLostError(

@@ -48,12 +48,17 @@ class Output:
 
 @dataclass(frozen=True)
 class Exited:
-    """How the process ended: ``reason`` is None, "timeout", "cancelled" or "not-found"."""
+    """How the process ended: ``reason`` is None, "timeout", "cancelled" or "not-found".
+
+    ``workspace_empty`` is True if the slot's workspace held nothing when the run ended
+    (then there are no artifacts to collect and nothing to reset), None if unknown.
+    """
 
     exit_code: int | None
     signal: int | None = None
     reason: str | None = None
     error: str | None = None
+    workspace_empty: bool | None = None
 
 
 ExecEvent = Union[Started, Output, Exited]

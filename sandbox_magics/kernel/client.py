@@ -134,11 +134,11 @@ class Client:
         """
         run = self.submit(code, interpreter, raise_error=check, **options)
         try:
-            run.wait()
+            run.join()
         except KeyboardInterrupt:
             self.cancel(run)
             raise
-        return run
+        return run.check() if check else run
 
     async def arun(self, code: str, interpreter: str = "bash", *, check: bool = True,
                    **options: Any) -> Run:
