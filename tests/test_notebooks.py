@@ -11,7 +11,7 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from tests.conftest import agent_pids
+from tests.kernel_driver import agent_pids
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 

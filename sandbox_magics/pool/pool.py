@@ -53,6 +53,7 @@ class Pool:
         self._cooldown = cooldown
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._sessions: dict[str, SlotRecord] = {}
+        self._free_slots: collections.OrderedDict[SlotRecord, None] = collections.OrderedDict()
         self._lost_sessions: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._counter = 0
@@ -107,7 +108,8 @@ class Pool:
         waiter = _Waiter(asyncio.get_running_loop().create_future(), slot, session)
         self._waiters.append(waiter)
         self._dispatch()
-        self._scale_up()
+        if not waiter.future.done():
+            self._scale_up()
         try:
             return await asyncio.wait_for(waiter.future, timeout)
         except asyncio.TimeoutError:
@@ -148,9 +150,17 @@ class Pool:
 
     def _free(self, slot: SlotRecord) -> None:
         slot.busy, slot.run_id = False, None
+        if slot.session is None and slot.sandbox.state is SandboxState.READY:
+            self._free_slots[slot] = None
         if slot.sandbox.idle:
             slot.sandbox.idle_since = time.monotonic()
         self._dispatch()
+
+    def _withdraw(self, record: SandboxRecord, state: SandboxState) -> None:
+        """Take a sandbox out of service: none of its slots is handed out any more."""
+        record.state = state
+        for slot in record.slots:
+            self._free_slots.pop(slot, None)
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters in arrival order."""
@@ -163,6 +173,7 @@ class Pool:
             if slot is None or slot.busy or slot.sandbox.state is not SandboxState.READY:
                 continue
             slot.busy = True
+            self._free_slots.pop(slot, None)
             slot.lost = asyncio.Event()
             slot.lost_reason = None
             slot.sandbox.idle_since = None
@@ -172,12 +183,8 @@ class Pool:
             waiter.future.set_result(Lease(slot))
 
     def _free_slot(self) -> SlotRecord | None:
-        for record in self.sandboxes:
-            if record.state is SandboxState.READY:
-                for slot in record.slots:
-                    if not slot.busy and slot.session is None:
-                        return slot
-        return None
+        """A free slot of a ready sandbox, reserved for no session (O(1))."""
+        return next(iter(self._free_slots), None)
 
     def _scale_up(self) -> None:
         waiting = sum(1 for w in self._waiters if not w.future.done() and w.slot is None)
@@ -226,6 +233,7 @@ class Pool:
         record.size = sandbox.slots
         record.state = SandboxState.READY
         record.idle_since = time.monotonic()
+        self._free_slots.update(dict.fromkeys(record.slots))
         self._emit("ready", record.id, str(sandbox.describe().get("address", "")))
         self._dispatch()
 
@@ -233,7 +241,7 @@ class Pool:
         """Retire a dead sandbox: fail its runs' leases, drop its sessions, clean it up."""
         if record.state in (SandboxState.DEAD, SandboxState.STOPPING):
             return
-        record.state = SandboxState.DEAD
+        self._withdraw(record, SandboxState.DEAD)
         for slot in record.slots:
             if slot.busy:
                 slot.lost_reason = reason
@@ -283,7 +291,7 @@ class Pool:
             idle_for = now - record.idle_since if record.idle and record.idle_since else 0.0
             too_old = now - record.created > self.profile.lifetime
             if record.idle and (idle_for > self.profile.idle_timeout or too_old):
-                record.state = SandboxState.STOPPING
+                self._withdraw(record, SandboxState.STOPPING)
                 self._emit("scale-down", record.id,
                            "lifetime reached" if too_old else f"idle for {idle_for:.0f} s")
                 self._spawn(self._retire(record))
@@ -297,7 +305,7 @@ class Pool:
         self._emit("scale", detail=f"set to {sandboxes} sandbox(es)")
         self._ensure_min()
         for record in [r for r in self.sandboxes if r.idle][: max(0, len(self._live()) - sandboxes)]:
-            record.state = SandboxState.STOPPING
+            self._withdraw(record, SandboxState.STOPPING)
             self._spawn(self._retire(record))
 
     def update_profile(self, profile: Profile) -> None:

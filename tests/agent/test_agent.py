@@ -20,7 +20,7 @@ import pytest
 
 from sandbox_magics.backends.agent_client import AgentSandbox
 from sandbox_magics.backends.base import ExecRequest, Exited, Output, Started
-from tests.conftest import pid_alive, wait_until
+from tests.kernel_driver import pid_alive, wait_until
 
 TOKEN = "test-token-" + "x" * 20
 

@@ -6,7 +6,7 @@ import re
 import time
 from pathlib import Path
 
-from tests.conftest import Kernel
+from tests.kernel_driver import Kernel
 
 
 def sent_values(kernel: Kernel, needle: str) -> list[str]:

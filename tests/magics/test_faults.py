@@ -7,7 +7,7 @@ import re
 import signal
 from pathlib import Path
 
-from tests.conftest import Kernel, agent_pids, pid_alive, wait_until
+from tests.kernel_driver import Kernel, agent_pids, pid_alive, wait_until
 
 
 def test_agent_killed_mid_run_fails_the_run_fast_and_next_run_uses_a_new_agent(

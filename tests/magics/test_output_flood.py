@@ -3,41 +3,14 @@ updates, and the whole log still downloadable."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import Kernel
+from tests.kernel_driver import Kernel, peak_rss, rss
 
 MB = 2**20
 FLOOD = ("%%sandbox python {flags}\n"
          "import sys\nline = b'x' * 1023 + b'\\n'\nwrite = sys.stdout.buffer.write\n"
          "for _ in range(200 * 1024):\n    write(line)\n")
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-@contextmanager
-def peak_rss(pid: int) -> Iterator[list[int]]:
-    peak = [rss(pid)]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.05):
-            peak[0] = max(peak[0], rss(pid))
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        stop.set()
-        thread.join()
 
 
 def warm_up(k: Kernel) -> None:

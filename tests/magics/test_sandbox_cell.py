@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import Kernel, pid_alive, wait_until
+from tests.kernel_driver import Kernel, pid_alive, wait_until
 
 
 def test_first_line_arrives_before_the_command_ends(kernel: Kernel) -> None:
