@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="exit when this process is no longer our parent")
     parser.add_argument("--idle-timeout", type=float, default=600.0,
                         help="exit after this many idle seconds (0: never)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="lower the priority of the agent and its runs by this much")
     args = parser.parse_args(argv)
     if args.slots < 1:
         parser.error(f"--slots must be at least 1, got {args.slots}")
@@ -73,6 +75,8 @@ async def _watch(app: web.Application, args: argparse.Namespace, stop: asyncio.E
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
     token = os.environ.pop(protocol.TOKEN_ENV, "")
     if not token:
         print(f"agent: set ${protocol.TOKEN_ENV} to the bearer token", file=sys.stderr)

@@ -36,6 +36,7 @@ STATE = web.AppKey("state", dict)
 STOP = web.AppKey("stop", asyncio.Event)
 
 _DISCONNECT_POLL = 1.0
+FLUSH_INTERVAL = 0.05
 
 
 def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
@@ -149,11 +150,11 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
         slot.job = job
         await response.prepare(request)
         await response.write(protocol.json_frame(protocol.START, {"pid": job.pgid, "pgid": job.pgid}))
-        frames: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
-        pumper = asyncio.ensure_future(_pump_then_close(job, stdin_bytes, frames, timeout))
+        out = process.OutputBuffer()
+        pumper = asyncio.ensure_future(_pump_then_close(job, stdin_bytes, out, timeout))
         watchdog = asyncio.ensure_future(_watch_client(request, job))
         try:
-            await _forward(response, frames)
+            await _forward(response, out)
         finally:
             watchdog.cancel()
             if not pumper.done():
@@ -170,19 +171,33 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
         slot.run_id, slot.job = None, None
 
 
-async def _pump_then_close(job: process.Job, stdin: bytes | None,
-                           frames: asyncio.Queue[bytes | None],
+async def _pump_then_close(job: process.Job, stdin: bytes | None, out: process.OutputBuffer,
                            timeout: float | None) -> dict[str, Any]:
     try:
-        return await process.pump(job, stdin, frames, timeout)
+        return await process.pump(job, stdin, out, timeout)
     finally:
-        await frames.put(None)
+        out.close()
 
 
-async def _forward(response: web.StreamResponse, frames: asyncio.Queue[bytes | None]) -> None:
-    """Write frames until the pump ends (a closed connection raises ConnectionResetError)."""
-    while (item := await frames.get()) is not None:
-        await response.write(item)
+async def _forward(response: web.StreamResponse, out: process.OutputBuffer) -> None:
+    """Write output frames until the run's output ends (a closed connection raises).
+
+    Output after a quiet spell goes out at once; while it trickles in, writes are at least
+    `FLUSH_INTERVAL` apart and carry everything gathered meanwhile, so a chatty run costs
+    its client ~20 frames a second, not one per ``print``. A flood is written as fast as
+    the client reads.
+    """
+    loop = asyncio.get_running_loop()
+    rate = process.RateMeter()
+    last_write = -FLUSH_INTERVAL
+    while await out.wait():
+        pause = last_write + FLUSH_INTERVAL - loop.time()
+        if pause > 0 and not rate.flooding:
+            await asyncio.sleep(pause)
+        batch = out.take()
+        rate.add(sum(len(data) for _, data in batch))
+        await response.write(b"".join(protocol.frame(kind, data) for kind, data in batch))
+        last_write = loop.time()
 
 
 async def _watch_client(request: web.Request, job: process.Job) -> None:

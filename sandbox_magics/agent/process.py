@@ -1,7 +1,7 @@
 """One slot's process: start it in its own process group, pump its output, stop it.
 
-Output is read in chunks as produced and turned into protocol frames on a bounded queue, so
-a slow client slows the process down instead of filling the agent's memory. A run ends
+Output is read in chunks as produced into a buffer bounded in bytes, so a slow client
+slows the process down instead of filling the agent's memory. A run ends
 when its main process exits; whatever it left in its process group (a ``cmd &`` holding
 stdout open) is killed after a short grace, so the run cannot hang on a straggler.
 
@@ -23,6 +23,11 @@ from typing import Any
 from . import protocol
 
 STRAGGLER_GRACE = 0.5
+BUFFER_LIMIT = 4 * 1024 * 1024
+SMALL_READ = 16 * 1024
+READ_PAUSE = 0.02
+RATE_WINDOW = 0.1
+FLOOD_RATE = 1024 * 1024
 _ESCALATION = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
 
@@ -38,11 +43,71 @@ class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
         self.exited.set()
 
 
+class RateMeter:
+    """Tells a trickle from a flood: whether more than `FLOOD_RATE` bytes a second went
+    through in the last window of `RATE_WINDOW` seconds."""
+
+    def __init__(self) -> None:
+        self.flooding = False
+        self._start = time.monotonic()
+        self._bytes = 0
+
+    def add(self, size: int) -> None:
+        self._bytes += size
+        now = time.monotonic()
+        if now - self._start >= RATE_WINDOW:
+            self.flooding = self._bytes / (now - self._start) > FLOOD_RATE
+            self._start, self._bytes = now, 0
+
+
+class OutputBuffer:
+    """Output waiting to be sent: bounded in bytes (writers wait when it is full), with
+    consecutive chunks of one stream merged as they arrive."""
+
+    def __init__(self, limit: int = BUFFER_LIMIT) -> None:
+        self.limit = limit
+        self.size = 0
+        self.closed = False
+        self._items: list[tuple[int, bytearray]] = []
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put(self, kind: int, data: bytes) -> None:
+        while self.size >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+        if self._items and self._items[-1][0] == kind:
+            self._items[-1][1].extend(data)
+        else:
+            self._items.append((kind, bytearray(data)))
+        self.size += len(data)
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def wait(self) -> bool:
+        """Wait for output; False once the buffer is closed and empty."""
+        while not self._items and not self.closed:
+            self._ready.clear()
+            await self._ready.wait()
+        return bool(self._items)
+
+    def take(self) -> list[tuple[int, bytearray]]:
+        """Everything buffered, in order, as (kind, data) with one entry per stream switch."""
+        items, self._items, self.size = self._items, [], 0
+        self._room.set()
+        return items
+
+
 @dataclass(eq=False)
 class Job:
     """A running command: its process, the moment it exits, the moment its output ends."""
 
     process: asyncio.subprocess.Process
+    transport: asyncio.SubprocessTransport
     exited: asyncio.Event
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: str | None = None
@@ -84,18 +149,20 @@ async def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: bool) ->
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    return Job(asyncio.subprocess.Process(transport, proto, loop), proto.exited)
+    return Job(asyncio.subprocess.Process(transport, proto, loop), transport, proto.exited)
 
 
-async def pump(job: Job, stdin: bytes | None, out: asyncio.Queue[bytes | None],
+async def pump(job: Job, stdin: bytes | None, out: OutputBuffer,
                timeout: float | None) -> dict[str, Any]:
-    """Feed stdin, forward stdout/stderr frames to ``out``, and return the EXIT payload."""
+    """Feed stdin, put output into ``out``, and return the EXIT payload."""
     process = job.process
     assert process.stdout is not None and process.stderr is not None
     started = time.monotonic()
     feeders = [
-        asyncio.ensure_future(_read(process.stdout, protocol.STDOUT, out)),
-        asyncio.ensure_future(_read(process.stderr, protocol.STDERR, out)),
+        asyncio.ensure_future(_read(process.stdout, job.transport.get_pipe_transport(1),
+                                    protocol.STDOUT, out)),
+        asyncio.ensure_future(_read(process.stderr, job.transport.get_pipe_transport(2),
+                                    protocol.STDERR, out)),
     ]
     if stdin is not None:
         feeders.append(asyncio.ensure_future(_write_stdin(process, stdin)))
@@ -141,12 +208,28 @@ async def stop(job: Job, grace: float) -> str:
     return "already-exited" if job.finished.is_set() else "SIGKILL"
 
 
-async def _read(stream: asyncio.StreamReader, kind: int, out: asyncio.Queue[bytes | None]) -> None:
+async def _read(stream: asyncio.StreamReader, pipe: asyncio.BaseTransport | None, kind: int,
+                out: OutputBuffer) -> None:
+    """Move a pipe's output into ``out``.
+
+    While output trickles (under `FLOOD_RATE`), the pipe is left alone for `READ_PAUSE`
+    seconds after each small read, so a process printing a line a millisecond wakes the
+    agent ~50 times a second, not 1,000 (the lines wait in the pipe). A flood is read
+    flat out.
+    """
+    rate = RateMeter()
     while True:
         chunk = await stream.read(protocol.MAX_CHUNK)
         if not chunk:
             return
-        await out.put(protocol.frame(kind, chunk))
+        await out.put(kind, chunk)
+        rate.add(len(chunk))
+        if not rate.flooding and len(chunk) < SMALL_READ and isinstance(pipe, asyncio.ReadTransport):
+            pipe.pause_reading()
+            try:
+                await asyncio.sleep(READ_PAUSE)
+            finally:
+                pipe.resume_reading()
 
 
 async def _write_stdin(process: asyncio.subprocess.Process, data: bytes) -> None:

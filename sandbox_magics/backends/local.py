@@ -4,6 +4,9 @@ Workspaces live in ``<base>/kernel-<pid>/<sandbox-id>/slot-<k>``. The agent is t
 pid and exits when we die, and after its idle timeout, so a killed kernel leaves no agent
 behind; the next kernel removes workspace folders of kernels that are gone.
 
+Agents and their runs have a lower CPU priority (nice 10) than the kernel, so a notebook
+stays responsive while its runs keep every core busy.
+
 This isolates workspaces, not users: a run can read anything this user can. It is no
 security boundary.
 """
@@ -29,6 +32,7 @@ from .agent_client import AgentSandbox
 from .base import Backend
 
 STOP_GRACE = 3.0
+RUN_NICENESS = 10
 
 
 class LocalSandbox(AgentSandbox):
@@ -98,7 +102,8 @@ class LocalBackend(Backend):
         idle = self._idle_timeout if self._idle_timeout is not None else profile.idle_timeout * 2
         argv = [sys.executable, "-m", "sandbox_magics.agent", "--root", str(root),
                 "--slots", str(profile.slots_per_sandbox), "--host", profile.bind_host,
-                "--parent-pid", str(os.getpid()), "--idle-timeout", str(idle)]
+                "--parent-pid", str(os.getpid()), "--idle-timeout", str(idle),
+                "--nice", str(RUN_NICENESS)]
         log_path = root / "agent.log"
         with open(log_path, "wb") as log:
             process = await asyncio.create_subprocess_exec(

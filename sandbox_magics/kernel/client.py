@@ -175,8 +175,9 @@ class Client:
     async def ascale(self, profile: str, sandboxes: int) -> None:
         await self._loop.arun(self._manager.scale(profile, sandboxes))
 
-    def every(self, interval: float, callback: Callable[[], bool]) -> concurrent.futures.Future[None]:
-        """Call ``callback()`` on the manager's loop every ``interval`` seconds until it
+    def every(self, interval: Callable[[], float],
+              callback: Callable[[], bool]) -> concurrent.futures.Future[None]:
+        """Call ``callback()`` on the manager's loop every ``interval()`` seconds until it
         returns False or the client shuts down; cancel the returned future to stop it.
 
         Views poll this way (at 2 Hz or less) instead of reacting to every chunk.
@@ -205,7 +206,7 @@ class Client:
         self._loop.stop()
 
 
-async def _every(interval: float, callback: Callable[[], bool]) -> None:
+async def _every(interval: Callable[[], float], callback: Callable[[], bool]) -> None:
     while True:
         try:
             if callback() is False:
@@ -213,7 +214,7 @@ async def _every(interval: float, callback: Callable[[], bool]) -> None:
         except Exception:
             logging.getLogger(__name__).exception("a periodic view update failed; it stops")
             return
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval())
 
 
 def _shutdown_at_exit(ref: weakref.ref[Client]) -> None:

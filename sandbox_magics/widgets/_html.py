@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import html
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 REFRESH_INTERVAL = 0.5
+FULL_RATE_VIEWS = 8
 
 SLOT_COLORS = {"free": "#d1fae5", "busy": "#2563eb", "session": "#a78bfa",
                "starting": "#fbbf24", "stopping": "#9ca3af", "dead": "#dc2626"}
@@ -42,15 +44,29 @@ def badge(state: str) -> str:
     return f'<b style="color:{color}">{esc(state)}</b>'
 
 
+Every = Callable[[Callable[[], float], Callable[[], bool]], "concurrent.futures.Future[None]"]
+
+
 class PolledView:
     """A view whose ipywidget is built once, then refreshed by a poller on the manager's
-    loop every `REFRESH_INTERVAL` seconds until ``refresh`` returns False or it is closed.
-    Without ipywidgets it is plain text and HTML."""
+    loop until ``refresh`` returns False or it is closed. Without ipywidgets it is plain
+    text and HTML.
 
-    def __init__(self, every: Callable[[float, Callable[[], bool]], concurrent.futures.Future[None]]) -> None:
+    Views share one budget: up to `FULL_RATE_VIEWS` live views refresh every
+    `REFRESH_INTERVAL` seconds; with more, each refreshes less often, so thirty views of
+    chatty runs cost the kernel and the browser what eight do.
+    """
+
+    _live: weakref.WeakSet[PolledView] = weakref.WeakSet()
+
+    def __init__(self, every: Every) -> None:
         self._every = every
         self._widget: Any = None
         self._poller: concurrent.futures.Future[None] | None = None
+
+    @classmethod
+    def interval(cls) -> float:
+        return REFRESH_INTERVAL * max(1.0, len(cls._live) / FULL_RATE_VIEWS)
 
     @property
     def widget(self) -> Any:
@@ -61,8 +77,15 @@ class PolledView:
                 return None
             self._widget = self._build()
             self.refresh()
-            self._poller = self._every(REFRESH_INTERVAL, self.refresh)
+            PolledView._live.add(self)
+            self._poller = self._every(PolledView.interval, self._poll)
         return self._widget
+
+    def _poll(self) -> bool:
+        going = self.refresh()
+        if not going:
+            PolledView._live.discard(self)
+        return going
 
     def _build(self) -> Any:
         raise NotImplementedError
@@ -78,6 +101,7 @@ class PolledView:
         return f"<pre>{esc(self.text())}</pre>"
 
     def close(self) -> None:
+        PolledView._live.discard(self)
         if self._poller is not None:
             self._poller.cancel()
         if self._widget is not None:

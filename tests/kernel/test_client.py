@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_magics import Client, ClosedError, RunFailedError, RunState
+from sandbox_magics import Client, ClosedError, RunFailedError, RunState, SandboxStartError
 
 PROFILES = """
 [profiles.default]
@@ -107,3 +107,14 @@ def test_secrets_and_tokens_stay_out_of_reprs(client: Client) -> None:
     pool = client.manager.pools["default"]
     sandbox = pool.sandboxes[0].sandbox
     assert "Bearer" not in repr(sandbox) and "Bearer" not in str(status)
+
+
+def test_engine_not_in_this_version_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.toml"
+    path.write_text('[profiles.cluster]\nbackend = "nomad"\n')
+    c = Client(path)
+    try:
+        with pytest.raises(SandboxStartError, match="The 'nomad' backend is not available"):
+            c.submit("echo hi", profile="cluster")
+    finally:
+        c.shutdown()
