@@ -26,7 +26,7 @@ import pandas as pd
 from ..backends import Backend, make_backend
 from ..exceptions import ClosedError
 from ..manager import Manager
-from ..profiles import Profile, load_profiles
+from ..profiles import Profile, ProfileCache
 from ..runs import Run, RunSpec
 from ..runs.run import Listener
 from .loop import LoopThread
@@ -48,6 +48,7 @@ class Client:
                  backend_factory: Callable[[str], Backend] = make_backend,
                  pool_options: dict[str, Any] | None = None) -> None:
         self.profiles_file = profiles_file
+        self._profile_cache = ProfileCache()
         self._loop = LoopThread()
         self._manager = Manager(self._profiles, backend_factory, pool_options)
         self._closed = False
@@ -58,7 +59,7 @@ class Client:
         return f"<sandbox_magics.Client {state}>"
 
     def _profiles(self) -> dict[str, Profile]:
-        return load_profiles(self.profiles_file)
+        return self._profile_cache.get(self.profiles_file)
 
     @property
     def manager(self) -> Manager:

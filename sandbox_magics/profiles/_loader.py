@@ -14,6 +14,7 @@ naming the file, the profile and the key.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -43,6 +44,34 @@ _POSITIVE = {"slots_per_sandbox", "max_sandboxes", "cpu", "memory_mb", "idle_tim
              "lifetime", "acquire_timeout", "run_timeout", "start_timeout"}
 
 
+class ProfileCache:
+    """`load_profiles` again only when the file or the environment changed (a run's submit
+    asks for the profiles every time, and parsing TOML each time is not free)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._profiles: dict[str, Profile] = {}
+
+    def get(self, profiles_file: str | os.PathLike[str] | None) -> dict[str, Profile]:
+        path = profiles_file or os.environ.get(PROFILES_FILE_ENV) or None
+        try:
+            stat = os.stat(path) if path else None
+        except OSError:
+            stat = None
+        key = (os.fspath(path) if path else None,
+               (stat.st_mtime_ns, stat.st_size, stat.st_ino) if stat else None,
+               tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX))))
+        if key != self._key:
+            self._profiles = load_profiles(profiles_file)
+            self._key = key
+        return self._profiles
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_text() -> str:
+    return resources.files(__package__).joinpath(_BUILTIN).read_text("utf-8")
+
+
 def load_profiles(
     profiles_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -54,8 +83,7 @@ def load_profiles(
     """
     environ = os.environ if environ is None else environ
     raw: dict[str, dict[str, Any]] = {}
-    builtin = resources.files(__package__).joinpath(_BUILTIN).read_text("utf-8")
-    _merge(raw, _parse_toml(builtin, "the built-in profiles"), "the built-in profiles")
+    _merge(raw, _parse_toml(_builtin_text(), "the built-in profiles"), "the built-in profiles")
     path = profiles_file or environ.get(PROFILES_FILE_ENV) or None
     if path:
         source = f"profiles file {os.fspath(path)!r}"
