@@ -136,7 +136,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     slot.run_id = run_id
     try:
         try:
-            job = await process.start(argv, slot.path, env, stdin_bytes is not None)
+            job = await process.start(argv, slot.path, env, stdin_bytes)
         except (FileNotFoundError, PermissionError) as exc:
             await response.prepare(request)
             missing = exc.filename or argv[0]
@@ -151,7 +151,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         await response.write(protocol.json_frame(protocol.START, {"pid": job.pgid, "pgid": job.pgid}))
         out = process.OutputBuffer()
-        pumper = asyncio.ensure_future(_pump_then_close(job, stdin_bytes, out, timeout))
+        pumper = asyncio.ensure_future(_pump_then_close(job, out, timeout))
         watchdog = asyncio.ensure_future(_watch_client(request, job))
         try:
             await _forward(response, out)
@@ -171,10 +171,10 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
         slot.run_id, slot.job = None, None
 
 
-async def _pump_then_close(job: process.Job, stdin: bytes | None, out: process.OutputBuffer,
+async def _pump_then_close(job: process.Job, out: process.OutputBuffer,
                            timeout: float | None) -> dict[str, Any]:
     try:
-        return await process.pump(job, stdin, out, timeout)
+        return await process.pump(job, out, timeout)
     finally:
         out.close()
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,21 +141,27 @@ def killpg(pgid: int, sig: int) -> bool:
     return True
 
 
-async def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: bool) -> Job:
-    """Start ``argv`` in ``cwd`` as the leader of a new process group."""
+async def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: bytes | None) -> Job:
+    """Start ``argv`` in ``cwd`` as the leader of a new process group, ``stdin`` as its input.
+
+    The input goes through an unlinked temporary file rather than a pipe: no writer task,
+    no blocking on a program that never reads it.
+    """
     loop = asyncio.get_running_loop()
-    transport, proto = await loop.subprocess_exec(
-        lambda: _ExitAwareProtocol(loop), *argv, cwd=cwd, env=env,
-        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    with tempfile.TemporaryFile() as source:
+        if stdin:
+            source.write(stdin)
+            source.seek(0)
+        transport, proto = await loop.subprocess_exec(
+            lambda: _ExitAwareProtocol(loop), *argv, cwd=cwd, env=env, stdin=source,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
     return Job(asyncio.subprocess.Process(transport, proto, loop), transport, proto.exited)
 
 
-async def pump(job: Job, stdin: bytes | None, out: OutputBuffer,
-               timeout: float | None) -> dict[str, Any]:
-    """Feed stdin, put output into ``out``, and return the EXIT payload."""
+async def pump(job: Job, out: OutputBuffer, timeout: float | None) -> dict[str, Any]:
+    """Put the job's output into ``out`` until it ends; return the EXIT payload."""
     process = job.process
     assert process.stdout is not None and process.stderr is not None
     started = time.monotonic()
@@ -164,8 +171,6 @@ async def pump(job: Job, stdin: bytes | None, out: OutputBuffer,
         asyncio.ensure_future(_read(process.stderr, job.transport.get_pipe_transport(2),
                                     protocol.STDERR, out)),
     ]
-    if stdin is not None:
-        feeders.append(asyncio.ensure_future(_write_stdin(process, stdin)))
     try:
         try:
             await asyncio.wait_for(job.exited.wait(), timeout)
@@ -230,11 +235,3 @@ async def _read(stream: asyncio.StreamReader, pipe: asyncio.BaseTransport | None
                 await asyncio.sleep(READ_PAUSE)
             finally:
                 pipe.resume_reading()
-
-
-async def _write_stdin(process: asyncio.subprocess.Process, data: bytes) -> None:
-    assert process.stdin is not None
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        process.stdin.write(data)
-        await process.stdin.drain()
-    process.stdin.close()

@@ -34,8 +34,8 @@ EVENT_HISTORY = 200
 @dataclass(eq=False)
 class _Waiter:
     future: asyncio.Future[Lease]
-    slot: SlotRecord | None
     session: str | None
+    granted: bool = False
 
 
 class Pool:
@@ -52,6 +52,7 @@ class Pool:
         self._tick = tick
         self._cooldown = cooldown
         self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._session_waiters: dict[SlotRecord, collections.deque[_Waiter]] = {}
         self._sessions: dict[str, SlotRecord] = {}
         self._free_slots: collections.OrderedDict[SlotRecord, None] = collections.OrderedDict()
         self._lost_sessions: dict[str, str] = {}
@@ -67,7 +68,7 @@ class Pool:
 
     @property
     def queued(self) -> int:
-        return sum(1 for w in self._waiters if not w.future.done())
+        return len(self._waiters) + sum(len(q) for q in self._session_waiters.values())
 
     @property
     def busy_slots(self) -> int:
@@ -105,8 +106,11 @@ class Pool:
         if self._closed:
             raise ClosedError(f"The pool of profile {self.profile.name!r} has been shut down.")
         slot = self._sessions.get(session) if session else None
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), slot, session)
-        self._waiters.append(waiter)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), session)
+        if slot is not None:
+            self._session_waiters.setdefault(slot, collections.deque()).append(waiter)
+        else:
+            self._waiters.append(waiter)
         self._dispatch()
         if not waiter.future.done():
             self._scale_up()
@@ -123,8 +127,14 @@ class Pool:
                 self._free(waiter.future.result().slot)
             raise
         finally:
+            if not waiter.granted:
+                self._forget(waiter)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """Drop a waiter that timed out or was cancelled from whichever queue holds it."""
+        for queue in [self._waiters, *self._session_waiters.values()]:
             with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+                queue.remove(waiter)
 
     def session_notice(self, session: str) -> str | None:
         """If ``session``'s sandbox was lost, say so once."""
@@ -163,31 +173,41 @@ class Pool:
             self._free_slots.pop(slot, None)
 
     def _dispatch(self) -> None:
-        """Hand free slots to waiters in arrival order."""
-        for waiter in list(self._waiters):
-            if waiter.future.done():
+        """Hand free slots to waiters in arrival order (a session's waiters get its slot)."""
+        for slot, queue in list(self._session_waiters.items()):
+            while queue and queue[0].future.done():
+                queue.popleft()
+            if not queue:
+                del self._session_waiters[slot]
+            elif not slot.busy and slot.sandbox.state is SandboxState.READY:
+                self._grant(queue.popleft(), slot)
+        while self._waiters:
+            if self._waiters[0].future.done():
+                self._waiters.popleft()
                 continue
-            if waiter.slot is not None and waiter.slot.sandbox.state is SandboxState.DEAD:
-                waiter.slot = None
-            slot = waiter.slot if waiter.slot is not None else self._free_slot()
-            if slot is None or slot.busy or slot.sandbox.state is not SandboxState.READY:
-                continue
-            slot.busy = True
-            self._free_slots.pop(slot, None)
-            slot.lost = asyncio.Event()
-            slot.lost_reason = None
-            slot.sandbox.idle_since = None
-            if waiter.session and slot.session is None:
-                slot.session = waiter.session
-                self._sessions[waiter.session] = slot
-            waiter.future.set_result(Lease(slot))
+            slot = self._free_slot()
+            if slot is None:
+                return
+            self._grant(self._waiters.popleft(), slot)
+
+    def _grant(self, waiter: _Waiter, slot: SlotRecord) -> None:
+        slot.busy = True
+        self._free_slots.pop(slot, None)
+        slot.lost = asyncio.Event()
+        slot.lost_reason = None
+        slot.sandbox.idle_since = None
+        if waiter.session and slot.session is None:
+            slot.session = waiter.session
+            self._sessions[waiter.session] = slot
+        waiter.granted = True
+        waiter.future.set_result(Lease(slot))
 
     def _free_slot(self) -> SlotRecord | None:
         """A free slot of a ready sandbox, reserved for no session (O(1))."""
         return next(iter(self._free_slots), None)
 
     def _scale_up(self) -> None:
-        waiting = sum(1 for w in self._waiters if not w.future.done() and w.slot is None)
+        waiting = len(self._waiters)
         coming = sum(r.size for r in self.sandboxes if r.state is SandboxState.STARTING)
         room = self.profile.max_sandboxes - len(self._live())
         need = min(room, math.ceil(max(0, waiting - coming) / self.profile.slots_per_sandbox))
@@ -249,6 +269,7 @@ class Pool:
             if slot.session is not None:
                 self._sessions.pop(slot.session, None)
                 self._lost_sessions[slot.session] = reason
+            self._waiters.extendleft(reversed(self._session_waiters.pop(slot, ())))
         self._emit("lost", record.id, reason)
         self._spawn(self._retire(record))
         self._ensure_min()
@@ -337,7 +358,7 @@ class Pool:
             return
         self._closed = True
         error = ClosedError(f"The pool of profile {self.profile.name!r} was shut down.")
-        for waiter in self._waiters:
+        for waiter in [*self._waiters, *(w for q in self._session_waiters.values() for w in q)]:
             if not waiter.future.done():
                 waiter.future.set_exception(error)
         for record in self.sandboxes:
