@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import importlib
+
 from .exceptions import (
     AcquireTimeoutError,
     AgentAuthError,
@@ -19,9 +21,6 @@ from .exceptions import (
     SandboxLostError,
     SandboxStartError,
 )
-from .kernel import Client
-from .profiles import Profile, load_profiles
-from .runs import Run, RunSpec, RunState
 
 __version__ = "0.1.0"
 
@@ -32,12 +31,28 @@ __all__ = [
     "load_ipython_extension", "unload_ipython_extension",
 ]
 
-_MAGICS_KEY = "sandbox_magics"
+_LAZY = {"Client": ".kernel", "Profile": ".profiles", "load_profiles": ".profiles",
+         "Run": ".runs", "RunSpec": ".runs", "RunState": ".runs"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the kernel side on first use, so ``python -m sandbox_magics.agent`` (which
+    ships into sandboxes) never loads pandas, IPython or the pool."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics; the manager and its loop start on first use."""
     from .magics import SandboxMagics
+    from .runs import Run
     magics = SandboxMagics(shell=ipython)
     ipython.register_magics(magics)
     ipython.configurables.append(magics)
@@ -47,6 +62,7 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """Stop every sandbox of this kernel and remove the magics."""
     from .magics import SandboxMagics
+    from .runs import Run
     for magics in list(ipython.magics_manager.registry.values()):
         if isinstance(magics, SandboxMagics):
             magics.close()

@@ -19,9 +19,8 @@ import logging
 import os
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 
 from ..backends import Backend, make_backend
 from ..exceptions import ClosedError
@@ -30,6 +29,9 @@ from ..profiles import Profile, ProfileCache
 from ..runs import Run, RunSpec
 from ..runs.run import Listener
 from .loop import LoopThread
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CALL_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 120.0
@@ -71,6 +73,7 @@ class Client:
 
     def profiles(self) -> pd.DataFrame:
         """Every profile as a DataFrame, one row per profile (secret names only)."""
+        import pandas as pd
         rows = [p.as_row() for p in self._profiles().values()]
         return pd.DataFrame(rows).set_index("name")
 

@@ -11,9 +11,8 @@ import shlex
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -26,6 +25,9 @@ from ..kernel.cell import queue_listener, stream_to_cell
 from ..runs import Run, RunState
 from ..widgets import ArtifactsView, Dashboard, RunLogView
 from ._args import parse_downloads, parse_env, parse_uploads, run_args
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @magics_class

@@ -7,12 +7,16 @@ Copies live in a per-kernel folder, so they outlive the slot and its next run.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 
 from ..backends.base import Sandbox
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MTIME_SLACK = 2.0
 
@@ -54,6 +58,7 @@ async def collect(sandbox: Sandbox, slot: int, since: float, dest: Path,
 
 def to_frame(artifacts: list[Artifact]) -> pd.DataFrame:
     """Artifacts as a DataFrame: path, size, modified time, kept or why not."""
+    import pandas as pd
     frame = pd.DataFrame(
         [{"path": a.path, "size": a.size, "modified": a.mtime,
           "kept": a.local is not None, "note": a.skipped or ""} for a in artifacts],

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import itertools
 import threading
 
-import pandas as pd
 
 from .run import Run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ["id", "name", "profile", "backend", "interpreter", "session", "sandbox", "slot",
            "state", "exit_code", "queued", "started", "ended", "wait_s", "run_s",
@@ -49,6 +53,7 @@ class RunRegistry:
         raise KeyError(f"No run with id or name {key!r}; recent runs: {known}.")
 
     def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
         frame = pd.DataFrame([run.as_row() for run in self], columns=COLUMNS)
         for column in ("queued", "started", "ended"):
             frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 
 from ..runs import Artifact, Run
 from ..runs.artifacts import to_frame
 from ._html import CSS, PolledView, esc, size
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TEXT_PREVIEW = 64 * 1024
 CSV_ROWS = 1000
@@ -24,6 +26,7 @@ CSV_SUFFIXES = {".csv", ".tsv"}
 
 def preview(artifact: Artifact) -> Any:
     """Something IPython can display for ``artifact``: an Image, a DataFrame or text."""
+    import pandas as pd
     from IPython.display import Image, Pretty
     if artifact.local is None:
         return Pretty(f"{artifact.path}: not kept ({artifact.skipped}).")
