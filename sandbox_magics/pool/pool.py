@@ -322,7 +322,7 @@ class Pool:
     async def scale(self, sandboxes: int) -> None:
         """Run exactly ``sandboxes`` sandboxes from now on (min = max = that number)."""
         self.profile = dataclasses.replace(self.profile, min_sandboxes=sandboxes,
-                               max_sandboxes=max(sandboxes, 1))
+                                           max_sandboxes=max(sandboxes, 1))
         self._emit("scale", detail=f"set to {sandboxes} sandbox(es)")
         self._ensure_min()
         for record in [r for r in self.sandboxes if r.idle][: max(0, len(self._live()) - sandboxes)]:
