@@ -112,7 +112,7 @@ class SandboxMagics(Magics):
         """
         if cell is None:
             return self._line(line)
-        args = parse_argstring(self.sandbox, line)
+        args = _parse(self.sandbox, line)
         self._check_profile(args.profile)
         raise_error = self.raise_error if args.raise_error is None else args.raise_error
         options = dict(profile=args.profile, timeout=args.timeout, env=parse_env(args.env),
@@ -163,17 +163,17 @@ class SandboxMagics(Magics):
 
     @magic_arguments()
     def _profiles(self, line: str) -> pd.DataFrame:
-        parse_argstring(self._profiles, line)
+        _parse(self._profiles, line)
         return self.client.profiles()
 
     @magic_arguments()
     def _runs(self, line: str) -> pd.DataFrame:
-        parse_argstring(self._runs, line)
+        _parse(self._runs, line)
         return self.client.runs()
 
     @magic_arguments()
     def _status(self, line: str) -> None:
-        parse_argstring(self._status, line)
+        _parse(self._status, line)
         if self._dashboard is None:
             self._dashboard = Dashboard(self.client)
         display(self._dashboard)
@@ -181,20 +181,20 @@ class SandboxMagics(Magics):
     @magic_arguments()
     @argument("run", help="run id or name")
     def _logs(self, line: str) -> None:
-        args = parse_argstring(self._logs, line)
+        args = _parse(self._logs, line)
         display(self.log_view(self._run_key(args.run)))
 
     @magic_arguments()
     @argument("run", help="run id or name")
     def _artifacts(self, line: str) -> None:
-        args = parse_argstring(self._artifacts, line)
+        args = _parse(self._artifacts, line)
         display(ArtifactsView(self._run_key(args.run), self.client.every))
 
     @magic_arguments()
     @argument("runs", nargs="*", help="run ids or names (default: every unfinished run)")
     @argument("--timeout", type=float, default=None, help="give up after this many seconds")
     def _wait(self, line: str) -> None:
-        args = parse_argstring(self._wait, line)
+        args = _parse(self._wait, line)
         runs = ([self._run_key(key) for key in args.runs] if args.runs
                 else [r for r in self.client.manager.runs if not r.done])
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
@@ -216,7 +216,7 @@ class SandboxMagics(Magics):
     @magic_arguments()
     @argument("run", help="run id or name")
     def _cancel(self, line: str) -> None:
-        args = parse_argstring(self._cancel, line)
+        args = _parse(self._cancel, line)
         run = self._run_key(args.run)
         step = self.client.cancel(run)
         print(f"Run {run.id}: {step}; now {run.state.value}.")
@@ -225,7 +225,7 @@ class SandboxMagics(Magics):
     @argument("profile", help="profile name")
     @argument("sandboxes", type=int, help="number of sandboxes to keep running")
     def _scale(self, line: str) -> None:
-        args = parse_argstring(self._scale, line)
+        args = _parse(self._scale, line)
         self._check_profile(args.profile)
         try:
             self.client.scale(args.profile, args.sandboxes)
@@ -236,7 +236,7 @@ class SandboxMagics(Magics):
     @argument("--purge", action="store_true",
               help="also delete the local copies of artifacts and spilled logs")
     def _shutdown(self, line: str) -> None:
-        args = parse_argstring(self._shutdown, line)
+        args = _parse(self._shutdown, line)
         stopped = sum(len(p["sandboxes"]) for p in self.client.status()) if self._client else 0
         self.close(purge=args.purge)
         print(f"Stopped {stopped} sandbox(es); nothing of this kernel is running.")
@@ -245,3 +245,15 @@ class SandboxMagics(Magics):
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
         "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "scale": _scale, "shutdown": _shutdown,
     }
+
+
+def _parse(magic: Callable[..., Any], line: str) -> Any:
+    """`parse_argstring`, with the valid options named when a flag is not one of them."""
+    try:
+        return parse_argstring(magic, line)
+    except UsageError as exc:
+        if "unrecognized arguments" not in str(exc):
+            raise
+        parser = magic.parser  # type: ignore[attr-defined]
+        flags = sorted({o for a in parser._actions for o in a.option_strings if o.startswith("--")})
+        raise UsageError(f"{exc}; valid options are: {', '.join(flags)}.") from None
