@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_magics import Client, ClosedError, RunFailedError, RunState, SandboxStartError
+from sandbox_magics import Client, ClosedError, ProfileError, RunFailedError, RunState, SandboxStartError
 
 PROFILES = """
 [profiles.default]
@@ -118,3 +118,18 @@ def test_engine_not_in_this_version_is_one_clear_error(tmp_path: Path) -> None:
             c.submit("echo hi", profile="cluster")
     finally:
         c.shutdown()
+
+
+def test_scale_starts_and_stops_sandboxes(client: Client) -> None:
+    from tests.kernel_driver import wait_until
+
+    def ready() -> int:
+        pools = [p for p in client.status() if p["profile"] == "default"]
+        return sum(box["state"] == "ready" for p in pools for box in p["sandboxes"])
+    client.scale("default", 2)
+    assert wait_until(lambda: ready() == 2, 20)
+    client.scale("default", 0)
+    assert wait_until(lambda: ready() == 0, 20)
+    assert client.run("echo back").stdout == "back\n"
+    with pytest.raises(ProfileError, match="Unknown profile 'nope'"):
+        client.scale("nope", 1)
