@@ -21,10 +21,11 @@ from .backends.base import ExecRequest, Exited, Output, Started
 from .exceptions import ClosedError, ProfileError, SandboxError, SandboxLostError
 from .pool import Lease, Pool, PoolEvent
 from .profiles import Profile
-from .runs import Run, RunRegistry, RunSpec, RunState, artifacts
+from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState, artifacts
 from .runs.run import Listener
 
 CANCEL_GRACE = 2.0
+CANCEL_RETRY = 0.05
 TRANSFER_TIMEOUT = 300.0
 EXEC_SLACK = 30.0
 
@@ -47,7 +48,7 @@ class Manager:
         self.listeners: list[Callable[[PoolEvent], None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._leases: dict[str, Lease] = {}
-        self._artifacts_dir: Path | None = None
+        self._folders: dict[str, Path] = {}
         self._closed = False
 
     def profiles(self) -> dict[str, Profile]:
@@ -87,7 +88,8 @@ class Manager:
         """
         profile = self.profile(spec.profile)
         pool = self.pool(profile)
-        run = Run(self.runs.next_id(), spec, profile.backend)
+        run = Run(self.runs.next_id(), spec, profile.backend,
+                  LogBuffer(spill_dir=str(self.kernel_folder("logs"))))
         if listener is not None:
             run.add_listener(listener)
         self.runs.add(run)
@@ -114,7 +116,10 @@ class Manager:
         try:
             run._start(lease.sandbox_id, lease.index)
             await self._upload(run, lease)
-            outcome = await self._execute(run, profile, pool, lease)
+            if run.cancel_requested:
+                outcome = _Outcome(RunState.CANCELLED, error="cancelled before it started")
+            else:
+                outcome = await self._execute(run, profile, pool, lease)
             if outcome.state is not RunState.LOST:
                 await self._download(run, lease)
                 if not outcome.workspace_empty:
@@ -124,15 +129,18 @@ class Manager:
         except (SandboxError, OSError) as exc:
             outcome = _Outcome(RunState.ERROR, error=f"file transfer failed: {exc}")
         finally:
-            self._leases.pop(run.id, None)
             reset = run.spec.session is None and not outcome.workspace_empty
-            with contextlib.suppress(Exception):
-                await pool.release(lease, reset=reset)
-            run._finish(outcome.state, outcome.exit_code, outcome.error)
+            try:
+                await asyncio.shield(pool.release(lease, reset=reset))
+            except (Exception, asyncio.CancelledError):
+                pass
+            finally:
+                self._leases.pop(run.id, None)
+                run._finish(outcome.state, outcome.exit_code, outcome.error)
 
     async def _execute(self, run: Run, profile: Profile, pool: Pool, lease: Lease) -> _Outcome:
         """Run the command in the leased slot and say how it ended."""
-        timeout = run.spec.timeout or profile.run_timeout
+        timeout = run.timeout = run.spec.timeout or profile.run_timeout
         request = ExecRequest(
             run_id=run.id, argv=(run.spec.interpreter,),
             env={**profile.env, **run.spec.env, "SANDBOX_RUN_ID": run.id},
@@ -149,6 +157,8 @@ class Manager:
                 except SandboxLostError as exc:
                     pool.mark_lost(lease.slot.sandbox, str(exc))
                     return _Outcome(RunState.LOST, error=lease.slot.lost_reason or str(exc))
+                except SandboxError as exc:
+                    return _Outcome(RunState.ERROR, error=f"the sandbox refused the run: {exc}")
             if lost_task in done:
                 return _Outcome(RunState.LOST, error=lease.slot.lost_reason)
             pool.mark_lost(lease.slot.sandbox, f"run {run.id} outlived its timeout by "
@@ -180,7 +190,7 @@ class Manager:
     async def _collect(self, run: Run, lease: Lease, profile: Profile) -> None:
         if run.started_at is None:
             return
-        dest = self.artifacts_dir / run.id
+        dest = self.kernel_folder("artifacts") / run.id
         try:
             run.artifacts = await asyncio.wait_for(
                 artifacts.collect(lease.sandbox, lease.index, run.started_at, dest,
@@ -188,13 +198,15 @@ class Manager:
         except (SandboxError, OSError, asyncio.TimeoutError) as exc:
             run._notice(f"The run's artifacts could not be collected ({exc or type(exc).__name__}).")
 
-    @property
-    def artifacts_dir(self) -> Path:
-        if self._artifacts_dir is None:
-            base = user_base("artifacts")
+    def kernel_folder(self, name: str) -> Path:
+        """This kernel's folder for ``name`` ("logs", "artifacts"); dead kernels' are reaped."""
+        if name not in self._folders:
+            base = user_base(name)
             reap_dead_kernels(base)
-            self._artifacts_dir = kernel_dir(base)
-        return self._artifacts_dir
+            folder = kernel_dir(base)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders[name] = folder
+        return self._folders[name]
 
     async def _consume(self, run: Run, lease: Lease, request: ExecRequest) -> Exited:
         async for event in lease.sandbox.exec(lease.index, request):
@@ -207,26 +219,37 @@ class Manager:
         raise SandboxLostError(f"Sandbox {lease.sandbox_id} ended the stream without an exit status.")
 
     async def cancel(self, run: Run, grace: float = CANCEL_GRACE) -> str:
-        """Stop ``run``; return what it took ("dequeued", "SIGINT", "SIGTERM", ...)."""
+        """Stop ``run``; return what it took ("dequeued", "SIGINT", "SIGTERM", ...).
+
+        A run between acquiring its slot and starting its process is stopped before it
+        starts; one that is finishing (copying files out) is left to finish.
+        """
         if run.done:
             return "already-finished"
-        lease = self._leases.get(run.id)
-        if lease is None:
-            task = self._tasks.get(run.id)
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-            return "dequeued"
-        try:
-            step = await lease.sandbox.cancel(lease.index, run.id, grace)
-        except SandboxError as exc:
-            pool = self.pools[run.profile]
-            pool.mark_lost(lease.slot.sandbox, f"cancel failed: {exc}")
-            step = "sandbox-retired"
+        run.cancel_requested = True
         task = self._tasks.get(run.id)
+        if run.state is RunState.QUEUED and task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return "dequeued"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace * 3 + 5
+        step = "not-running"
+        while not run.done and loop.time() < deadline:
+            lease = self._leases.get(run.id)
+            if lease is None:
+                break
+            try:
+                step = await lease.sandbox.cancel(lease.index, run.id, grace)
+            except SandboxError as exc:
+                self.pools[run.profile].mark_lost(lease.slot.sandbox, f"cancel failed: {exc}")
+                step = "sandbox-retired"
+            if step != "not-running":
+                break
+            await asyncio.sleep(CANCEL_RETRY)
         if task is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), grace * 3 + 5)
+                await asyncio.wait_for(asyncio.shield(task), max(0.1, deadline - loop.time()))
         return step
 
     async def scale(self, profile_name: str, sandboxes: int) -> None:
@@ -252,8 +275,8 @@ class Manager:
         if purge:
             for run in self.runs:
                 run.log.close()
-            if self._artifacts_dir is not None:
-                shutil.rmtree(self._artifacts_dir, ignore_errors=True)
+            for folder in self._folders.values():
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Run the sandbox agent: ``python -m sandbox_magics.agent --root DIR --slots K``.
 
-The bearer token comes from ``$SANDBOX_AGENT_TOKEN`` (never argv, which ``ps`` shows). Once
-listening it prints one JSON line ``{"port": ..., "pid": ...}`` on stdout. It exits on
+The bearer token is the first line of stdin (or ``$SANDBOX_AGENT_TOKEN`` where an engine can
+only pass environment); never argv, which ``ps`` shows, and stdin keeps it out of
+``/proc/<pid>/environ``, which the runs could read. Once listening it prints one JSON line
+``{"port": ..., "pid": ...}`` on stdout. It exits on
 SIGTERM/SIGINT, on ``POST /v1/shutdown``, when its parent process dies, and after
 ``--idle-timeout`` seconds without a request or a running command.
 """
@@ -77,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.nice:
         os.nice(args.nice)
-    token = os.environ.pop(protocol.TOKEN_ENV, "")
+    token = os.environ.pop(protocol.TOKEN_ENV, "") or sys.stdin.readline().strip()
     if not token:
-        print(f"agent: set ${protocol.TOKEN_ENV} to the bearer token", file=sys.stderr)
+        print(f"agent: give the bearer token as the first line of stdin or in "
+              f"${protocol.TOKEN_ENV}", file=sys.stderr)
         return 2
     if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
         try:

@@ -102,6 +102,15 @@ def _slot(request: web.Request) -> process.Slot:
         ) from None
 
 
+def _idle(slot: process.Slot) -> process.Slot:
+    """The slot, if no run is using it: files move only between runs, never during one."""
+    if slot.busy:
+        raise web.HTTPConflict(
+            text=f'{{"error": "slot {slot.index} is busy with run {slot.run_id}"}}',
+            content_type="application/json")
+    return slot
+
+
 def _confined(request: web.Request, slot: process.Slot) -> Path:
     try:
         return workspace.confine(slot.path, request.match_info["path"])
@@ -135,6 +144,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": protocol.FRAME_CONTENT_TYPE})
     slot.run_id = run_id
     try:
+        slot.path.mkdir(parents=True, exist_ok=True)
         try:
             job = await process.start(argv, slot.path, env, stdin_bytes)
         except (FileNotFoundError, PermissionError) as exc:
@@ -148,27 +158,38 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
             await response.write_eof()
             return response
         slot.job = job
-        await response.prepare(request)
-        await response.write(protocol.json_frame(protocol.START, {"pid": job.pgid, "pgid": job.pgid}))
-        out = process.OutputBuffer()
-        pumper = asyncio.ensure_future(_pump_then_close(job, out, timeout))
-        watchdog = asyncio.ensure_future(_watch_client(request, job))
         try:
-            await _forward(response, out)
+            return await _stream(request, response, job, slot, timeout)
         finally:
-            watchdog.cancel()
-            if not pumper.done():
-                job.stop_reason = "client-gone"
+            if not job.finished.is_set():
+                job.stop_reason = job.stop_reason or "client-gone"
                 process.killpg(job.pgid, signal.SIGKILL)
-                pumper.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pumper
-        exit_info = {**pumper.result(), "workspace_empty": workspace.is_empty(slot.path)}
-        await response.write(protocol.json_frame(protocol.EXIT, exit_info))
-        await response.write_eof()
-        return response
     finally:
         slot.run_id, slot.job = None, None
+
+
+async def _stream(request: web.Request, response: web.StreamResponse, job: process.Job,
+                  slot: process.Slot, timeout: float | None) -> web.StreamResponse:
+    """Send START, the output as it comes, then EXIT."""
+    await response.prepare(request)
+    await response.write(protocol.json_frame(protocol.START, {"pid": job.pgid, "pgid": job.pgid}))
+    out = process.OutputBuffer()
+    pumper = asyncio.ensure_future(_pump_then_close(job, out, timeout))
+    watchdog = asyncio.ensure_future(_watch_client(request, job))
+    try:
+        await _forward(response, out)
+    finally:
+        watchdog.cancel()
+        if not pumper.done():
+            job.stop_reason = "client-gone"
+            process.killpg(job.pgid, signal.SIGKILL)
+            pumper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pumper
+    exit_info = {**pumper.result(), "workspace_empty": workspace.is_empty(slot.path)}
+    await response.write(protocol.json_frame(protocol.EXIT, exit_info))
+    await response.write_eof()
+    return response
 
 
 async def _pump_then_close(job: process.Job, out: process.OutputBuffer,
@@ -222,28 +243,30 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def reset(request: web.Request) -> web.Response:
-    slot = _slot(request)
-    if slot.busy:
-        return _error(409, f"slot {slot.index} is busy with run {slot.run_id}")
-    workspace.reset(slot.path)
+    slot = _idle(_slot(request))
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, workspace.reset, slot.path)
+    except OSError as exc:
+        return _error(500, f"slot {slot.index} could not be emptied: {exc}")
     return web.json_response({"ok": True})
 
 
 async def list_files(request: web.Request) -> web.Response:
-    slot = _slot(request)
+    slot = _idle(_slot(request))
     files = await asyncio.get_running_loop().run_in_executor(None, workspace.list_files, slot.path)
     return web.json_response({"files": files})
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
-    path = _confined(request, _slot(request))
+    path = _confined(request, _idle(_slot(request)))
     if not path.is_file():
         return _error(404, f"no file {request.match_info['path']!r} in the workspace")
     return web.FileResponse(path)
 
 
 async def put_file(request: web.Request) -> web.Response:
-    slot = _slot(request)
+    slot = _idle(_slot(request))
     path = _confined(request, slot)
     path.parent.mkdir(parents=True, exist_ok=True)
     _confined(request, slot)

@@ -7,7 +7,6 @@ workspace, or the path was absolute or climbed with ``..``, it is refused.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -49,15 +48,36 @@ def list_files(root: Path) -> list[dict[str, Any]]:
 
 
 def is_empty(root: Path) -> bool:
-    """True if ``root`` has no entries at all."""
-    with os.scandir(root) as entries:
-        return next(entries, None) is None
+    """True if ``root`` exists and has no entries at all (False when in doubt)."""
+    try:
+        with os.scandir(root) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
 
 
 def reset(root: Path) -> None:
-    """Empty ``root``, removing links themselves rather than what they point to."""
-    for entry in os.scandir(root):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            os.unlink(entry.path)
+    """Empty ``root`` (re-creating it if a run removed it) and check that it is empty.
+
+    Links are removed, not followed; folders a run made read-only are made writable
+    first, so nothing of one run is left for the next.
+
+    Raises:
+        OSError: something could not be removed; the slot must not be reused.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    for name in os.listdir(root):
+        _remove(os.path.join(root, name))
+    if not is_empty(root):
+        raise OSError(f"workspace {root} could not be emptied")
+
+
+def _remove(path: str) -> None:
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.unlink(path)
+        return
+    os.chmod(path, 0o700)
+    for name in os.listdir(path):
+        _remove(os.path.join(path, name))
+    os.rmdir(path)

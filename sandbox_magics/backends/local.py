@@ -98,7 +98,7 @@ class LocalBackend(Backend):
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         token = secrets.token_urlsafe(32)
-        env = {**os.environ, protocol.TOKEN_ENV: token}
+        env = {k: v for k, v in os.environ.items() if k != protocol.TOKEN_ENV}
         idle = self._idle_timeout if self._idle_timeout is not None else profile.idle_timeout * 2
         argv = [sys.executable, "-m", "sandbox_magics.agent", "--root", str(root),
                 "--slots", str(profile.slots_per_sandbox), "--host", profile.bind_host,
@@ -107,9 +107,11 @@ class LocalBackend(Backend):
         log_path = root / "agent.log"
         with open(log_path, "wb") as log:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=log, env=env, start_new_session=True)
-        assert process.stdout is not None
+        assert process.stdout is not None and process.stdin is not None
+        process.stdin.write(f"{token}\n".encode())
+        process.stdin.close()
         try:
             line = await asyncio.wait_for(process.stdout.readline(), profile.start_timeout)
             ready = json.loads(line)

@@ -146,7 +146,10 @@ class SandboxMagics(Magics):
                              f"{', '.join(sorted(profiles))}.")
 
     def _line(self, line: str) -> Any:
-        words = shlex.split(line)
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"Cannot read %sandbox {line!r}: {exc}; check the quotes.") from None
         if not words:
             raise UsageError(f"%sandbox needs a subcommand: {', '.join(sorted(self._commands))}.")
         command = self._commands.get(words[0])

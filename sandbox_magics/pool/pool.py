@@ -2,7 +2,7 @@
 
 Policy lives here, I/O in the backend. Acquire is first-in first-out with a timeout; when
 every slot is busy and the pool is below ``max_sandboxes`` it starts more; a maintenance
-task checks health, keeps ``min_sandboxes`` running and stops sandboxes idle for longer
+task checks health (two failed checks in a row retire a sandbox), keeps ``min_sandboxes`` running and stops sandboxes idle for longer
 than ``idle_timeout`` (no more than one scale-down per ``cooldown``). A sandbox that dies
 is retired and the runs on it see their lease's ``lost`` event. Loop-bound: every method
 runs on the manager's loop.
@@ -26,6 +26,7 @@ from ..profiles import Profile
 from .state import Lease, PoolEvent, SandboxRecord, SandboxState, SlotRecord
 
 HEALTH_TIMEOUT = 3.0
+HEALTH_FAILURES = 2
 RESET_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 EVENT_HISTORY = 200
@@ -117,18 +118,23 @@ class Pool:
         try:
             return await asyncio.wait_for(waiter.future, timeout)
         except asyncio.TimeoutError:
+            self._give_back(waiter)
             raise AcquireTimeoutError(
                 f"No slot of profile {self.profile.name!r} came free within {timeout:g} s "
                 f"({self.busy_slots} of {self.profile.max_slots} busy, {self.queued} queued); "
                 f"wait for runs to end, cancel some, or raise max_sandboxes."
             ) from None
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                self._free(waiter.future.result().slot)
+            self._give_back(waiter)
             raise
         finally:
             if not waiter.granted:
                 self._forget(waiter)
+
+    def _give_back(self, waiter: _Waiter) -> None:
+        """Free the slot of a waiter that was granted one but gave up before taking it."""
+        if waiter.granted:
+            self._free(waiter.future.result().slot)
 
     def _forget(self, waiter: _Waiter) -> None:
         """Drop a waiter that timed out or was cancelled from whichever queue holds it."""
@@ -151,12 +157,14 @@ class Pool:
         lease.released = True
         slot = lease.slot
         record = slot.sandbox
-        if reset and slot.session is None and record.state is SandboxState.READY and record.sandbox:
-            try:
-                await asyncio.wait_for(record.sandbox.reset(slot.index), RESET_TIMEOUT)
-            except (SandboxError, asyncio.TimeoutError) as exc:
-                self.mark_lost(record, f"could not reset slot {slot.index}: {exc}")
-        self._free(slot)
+        try:
+            if reset and slot.session is None and record.state is SandboxState.READY and record.sandbox:
+                try:
+                    await asyncio.wait_for(record.sandbox.reset(slot.index), RESET_TIMEOUT)
+                except (SandboxError, asyncio.TimeoutError) as exc:
+                    self.mark_lost(record, f"could not reset slot {slot.index}: {exc}")
+        finally:
+            self._free(slot)
 
     def _free(self, slot: SlotRecord) -> None:
         slot.busy, slot.run_id = False, None
@@ -182,8 +190,15 @@ class Pool:
             elif not slot.busy and slot.sandbox.state is SandboxState.READY:
                 self._grant(queue.popleft(), slot)
         while self._waiters:
-            if self._waiters[0].future.done():
+            waiter = self._waiters[0]
+            if waiter.future.done():
                 self._waiters.popleft()
+                continue
+            if waiter.session in self._sessions:
+                own = self._sessions[waiter.session]
+                self._session_waiters.setdefault(own, collections.deque()).append(self._waiters.popleft())
+                if not own.busy and own.sandbox.state is SandboxState.READY:
+                    self._grant(self._session_waiters[own].popleft(), own)
                 continue
             slot = self._free_slot()
             if slot is None:
@@ -289,7 +304,8 @@ class Pool:
             ready = [r for r in self.sandboxes if r.state is SandboxState.READY and r.sandbox]
             alive = await asyncio.gather(*(self._alive(r) for r in ready))
             for record, ok in zip(ready, alive):
-                if not ok:
+                record.health_failures = 0 if ok else record.health_failures + 1
+                if record.health_failures >= HEALTH_FAILURES:
                     self.mark_lost(record, "it stopped answering health checks")
             self._ensure_min()
             self._scale_down()

@@ -46,6 +46,7 @@ class SandboxRecord:
     slots: list[SlotRecord] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
     idle_since: float | None = field(default_factory=time.monotonic)
+    health_failures: int = 0
 
     @property
     def idle(self) -> bool:

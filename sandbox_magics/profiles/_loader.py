@@ -40,6 +40,7 @@ _FLOAT_FIELDS = {"cpu", "idle_timeout", "lifetime", "acquire_timeout", "run_time
                  "artifact_limit_mb", "start_timeout"}
 _OPTIONAL = {"image", "gpu", "run_timeout", "workspace_base"}
 _STR_FIELDS = {"backend", "image", "gpu", "workspace_base", "bind_host"}
+_PRIVATE = {"env", "secrets"}
 _POSITIVE = {"slots_per_sandbox", "max_sandboxes", "cpu", "memory_mb", "idle_timeout",
              "lifetime", "acquire_timeout", "run_timeout", "start_timeout"}
 
@@ -152,9 +153,10 @@ def _coerce_env(var: str, profile: str, key: str, text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
+        shown = "a value" if key in _PRIVATE else f"the value {text!r}"
         raise ProfileError(
-            f"In the environment, profile {profile!r} key {key!r} ({var}) has the "
-            f"value {text!r}, which is not a number, list or table in JSON."
+            f"In the environment, profile {profile!r} key {key!r} ({var}) has "
+            f"{shown} which is not a number, list or table in JSON."
         ) from None
 
 
@@ -176,12 +178,16 @@ def _check(source: str, profile: str, key: str, value: Any) -> None:
             raise ProfileError(f"{where} must be a non-empty string, got {value!r}.")
     elif key == "secrets":
         if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
-            raise ProfileError(f"{where} must be a list of secret names, got {value!r}.")
+            raise ProfileError(f"{where} must be a list of secret names, got a "
+                               f"{type(value).__name__} holding something else.")
     elif key == "env":
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
-        ):
-            raise ProfileError(f"{where} must be a table of string values, got {value!r}.")
+        if not isinstance(value, dict):
+            raise ProfileError(f"{where} must be a table of string values, got a "
+                               f"{type(value).__name__}.")
+        for name, item in value.items():
+            if not isinstance(item, str):
+                raise ProfileError(f"{where} entry {name!r} must be a string, got a "
+                                   f"{type(item).__name__} (values are not shown: they may be secret).")
     if key in _POSITIVE and value <= 0:
         raise ProfileError(f"{where} must be greater than zero, got {value!r}.")
     if key == "min_sandboxes" and value < 0:

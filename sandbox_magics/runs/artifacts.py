@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 from ..backends.base import Sandbox
@@ -41,7 +41,8 @@ class Artifact:
 async def collect(sandbox: Sandbox, slot: int, since: float, dest: Path,
                   limit_mb: float) -> list[Artifact]:
     """Copy the slot's files modified at or after ``since`` into ``dest``, up to ``limit_mb``."""
-    files = [f for f in await sandbox.list_files(slot) if f.mtime >= since - MTIME_SLACK]
+    files = [f for f in await sandbox.list_files(slot)
+             if f.mtime >= since - MTIME_SLACK and _inside(f.path)]
     budget = int(limit_mb * 2**20)
     kept: list[Artifact] = []
     for info in sorted(files, key=lambda f: (f.size, f.path)):
@@ -54,6 +55,12 @@ async def collect(sandbox: Sandbox, slot: int, since: float, dest: Path,
         budget -= info.size
         kept.append(Artifact(info.path, info.size, info.mtime, local))
     return sorted(kept, key=lambda a: a.path)
+
+
+def _inside(path: str) -> bool:
+    """Only relative paths that stay below the copy folder are taken from a sandbox."""
+    pure = PurePosixPath(path)
+    return bool(path) and not pure.is_absolute() and ".." not in pure.parts
 
 
 def to_frame(artifacts: list[Artifact]) -> pd.DataFrame:

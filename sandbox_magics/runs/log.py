@@ -1,7 +1,8 @@
 """`LogBuffer`: a run's stdout and stderr, in order, in bounded memory.
 
 Chunks stay in memory up to ``memory_limit`` bytes; past that, the whole log moves to a
-spill file and only the most recent ``memory_limit`` bytes stay in memory as a tail. The
+spill file and only the most recent ``memory_limit`` bytes stay in memory as a tail. When
+the run ends (`seal`) the tail shrinks further, so a long history of runs stays small. The
 full log is always readable, in order, with each chunk's stream kept.
 """
 
@@ -18,6 +19,7 @@ from typing import BinaryIO
 STREAMS = ("stdout", "stderr")
 _HEADER = struct.Struct(">BI")
 DEFAULT_MEMORY_LIMIT = 4 * 1024 * 1024
+SEALED_TAIL = 256 * 1024
 
 
 class LogBuffer:
@@ -46,10 +48,7 @@ class LogBuffer:
             self.bytes[stream] += len(data)
             self.chunks += 1
             if self._spill is None and self._tail_bytes + len(data) > self.memory_limit:
-                self._spill = tempfile.NamedTemporaryFile(
-                    prefix="sandbox-log-", suffix=".bin", dir=self._spill_dir, delete=False)
-                for old_stream, old in self._tail:
-                    self._write(old_stream, old)
+                self._start_spill()
             if self._spill is not None:
                 self._write(stream, data)
             self._tail.append((stream, data))
@@ -57,23 +56,43 @@ class LogBuffer:
             while self._tail_bytes > self.memory_limit and len(self._tail) > 1:
                 self._tail_bytes -= len(self._tail.popleft()[1])
 
+    def _start_spill(self) -> None:
+        """Move the log to a file (called with the lock held)."""
+        self._spill = tempfile.NamedTemporaryFile(
+            prefix="sandbox-log-", suffix=".bin", dir=self._spill_dir, delete=False)
+        for stream, data in self._tail:
+            self._write(stream, data)
+
     def _write(self, stream: str, data: bytes) -> None:
         assert self._spill is not None
         self._spill.write(_HEADER.pack(STREAMS.index(stream), len(data)))
         self._spill.write(data)
 
     def chunks_iter(self) -> Iterator[tuple[str, bytes]]:
-        """Every chunk from the start, in order (from the spill file once spilled)."""
+        """Every chunk from the start, in order (from the spill file once spilled).
+
+        While the run still writes, this reads up to what was written when it was called.
+        """
         with self._lock:
             if self._spill is None:
                 yield from list(self._tail)
                 return
             self._spill.flush()
-            path = self._spill.name
+            path, end = self._spill.name, self._spill.tell()
         with open(path, "rb") as fh:
-            while header := fh.read(_HEADER.size):
-                kind, length = _HEADER.unpack(header)
+            while fh.tell() < end:
+                kind, length = _HEADER.unpack(fh.read(_HEADER.size))
                 yield STREAMS[kind], fh.read(length)
+
+    def seal(self, keep: int = SEALED_TAIL) -> None:
+        """The run has ended: keep at most ``keep`` bytes in memory, the rest on disk."""
+        with self._lock:
+            if self._spill is None and self._tail_bytes > keep:
+                self._start_spill()
+            if self._spill is not None:
+                self._spill.flush()
+            while self._tail_bytes > keep and len(self._tail) > 1:
+                self._tail_bytes -= len(self._tail.popleft()[1])
 
     def read(self, stream: str | None = None) -> bytes:
         """The full bytes of one stream, or of both interleaved as produced."""

@@ -76,6 +76,8 @@ class Run:
         self.error: str | None = None
         self.notices: list[str] = []
         self.artifacts: list[Artifact] = []
+        self.timeout: float | None = spec.timeout
+        self.cancel_requested = False
         self.queued_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -158,7 +160,8 @@ class Run:
         if self.state is RunState.FAILED:
             return f"{what} exited with code {self.exit_code}."
         if self.state is RunState.TIMED_OUT:
-            return (f"{what} exceeded its timeout of {self.spec.timeout:g} s; its process group "
+            limit = f"{self.timeout:g} s" if self.timeout else "its time limit"
+            return (f"{what} exceeded its timeout of {limit}; its process group "
                     "was killed and the slot freed. Raise --timeout to give it longer.")
         if self.state is RunState.CANCELLED:
             return f"{what} was cancelled; its process group was killed and the slot freed."
@@ -199,6 +202,7 @@ class Run:
             return
         self.state, self.exit_code, self.error = state, exit_code, error
         self.ended_at = time.time()
+        self.log.seal()
         self._done.set()
         self._future.set_result(self)
         self._emit("state", b"")

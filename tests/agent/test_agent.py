@@ -178,5 +178,35 @@ def test_agent_exits_when_its_parent_dies(tmp_path: Path) -> None:
 def test_agent_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SANDBOX_AGENT_TOKEN"}
     out = subprocess.run([sys.executable, "-m", "sandbox_magics.agent", "--root", str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=30)
-    assert out.returncode == 2 and "SANDBOX_AGENT_TOKEN" in out.stderr
+                         capture_output=True, text=True, env=env, timeout=30,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and "bearer token as the first line of stdin" in out.stderr
+
+
+def test_reset_removes_what_a_run_made_read_only_or_deleted(agent: Agent) -> None:
+    events = asyncio.run(_exec(agent, 0, "mkdir -p d/e; touch d/e/x; chmod 500 d/e d"))
+    assert events[-1][1].exit_code == 0
+    assert agent.request("POST", "/slots/0/reset")[0] == 200
+    assert list((agent.root / "slot-0").iterdir()) == []
+    events = asyncio.run(_exec(agent, 0, 'rm -rf "$PWD"'))
+    assert events[-1][1].exit_code == 0
+    events = asyncio.run(_exec(agent, 0, "echo still here"))
+    assert [e.data for _, e in events if isinstance(e, Output)] == [b"still here\n"]
+
+
+def test_files_are_refused_while_a_run_is_live(agent: Agent) -> None:
+    async def scenario() -> tuple[int, int]:
+        async with aiohttp.ClientSession() as session:
+            sandbox = AgentSandbox("t", 2, agent.url.removesuffix("/v1"), TOKEN, session)
+            stream = sandbox.exec(0, ExecRequest("r5", ("bash",), stdin="echo go; sleep 5"))
+            async for event in stream:
+                if isinstance(event, Output):
+                    loop = asyncio.get_running_loop()
+                    put = await loop.run_in_executor(
+                        None, lambda: agent.request("PUT", "/slots/0/files/x", b"1")[0])
+                    listing = await loop.run_in_executor(
+                        None, lambda: agent.request("GET", "/slots/0/files")[0])
+                    await sandbox.cancel(0, "r5")
+                    return put, listing
+        raise AssertionError("no output")
+    assert asyncio.run(scenario()) == (409, 409)

@@ -21,6 +21,10 @@ slots_per_sandbox = 1
 max_sandboxes = 1
 acquire_timeout = 1.0
 workspace_base = "{ws}"
+
+[profiles.limited]
+run_timeout = 1
+workspace_base = "{ws}"
 """
 
 
@@ -107,6 +111,12 @@ def test_secrets_and_tokens_stay_out_of_reprs(client: Client) -> None:
     pool = client.manager.pools["default"]
     sandbox = pool.sandboxes[0].sandbox
     assert "Bearer" not in repr(sandbox) and "Bearer" not in str(status)
+    token = sandbox._headers["Authorization"].split()[1]
+    agent_pid = status[0]["sandboxes"][0]["pid"]
+    assert token.encode() not in Path(f"/proc/{agent_pid}/environ").read_bytes()
+    assert token.encode() not in Path(f"/proc/{agent_pid}/cmdline").read_bytes()
+    agent_log = Path(status[0]["sandboxes"][0]["root"]) / "agent.log"
+    assert token not in agent_log.read_text()
 
 
 def test_engine_not_in_this_version_is_one_clear_error(tmp_path: Path) -> None:
@@ -133,3 +143,20 @@ def test_scale_starts_and_stops_sandboxes(client: Client) -> None:
     assert client.run("echo back").stdout == "back\n"
     with pytest.raises(ProfileError, match="Unknown profile 'nope'"):
         client.scale("nope", 1)
+
+
+def test_profile_run_timeout_is_named_in_the_error(client: Client) -> None:
+    run = client.run("sleep 30", profile="limited", check=False)
+    assert run.state is RunState.TIMED_OUT
+    assert "exceeded its timeout of 1 s" in run.failure_message()
+
+
+def test_cancel_during_upload_stops_the_run_before_it_starts(client: Client, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(200 * 2**20))
+    run = client.submit("echo started", uploads=[(str(big), "big.bin")])
+    from tests.kernel_driver import wait_until
+    assert wait_until(lambda: run.state is RunState.RUNNING, 30, interval=0.001)
+    assert client.cancel(run) in ("not-running", "SIGINT")
+    run.join(30)
+    assert run.state is RunState.CANCELLED and "started" not in run.stdout

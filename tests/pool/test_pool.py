@@ -179,3 +179,19 @@ def test_cancelled_acquire_does_not_leak_the_slot() -> None:
         await pool.aclose()
         return busy
     assert run(scenario) == 1
+
+
+def test_two_first_runs_of_a_new_session_share_one_slot() -> None:
+    async def scenario() -> tuple[bool, int]:
+        pool = make_pool(slots_per_sandbox=2, max_sandboxes=1)
+        first, second = asyncio.ensure_future(pool.acquire(session="s")), asyncio.ensure_future(
+            pool.acquire(session="s"))
+        lease = await first
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        await pool.release(lease)
+        other = await asyncio.wait_for(second, 1)
+        free = sum(1 for r in pool.sandboxes for slot in r.slots if slot.session is None)
+        await pool.aclose()
+        return other.slot is lease.slot, free
+    assert run(scenario) == (True, 1)

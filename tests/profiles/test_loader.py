@@ -89,3 +89,14 @@ def test_profile_rows_show_secret_names_not_values(tmp_path: Path) -> None:
     path = write(tmp_path, '[profiles.s]\nsecrets = ["db"]\nenv = { TOKEN = "hunter2" }\n')
     row = load_profiles(path, environ={})["s"].as_row()
     assert row["secrets"] == "db" and row["env"] == "TOKEN" and "hunter2" not in str(row)
+
+
+def test_errors_about_env_never_show_its_values(tmp_path: Path) -> None:
+    path = write(tmp_path, '[profiles.s]\nenv = { API_KEY = "sk-hunter2", PORT = 8080 }\n')
+    with pytest.raises(ProfileError) as info:
+        load_profiles(path, environ={})
+    assert "entry 'PORT' must be a string, got a int" in str(info.value)
+    assert "hunter2" not in str(info.value) and "8080" not in str(info.value)
+    with pytest.raises(ProfileError) as info:
+        load_profiles(environ={"SANDBOX_MAGICS__DEFAULT__ENV": "TOKEN=sk-hunter2"})
+    assert "hunter2" not in str(info.value) and "SANDBOX_MAGICS__DEFAULT__ENV" in str(info.value)
