@@ -129,7 +129,7 @@ class Manager:
         except (SandboxError, OSError) as exc:
             outcome = _Outcome(RunState.ERROR, error=f"file transfer failed: {exc}")
         finally:
-            reset = run.spec.session is None and not outcome.workspace_empty
+            reset = not outcome.workspace_empty
             try:
                 await asyncio.shield(pool.release(lease, reset=reset))
             except (Exception, asyncio.CancelledError):
@@ -256,6 +256,10 @@ class Manager:
         if sandboxes < 0:
             raise ProfileError(f"Cannot scale profile {profile_name!r} to {sandboxes}; give 0 or more.")
         await self.pool(self.profile(profile_name)).scale(sandboxes)
+
+    async def end_session(self, session: str) -> list[str]:
+        """End ``session`` in every pool that has it; return those pools' profiles."""
+        return [name for name, pool in self.pools.items() if await pool.end_session(session)]
 
     def status(self) -> list[dict[str, Any]]:
         return [pool.snapshot() for pool in self.pools.values()]

@@ -189,6 +189,15 @@ class Client:
         self._check_open()
         return self._loop.submit(_every(interval, callback))
 
+    def end_session(self, session: str) -> list[str]:
+        """Free the slot of ``session`` (its files are deleted); return the profiles it was in."""
+        self._check_open()
+        return self._loop.run(self._manager.end_session(session), CALL_TIMEOUT)
+
+    async def aend_session(self, session: str) -> list[str]:
+        self._check_open()
+        return await self._loop.arun(self._manager.end_session(session))
+
     def shutdown(self, purge: bool = False) -> None:
         """Cancel every run and stop every sandbox; the client cannot be used afterwards.
 

@@ -93,6 +93,7 @@ class SandboxMagics(Magics):
             %sandbox artifacts RUN        the files a run left: list, preview, download
             %sandbox wait [RUN ...]       wait for runs (default: all); raise if one failed
             %sandbox cancel RUN           stop a run
+            %sandbox end-session NAME     free a --session's slot (its files are deleted)
             %sandbox scale PROFILE N      keep N sandboxes of PROFILE running
             %sandbox shutdown             stop every sandbox and run of this kernel
 
@@ -217,6 +218,16 @@ class SandboxMagics(Magics):
         print(f"{len(runs)} run(s) finished.")
 
     @magic_arguments()
+    @argument("session", help="session name, as given to --session")
+    def _end_session(self, line: str) -> None:
+        args = _parse(self._end_session, line)
+        profiles = self.client.end_session(args.session)
+        if not profiles:
+            raise UsageError(f"No session {args.session!r} is open.")
+        print(f"Session {args.session!r} ended; its slot in {', '.join(profiles)} is free "
+              "and its files are gone.")
+
+    @magic_arguments()
     @argument("run", help="run id or name")
     def _cancel(self, line: str) -> None:
         args = _parse(self._cancel, line)
@@ -246,7 +257,7 @@ class SandboxMagics(Magics):
 
     _commands: dict[str, Callable[[SandboxMagics, str], Any]] = {
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
-        "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "scale": _scale, "shutdown": _shutdown,
+        "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "end-session": _end_session, "scale": _scale, "shutdown": _shutdown,
     }
 
 

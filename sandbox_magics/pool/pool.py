@@ -142,6 +142,20 @@ class Pool:
             with contextlib.suppress(ValueError):
                 queue.remove(waiter)
 
+    async def end_session(self, session: str) -> bool:
+        """Give ``session``'s slot back to everyone, emptying its workspace; False if unknown.
+
+        A run of the session still going keeps the slot until it ends.
+        """
+        slot = self._sessions.pop(session, None)
+        if slot is None:
+            return False
+        slot.session = None
+        if not slot.busy:
+            slot.busy = True
+            await self.release(Lease(slot), reset=True)
+        return True
+
     def session_notice(self, session: str) -> str | None:
         """If ``session``'s sandbox was lost, say so once."""
         reason = self._lost_sessions.pop(session, None)
@@ -151,7 +165,8 @@ class Pool:
                 f"({reason}), and the files in it with it.")
 
     async def release(self, lease: Lease, reset: bool = True) -> None:
-        """Give the slot back, emptying its workspace unless it belongs to a session."""
+        """Give the slot back, emptying its workspace (if ``reset``) unless a session
+        holds it; a slot whose session ended meanwhile is emptied."""
         if lease.released:
             return
         lease.released = True

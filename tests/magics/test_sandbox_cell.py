@@ -33,6 +33,11 @@ def test_session_files_persist_between_cells_and_other_runs_start_clean(kernel: 
     assert second.stdout.splitlines() == ["42", first.stdout.strip()]
     fresh = kernel.execute("%%sandbox bash\nls")
     assert fresh.status == "ok" and "answer.txt" not in fresh.stdout
+    ended = kernel.execute("%sandbox end-session prep")
+    assert ended.stdout.startswith("Session 'prep' ended")
+    again = kernel.execute("%%sandbox bash --session prep\nls")
+    assert again.status == "ok" and "answer.txt" not in again.stdout
+    assert kernel.execute("%sandbox end-session nope").usage_error == "No session 'nope' is open."
 
 
 def test_stderr_goes_to_the_cells_stderr(kernel: Kernel) -> None:
@@ -134,4 +139,4 @@ def test_profiles_and_runs_are_dataframes(kernel: Kernel) -> None:
 def test_unknown_subcommand_lists_the_valid_ones(kernel: Kernel) -> None:
     reply = kernel.execute("%sandbox frobnicate")
     assert reply.usage_error is not None
-    assert "cancel, logs, profiles, runs, scale, shutdown, status" in reply.usage_error
+    assert "cancel, end-session, logs, profiles, runs, scale, shutdown, status" in reply.usage_error
