@@ -6,11 +6,12 @@ import hmac
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def bearer_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def bearer_auth(token: str) -> Middleware:
     """Return middleware that answers 401 unless ``Authorization: Bearer <token>`` matches."""
     expected = f"Bearer {token}".encode()
 

@@ -215,10 +215,10 @@ class Pool:
                 if not own.busy and own.sandbox.state is SandboxState.READY:
                     self._grant(self._session_waiters[own].popleft(), own)
                 continue
-            slot = self._free_slot()
-            if slot is None:
+            free = self._free_slot()
+            if free is None:
                 return
-            self._grant(self._waiters.popleft(), slot)
+            self._grant(self._waiters.popleft(), free)
 
     def _grant(self, waiter: _Waiter, slot: SlotRecord) -> None:
         slot.busy = True

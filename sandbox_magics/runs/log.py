@@ -14,7 +14,6 @@ import struct
 import tempfile
 import threading
 from collections.abc import Iterator
-from typing import BinaryIO
 
 STREAMS = ("stdout", "stderr")
 _HEADER = struct.Struct(">BI")
@@ -30,7 +29,7 @@ class LogBuffer:
         self._spill_dir = spill_dir
         self._tail: collections.deque[tuple[str, bytes]] = collections.deque()
         self._tail_bytes = 0
-        self._spill: BinaryIO | None = None
+        self._spill: tempfile._TemporaryFileWrapper[bytes] | None = None
         self._lock = threading.Lock()
         self.bytes = {"stdout": 0, "stderr": 0}
         self.chunks = 0
