@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
-import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -83,7 +82,6 @@ class Run:
         self.ended_at: float | None = None
         self.log = log or LogBuffer()
         self._listeners: list[Listener] = []
-        self._done = threading.Event()
         self._future: concurrent.futures.Future[Run] = concurrent.futures.Future()
         self._cancel: Callable[[], Any] | None = None
 
@@ -107,7 +105,7 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._future.done()
 
     @property
     def stdout(self) -> str:
@@ -122,7 +120,11 @@ class Run:
 
     def join(self, timeout: float | None = None) -> bool:
         """Block until the run ends or ``timeout`` passes; return whether it ended. Never raises."""
-        return self._done.wait(timeout)
+        try:
+            self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the run ends; return its exit code. Not for the manager's loop.
@@ -131,7 +133,7 @@ class Run:
             RunFailedError: the run failed and was submitted with ``raise_error``.
             TimeoutError: it is still going after ``timeout`` seconds.
         """
-        if not self._done.wait(timeout):
+        if not self.join(timeout):
             raise TimeoutError(f"Run {self.id} is still {self.state.value} after {timeout} s.")
         if self.spec.raise_error:
             self.check()
@@ -203,7 +205,6 @@ class Run:
         self.state, self.exit_code, self.error = state, exit_code, error
         self.ended_at = time.time()
         self.log.seal()
-        self._done.set()
         self._future.set_result(self)
         self._emit("state", b"")
 
