@@ -20,8 +20,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import protocol
-from .app import idle_seconds, make_app
+from . import process, protocol
+from .app import SLOTS, idle_seconds, make_app
 
 WATCH_INTERVAL = 0.5
 
@@ -49,6 +49,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    process.become_subreaper()
     app = make_app(token, args.root, args.slots, stop)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
@@ -62,11 +63,15 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     finally:
         watcher.cancel()
         await runner.cleanup()
+        process.kill_strays()
 
 
 async def _watch(app: web.Application, args: argparse.Namespace, stop: asyncio.Event) -> None:
     while not stop.is_set():
         await asyncio.sleep(WATCH_INTERVAL)
+        if not any(slot.busy for slot in app[SLOTS]):
+            for pid in process.kill_strays():
+                print(f"agent: killed process {pid} that outlived its run", file=sys.stderr, flush=True)
         if args.parent_pid is not None and os.getppid() != args.parent_pid:
             print("agent: parent process is gone; exiting", file=sys.stderr, flush=True)
             stop.set()

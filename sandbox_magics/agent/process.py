@@ -3,7 +3,9 @@
 Output is read in chunks as produced into a buffer bounded in bytes, so a slow client
 slows the process down instead of filling the agent's memory. A run ends
 when its main process exits; whatever it left in its process group (a ``cmd &`` holding
-stdout open) is killed after a short grace, so the run cannot hang on a straggler.
+stdout open) is killed after a short grace, so the run cannot hang on a straggler. What
+escaped the group with ``setsid`` is adopted by the agent (a subreaper) and killed once
+no slot is running (`kill_strays`).
 
 asyncio's ``Process.wait()`` also waits for the pipes to close, which such a straggler
 prevents; `Job.exited` is set the moment the main process itself exits.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import tempfile
@@ -24,6 +27,7 @@ from typing import Any
 from . import protocol
 
 STRAGGLER_GRACE = 0.5
+PR_SET_CHILD_SUBREAPER = 36
 BUFFER_LIMIT = 4 * 1024 * 1024
 SMALL_READ = 16 * 1024
 READ_PAUSE = 0.02
@@ -130,6 +134,39 @@ class Slot:
     @property
     def busy(self) -> bool:
         return self.run_id is not None
+
+
+def become_subreaper() -> bool:
+    """Linux: adopt orphaned descendants, so a run that escapes its process group with
+    ``setsid`` (a daemon) stays findable by `kill_strays`. False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def kill_strays() -> list[int]:
+    """Kill and reap every child of this process; call only while no job runs (asyncio
+    watches the jobs' own processes). Returns the pids killed."""
+    me = str(os.getpid())
+    killed = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = fh.read().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            continue
+        if ppid == me:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    return killed
 
 
 def killpg(pgid: int, sig: int) -> bool:

@@ -210,3 +210,9 @@ def test_files_are_refused_while_a_run_is_live(agent: Agent) -> None:
                     return put, listing
         raise AssertionError("no output")
     assert asyncio.run(scenario()) == (409, 409)
+
+
+def test_a_daemon_that_escaped_with_setsid_is_killed_once_the_slot_is_idle(agent: Agent) -> None:
+    events = asyncio.run(_exec(agent, 1, "setsid sleep 300 > /dev/null 2>&1 < /dev/null & echo $!"))
+    pid = int(next(e.data for _, e in events if isinstance(e, Output)))
+    assert wait_until(lambda: not pid_alive(pid), 5)
