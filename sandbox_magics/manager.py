@@ -126,8 +126,9 @@ class Manager:
                     await self._collect(run, lease, profile)
         except asyncio.CancelledError:
             outcome = _Outcome(RunState.CANCELLED, error="the manager shut down")
-        except (SandboxError, OSError) as exc:
-            outcome = _Outcome(RunState.ERROR, error=f"file transfer failed: {exc}")
+        except (SandboxError, OSError, asyncio.TimeoutError) as exc:
+            outcome = _Outcome(RunState.ERROR,
+                               error=f"file transfer failed: {exc or 'it took too long'}")
         finally:
             reset = not outcome.workspace_empty
             try:
