@@ -74,7 +74,8 @@ def test_parallel_sweep_notebook_runs_headless(tmp_path: Path) -> None:
     nb = execute("parallel_sweep.ipynb", tmp_path)
     cells = [c for c in nb.cells if c.cell_type == "code"]
     outputs = [text(c) for c in cells]
-    assert "Run r" in outputs[1] and "live log" in outputs[1]
+    assert outputs[1].startswith("Run r1 (sweep-1e-4, profile default): succeeded, exit code 0")
+    assert "lr=0.0001 step=8" in outputs[1], "the headless output kept a stale state"
     assert "default (local)" in outputs[5]
     assert outputs[6] == "4 run(s) finished.\n"
     assert outputs[7].count("succeeded") == 4

@@ -187,7 +187,7 @@ class Client:
         Views poll this way (at 2 Hz or less) instead of reacting to every chunk.
         """
         self._check_open()
-        return self._loop.submit(_every(interval, callback))
+        return self._loop.submit_detached(_every(interval, callback))
 
     def end_session(self, session: str) -> list[str]:
         """Free the slot of ``session`` (its files are deleted); return the profiles it was in."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 import weakref
 from collections.abc import Coroutine
@@ -36,6 +37,12 @@ class LoopThread:
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; return a thread-safe future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def submit_detached(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Like `submit`, but ``coro`` runs in an empty context instead of a copy of the
+        caller's. In a kernel, output it sends then belongs to whichever cell is running
+        when it is sent (ipykernel's rule for threads), not to the cell that started it."""
+        return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run ``coro`` on the loop and block this thread until it ends or ``timeout`` passes."""

@@ -136,8 +136,10 @@ class SandboxMagics(Magics):
         return self._log_views[run]
 
     def display_run(self, run: Run) -> bool:
-        """IPython's display hook for a `Run`: its live log view."""
-        display(self.log_view(run))
+        """IPython's display hook for a `Run`: its live log view, shown with a display id
+        so that its final state replaces the text a frontend without widgets keeps."""
+        view = self.log_view(run)
+        view.display_handle = display(view, display_id=True)
         return True
 
     def _check_profile(self, name: str) -> None:

@@ -47,6 +47,7 @@ class RunLogView(PolledView):
         super().__init__(every)
         self.run = run
         self.directory = directory
+        self.display_handle: Any = None
         self._seen: tuple[Any, ...] | None = None
 
     def _build(self) -> Any:
@@ -89,6 +90,8 @@ class RunLogView(PolledView):
                     f'<span class="sbx-err">{esc(text)}</span>' if stream == "stderr" else esc(text)
                     for stream, text in tail_lines(run, self._lines.value))
                 self._body.value = f'<pre class="sbx-log">{body}</pre>'
+        if run.done and self.display_handle is not None:
+            self.display_handle.update(self)
         return not run.done
 
     def save(self) -> Path:
