@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -84,6 +85,11 @@ async def _activity(request: web.Request, handler: Any) -> web.StreamResponse:
         request.app[STATE]["last_activity"] = time.monotonic()
 
 
+def _refusal(error: type[web.HTTPException], message: str) -> web.HTTPException:
+    """An HTTP error to raise, with the same JSON body as `_error`."""
+    return error(text=json.dumps({"error": message}), content_type="application/json")
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -96,18 +102,14 @@ def _slot(request: web.Request) -> process.Slot:
             raise IndexError(index)
         return slots[index]
     except (ValueError, IndexError):
-        raise web.HTTPNotFound(
-            text=f'{{"error": "no slot {request.match_info["slot"]!s}; slots are 0..{len(slots) - 1}"}}',
-            content_type="application/json",
-        ) from None
+        raise _refusal(web.HTTPNotFound, f"no slot {request.match_info['slot']}; "
+                                         f"slots are 0..{len(slots) - 1}") from None
 
 
 def _idle(slot: process.Slot) -> process.Slot:
     """The slot, if no run is using it: files move only between runs, never during one."""
     if slot.busy:
-        raise web.HTTPConflict(
-            text=f'{{"error": "slot {slot.index} is busy with run {slot.run_id}"}}',
-            content_type="application/json")
+        raise _refusal(web.HTTPConflict, f"slot {slot.index} is busy with run {slot.run_id}")
     return slot
 
 
@@ -115,7 +117,7 @@ def _confined(request: web.Request, slot: process.Slot) -> Path:
     try:
         return workspace.confine(slot.path, request.match_info["path"])
     except workspace.PathEscapeError as exc:
-        raise web.HTTPForbidden(text=f'{{"error": "{exc}"}}', content_type="application/json") from None
+        raise _refusal(web.HTTPForbidden, str(exc)) from None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -134,8 +136,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
         return _error(400, "argv must be a non-empty list of strings")
     if not isinstance(run_id, str) or not run_id:
         return _error(400, "run_id must be a non-empty string")
-    if slot.busy:
-        return _error(409, f"slot {slot.index} is busy with run {slot.run_id}")
+    _idle(slot)
     env = {**request.app[STATE]["base_env"], **body.get("env", {})}
     stdin = body.get("stdin")
     stdin_bytes = stdin.encode() if isinstance(stdin, str) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import html
 import weakref
@@ -47,7 +48,7 @@ def badge(state: str) -> str:
 Every = Callable[[Callable[[], float], Callable[[], bool]], "concurrent.futures.Future[None]"]
 
 
-class PolledView:
+class PolledView(abc.ABC):
     """A view whose ipywidget is built once, then refreshed by a poller on the manager's
     loop until ``refresh`` returns False or it is closed. Without ipywidgets it is plain
     text and HTML.
@@ -87,15 +88,17 @@ class PolledView:
             PolledView._live.discard(self)
         return going
 
+    @abc.abstractmethod
     def _build(self) -> Any:
-        raise NotImplementedError
+        """Create the ipywidget (called once, on first display)."""
 
+    @abc.abstractmethod
     def refresh(self) -> bool:
         """Update the widget if something changed; False once there will be no more change."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def text(self) -> str:
-        raise NotImplementedError
+        """The view as plain text, for frontends without widgets."""
 
     def html(self) -> str:
         return f"<pre>{esc(self.text())}</pre>"
