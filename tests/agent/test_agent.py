@@ -101,18 +101,18 @@ def test_cancel_kills_the_whole_process_group(agent: Agent) -> None:
         async with aiohttp.ClientSession() as session:
             sandbox = AgentSandbox("t", 2, agent.url.removesuffix("/v1"), TOKEN, session)
             stream = sandbox.exec(1, ExecRequest("r9", ("bash",),
-                                                 stdin="sleep 300 & sleep 301 & echo $!; wait"))
+                                                 stdin="sleep 300 & a=$!; sleep 301 & echo $a $!; wait"))
             pids: list[int] = []
             async for event in stream:
                 if isinstance(event, Output):
-                    pids.append(int(event.data))
+                    pids.extend(int(pid) for pid in event.data.split())
                     step = await sandbox.cancel(1, "r9")
                 if isinstance(event, Exited):
                     return step, pids, event
             raise AssertionError("no exit")
     step, pids, exited = asyncio.run(scenario())
-    assert step == "SIGINT" and exited.reason == "cancelled"
-    assert wait_until(lambda: not pid_alive(pids[0]) and not pid_alive(pids[0] - 1), 3)
+    assert step == "SIGINT" and exited.reason == "cancelled" and len(pids) == 2
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), 3)
 
 
 def test_timeout_kills_the_run(agent: Agent) -> None:
