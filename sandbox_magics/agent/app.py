@@ -147,16 +147,15 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     try:
         slot.path.mkdir(parents=True, exist_ok=True)
         try:
-            job = await process.start(argv, slot.path, env, stdin_bytes)
+            job = process.start(argv, slot.path, env, stdin_bytes)
         except (FileNotFoundError, PermissionError) as exc:
             await response.prepare(request)
             missing = exc.filename or argv[0]
-            await response.write(protocol.json_frame(protocol.EXIT, {
+            await response.write_eof(protocol.json_frame(protocol.EXIT, {
                 "exit_code": protocol.EXIT_NOT_FOUND, "signal": None, "reason": "not-found",
                 "error": f"{missing!r} cannot be run in the sandbox ({exc.strerror}); "
                          "install it in the image or pick another interpreter",
             }))
-            await response.write_eof()
             return response
         slot.job = job
         try:
@@ -188,8 +187,7 @@ async def _stream(request: web.Request, response: web.StreamResponse, job: proce
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pumper
     exit_info = {**pumper.result(), "workspace_empty": workspace.is_empty(slot.path)}
-    await response.write(protocol.json_frame(protocol.EXIT, exit_info))
-    await response.write_eof()
+    await response.write_eof(protocol.json_frame(protocol.EXIT, exit_info))
     return response
 
 
@@ -216,9 +214,9 @@ async def _forward(response: web.StreamResponse, out: process.OutputBuffer) -> N
         pause = last_write + FLUSH_INTERVAL - loop.time()
         if pause > 0 and not rate.flooding:
             await asyncio.sleep(pause)
-        batch = out.take()
-        rate.add(sum(len(data) for _, data in batch))
-        await response.write(b"".join(protocol.frame(kind, data) for kind, data in batch))
+        size, data = out.take()
+        rate.add(size)
+        await response.write(data)
         last_write = loop.time()
 
 

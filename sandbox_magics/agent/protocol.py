@@ -29,5 +29,14 @@ def frame(kind: int, payload: bytes | bytearray) -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
 
 
+def frames(groups: list[tuple[int, list[bytes]]]) -> bytes:
+    """One frame per (kind, chunks) group, all joined in a single copy."""
+    parts: list[bytes] = []
+    for kind, chunks in groups:
+        parts.append(HEADER.pack(kind, sum(len(chunk) for chunk in chunks)))
+        parts.extend(chunks)
+    return b"".join(parts)
+
+
 def json_frame(kind: int, data: dict[str, Any]) -> bytes:
     return frame(kind, json.dumps(data).encode())

@@ -33,6 +33,7 @@ from .base import Backend
 
 STOP_GRACE = 3.0
 RUN_NICENESS = 10
+READ_BUFFER = 4 * 1024 * 1024
 
 
 class LocalSandbox(AgentSandbox):
@@ -77,7 +78,8 @@ class LocalBackend(Backend):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                                  read_bufsize=READ_BUFFER)
         return self._session
 
     def _kernel_dir(self, profile: Profile) -> Path:
