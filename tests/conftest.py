@@ -19,7 +19,7 @@ idle_timeout = 30
 [profiles.tiny]
 slots_per_sandbox = 1
 max_sandboxes = 1
-acquire_timeout = 1.5
+acquire_timeout = 60
 artifact_limit_mb = 0.01
 """
 

@@ -7,7 +7,7 @@ import queue
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +97,15 @@ class Kernel:
             except queue.Empty:
                 return
             self.messages.append((time.monotonic(), msg))
+
+    def drain_until(self, predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+        """Keep recording iopub messages until ``predicate()`` holds; False after ``timeout``."""
+        end = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= end:
+                return False
+            self.drain(0.2)
+        return True
 
     def widgets(self) -> dict[str, dict[str, Any]]:
         """Every widget model's state, rebuilt from the comm_open/comm_msg the kernel sent."""

@@ -11,7 +11,7 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from tests.kernel_driver import agent_pids
+from tests.kernel_driver import agent_pids, wait_until
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
@@ -67,7 +67,7 @@ def test_quickstart_notebook_runs_and_leaves_nothing_running(tmp_path: Path) -> 
     assert "pytorch-gpu" in outputs[8]
     assert "0 45" in outputs[10] and "async" in outputs[10]
     assert "Stopped" in outputs[11]
-    assert set(agent_pids()) <= before
+    assert wait_until(lambda: set(agent_pids()) <= before, 15)
 
 
 def test_parallel_sweep_notebook_runs_headless(tmp_path: Path) -> None:

@@ -200,6 +200,8 @@ class SandboxMagics(Magics):
     @argument("runs", nargs="*", help="run ids or names (default: every unfinished run)")
     @argument("--timeout", type=float, default=None, help="give up after this many seconds")
     def _wait(self, line: str) -> None:
+        """Wait for runs; the views of those that ended show their final state before this
+        returns, so a notebook run headless keeps it."""
         args = _parse(self._wait, line)
         runs = ([self._run_key(key) for key in args.runs] if args.runs
                 else [r for r in self.client.manager.runs if not r.done])
@@ -210,6 +212,9 @@ class SandboxMagics(Magics):
         except KeyboardInterrupt:
             print(f"Stopped waiting; the runs go on ({', '.join(r.id for r in runs if not r.done)}).")
             raise
+        for run in runs:
+            if run.done and run in self._log_views:
+                self._log_views[run].refresh()
         pending = [r.id for r in runs if not r.done]
         if pending:
             raise UsageError(f"Still running after {args.timeout:g} s: {', '.join(pending)}.")

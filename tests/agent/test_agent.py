@@ -85,15 +85,25 @@ def test_agent_binds_loopback_only(agent: Agent) -> None:
     assert f"0100007F:{port:04X}" in listening
 
 
-def test_exec_streams_output_as_produced_then_exit_code(agent: Agent) -> None:
-    events = asyncio.run(_exec(agent, 0, "echo first; sleep 1; echo second >&2; exit 7"))
-    kinds = [e for _, e in events]
-    assert isinstance(kinds[0], Started)
-    assert [(e.stream, e.data) for e in kinds if isinstance(e, Output)] == [
+def test_exec_streams_output_as_produced_then_exit_code(agent: Agent, tmp_path: Path) -> None:
+    seen = tmp_path / "first-seen"
+    script = (f"echo first; for i in $(seq 200); do [ -e {seen} ] && break; sleep 0.1; done; "
+              f"[ -e {seen} ] && echo second >&2; exit 7")
+
+    async def scenario() -> list[object]:
+        async with aiohttp.ClientSession() as session:
+            sandbox = AgentSandbox("t", 2, agent.url.removesuffix("/v1"), TOKEN, session)
+            events = []
+            async for event in sandbox.exec(0, ExecRequest("r1", ("bash",), stdin=script)):
+                if isinstance(event, Output) and event.data == b"first\n":
+                    seen.touch()
+                events.append(event)
+            return events
+    events = asyncio.run(scenario())
+    assert isinstance(events[0], Started)
+    assert [(e.stream, e.data) for e in events if isinstance(e, Output)] == [
         ("stdout", b"first\n"), ("stderr", b"second\n")]
-    assert isinstance(kinds[-1], Exited) and kinds[-1].exit_code == 7
-    first_at = next(t for t, e in events if isinstance(e, Output))
-    assert events[-1][0] - first_at > 0.8
+    assert isinstance(events[-1], Exited) and events[-1].exit_code == 7
 
 
 def test_cancel_kills_the_whole_process_group(agent: Agent) -> None:
@@ -106,7 +116,7 @@ def test_cancel_kills_the_whole_process_group(agent: Agent) -> None:
             async for event in stream:
                 if isinstance(event, Output):
                     pids.extend(int(pid) for pid in event.data.split())
-                    step = await sandbox.cancel(1, "r9")
+                    step = await sandbox.cancel(1, "r9", grace=10)
                 if isinstance(event, Exited):
                     return step, pids, event
             raise AssertionError("no exit")
@@ -172,7 +182,7 @@ def test_agent_exits_when_its_parent_dies(tmp_path: Path) -> None:
     assert pid_alive(agent_pid)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    assert wait_until(lambda: not pid_alive(agent_pid), 5)
+    assert wait_until(lambda: not pid_alive(agent_pid), 15)
 
 
 def test_agent_refuses_to_start_without_a_token(tmp_path: Path) -> None:
@@ -215,4 +225,4 @@ def test_files_are_refused_while_a_run_is_live(agent: Agent) -> None:
 def test_a_daemon_that_escaped_with_setsid_is_killed_once_the_slot_is_idle(agent: Agent) -> None:
     events = asyncio.run(_exec(agent, 1, "setsid sleep 300 > /dev/null 2>&1 < /dev/null & echo $!"))
     pid = int(next(e.data for _, e in events if isinstance(e, Output)))
-    assert wait_until(lambda: not pid_alive(pid), 5)
+    assert wait_until(lambda: not pid_alive(pid), 15)

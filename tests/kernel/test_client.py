@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_magics import Client, ClosedError, ProfileError, RunFailedError, RunState, SandboxStartError
+from tests.kernel_driver import wait_until
 
 PROFILES = """
 [profiles.default]
@@ -73,7 +74,9 @@ def test_failed_run_raises_or_returns_by_check(client: Client) -> None:
 
 
 def test_acquire_timeout_ends_the_run_with_a_clear_error(client: Client) -> None:
-    holder = client.submit("sleep 5", profile="one")
+    client.run("true", profile="one")
+    holder = client.submit("sleep 30", profile="one")
+    assert wait_until(lambda: holder.state is RunState.RUNNING, 30)
     waiting = client.run("echo never", profile="one", check=False)
     assert waiting.state is RunState.ERROR
     assert "No slot of profile 'one' came free within 1 s" in waiting.failure_message()
@@ -82,7 +85,7 @@ def test_acquire_timeout_ends_the_run_with_a_clear_error(client: Client) -> None
 
 
 def test_cancel_while_queued_dequeues(client: Client) -> None:
-    holder = client.submit("sleep 5", profile="one")
+    holder = client.submit("sleep 30", profile="one")
     queued = client.submit("echo never", profile="one")
     assert client.cancel(queued) == "dequeued" and queued.state is RunState.CANCELLED
     client.cancel(holder)
@@ -131,8 +134,6 @@ def test_engine_not_in_this_version_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_scale_starts_and_stops_sandboxes(client: Client) -> None:
-    from tests.kernel_driver import wait_until
-
     def ready() -> int:
         pools = [p for p in client.status() if p["profile"] == "default"]
         return sum(box["state"] == "ready" for p in pools for box in p["sandboxes"])
@@ -155,7 +156,6 @@ def test_cancel_during_upload_stops_the_run_before_it_starts(client: Client, tmp
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(200 * 2**20))
     run = client.submit("echo started", uploads=[(str(big), "big.bin")])
-    from tests.kernel_driver import wait_until
     assert wait_until(lambda: run.state is RunState.RUNNING, 30, interval=0.001)
     assert client.cancel(run) in ("not-running", "SIGINT")
     run.join(30)

@@ -25,42 +25,57 @@ def html_values(kernel: Kernel, needle: str) -> list[tuple[str, str]]:
             if isinstance(state.get("value"), str) and needle in state["value"]]
 
 
-def test_bg_cell_returns_at_once_and_its_live_log_tells_streams_apart(kernel: Kernel) -> None:
+def test_bg_cell_returns_at_once_and_its_live_log_tells_streams_apart(
+        kernel: Kernel, tmp_path: Path) -> None:
+    go = tmp_path / "go"
     reply = kernel.execute(
         "%%sandbox bash --bg --name live-1\n"
+        f"while [ ! -e {go} ]; do sleep 0.05; done\n"
         "for i in 1 2 3; do echo tick $i; echo warn $i >&2; sleep 0.5; done")
-    assert reply.status == "ok" and reply.replied - reply.sent < 1.0
+    assert reply.status == "ok", reply.error
     bundle = reply.data[0]
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert bundle["text/plain"].startswith("Run r") and "live-1" in bundle["text/plain"]
     kernel.execute("run = _")
-    free = kernel.execute("1 + 1")
-    assert free.replied - free.sent < 0.5 and free.data[0]["text/plain"] == "2"
+    free = kernel.execute("print(1 + 1, run.done)")
+    assert free.stdout == "2 False\n", "the kernel was not free while the --bg run waited"
+    go.touch()
     assert kernel.execute("run.wait(30)").data[0]["text/plain"] == "0"
-    kernel.drain(1.5)
+
+    def final_state_shown() -> bool:
+        return (any(True for _ in html_values(kernel, "tick 3")) and
+                any("succeeded" in v for _, v in html_values(kernel, "live-1</b>")))
+    assert kernel.drain_until(final_state_shown)
     body = next(value for _, value in html_values(kernel, "tick 3"))
     assert '<span class="sbx-err">warn 2\n</span>tick 3' in body
     header = next(value for _, value in html_values(kernel, "live-1</b>") if "succeeded" in value)
     assert "exit 0" in header
 
 
-def test_twenty_bg_runs_on_two_by_four_slots_dashboard_and_history(kernel: Kernel) -> None:
+def test_twenty_bg_runs_on_two_by_four_slots_dashboard_and_history(
+        kernel: Kernel, tmp_path: Path) -> None:
     kernel.execute("%sandbox shutdown")
+    go = tmp_path / "go"
+    dash = kernel.execute("%sandbox status")
+    assert "application/vnd.jupyter.widget-view+json" in dash.data[0]
     for i in range(20):
         reply = kernel.execute(
             f"%%sandbox bash --bg --name sweep-{i}\n"
-            f"echo start $(date +%s.%N); sleep 1; echo {i} > metrics.csv; echo end $(date +%s.%N)")
+            f"while [ ! -e {go} ]; do sleep 0.05; done; echo {i} > metrics.csv")
         assert reply.status == "ok", reply.error
-    dash = kernel.execute("%sandbox status")
-    assert "application/vnd.jupyter.widget-view+json" in dash.data[0]
+
+    def pool_tags() -> list[str]:
+        return [re.search(r'<div class="sbx-pool"[^>]*>', v).group(0)  # type: ignore[union-attr]
+                for v in sent_values(kernel, 'data-profile="default"')]
+    assert kernel.drain_until(lambda: any('data-busy="8"' in tag for tag in pool_tags()), 60), \
+        "the dashboard never showed all 8 slots of 2 sandboxes busy"
+    go.touch()
     assert kernel.execute("%sandbox wait --timeout 60").stdout == "20 run(s) finished.\n"
-    kernel.drain(1.5)
-    values = sent_values(kernel, 'data-profile="default"')
-    last = re.search(r'<div class="sbx-pool"[^>]*>', values[-1]).group(0)
-    assert 'data-succeeded="20"' in last and 'data-busy="0"' in last and 'data-sandboxes="2"' in last
+    assert kernel.drain_until(lambda: 'data-succeeded="20"' in pool_tags()[-1])
+    last = pool_tags()[-1]
+    assert 'data-busy="0"' in last and 'data-sandboxes="2"' in last
     assert 'data-free="8"' in last and 'data-queued="0"' in last and 'data-failed="0"' in last
-    peak_busy = max(int(m) for v in values for m in re.findall(r'data-busy="(\d+)"', v))
-    assert peak_busy == 8
+    assert max(int(m) for tag in pool_tags() for m in re.findall(r'data-busy="(\d+)"', tag)) == 8
     reply = kernel.execute("""
         runs = %sandbox runs
         sweep = runs[runs['name'].str.startswith('sweep-', na=False)]
@@ -149,6 +164,9 @@ def test_concurrent_runs_logs_never_interleave_and_handles_are_awaitable(kernel:
     kernel.execute("%%sandbox bash --bg --name right\nfor i in $(seq 40); do echo BBBB >&2; sleep 0.01; done")
     reply = kernel.execute("right = await _\nawait left\nprint(left.stdout.count('AAAA'), right.stderr.count('BBBB'), left.stderr, right.stdout)")
     assert reply.stdout == "40 40  \n", reply.error
-    kernel.drain(1.5)
-    bodies = [v for _, v in html_values(kernel, "sbx-log") if "AAAA" in v or "BBBB" in v]
-    assert bodies and all(("AAAA" in v) != ("BBBB" in v) for v in bodies)
+
+    def bodies() -> list[str]:
+        return [v for v in sent_values(kernel, "sbx-log") if "AAAA" in v or "BBBB" in v]
+    assert kernel.drain_until(lambda: any(v.count("AAAA") == 40 for v in bodies()) and
+                              any(v.count("BBBB") == 40 for v in bodies()))
+    assert all(("AAAA" in v) != ("BBBB" in v) for v in bodies())

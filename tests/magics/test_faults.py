@@ -45,7 +45,7 @@ def test_shutdown_leaves_no_agent_process(fresh_kernel: Kernel) -> None:
     assert len(before) == 2
     reply = k.execute("%sandbox shutdown")
     assert "Stopped 2 sandbox(es)" in reply.stdout
-    assert wait_until(lambda: not any(pid_alive(p) for p in before), 5)
+    assert wait_until(lambda: not any(pid_alive(p) for p in before), 15)
     again = k.execute("%%sandbox bash\necho after shutdown")
     assert again.stdout == "after shutdown\n"
 
@@ -57,7 +57,7 @@ def test_killed_kernel_leaves_no_agent_behind(fresh_kernel: Kernel) -> None:
     agents = agent_pids(parent=k.pid)
     assert agents
     os.kill(k.pid, signal.SIGKILL)
-    assert wait_until(lambda: not any(pid_alive(p) for p in agents), 5)
+    assert wait_until(lambda: not any(pid_alive(p) for p in agents), 15)
 
 
 def test_malformed_profiles_file_is_one_sentence_naming_file(fresh_kernel: Kernel,

@@ -84,7 +84,11 @@ def test_scales_down_to_min_when_idle() -> None:
         peak = sum(s.alive for s in backend.created)
         for lease in leases:
             await pool.release(lease)
-        await asyncio.sleep(1.0)
+        for _ in range(100):
+            if sum(s.alive for s in backend.created) == 1:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
         after = sum(s.alive for s in backend.created)
         await pool.aclose()
         return peak, after
