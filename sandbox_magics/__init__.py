@@ -20,6 +20,7 @@ from .exceptions import (
     SandboxError,
     SandboxLostError,
     SandboxStartError,
+    UnknownProfileError,
 )
 
 __version__ = "0.1.0"
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState",
-    "SandboxError", "SandboxLostError", "SandboxStartError", "load_profiles",
+    "SandboxError", "SandboxLostError", "SandboxStartError", "UnknownProfileError", "load_profiles",
     "load_ipython_extension", "unload_ipython_extension",
 ]
 

@@ -30,6 +30,10 @@ class ProfileError(SandboxError, ValueError):
     """Raised when a profiles file, a profile or one of its keys is invalid."""
 
 
+class UnknownProfileError(ProfileError):
+    """Raised when a run or command names a profile that does not exist."""
+
+
 class SandboxStartError(SandboxError):
     """Raised when a backend cannot start a sandbox."""
 

@@ -18,7 +18,7 @@ from typing import Any
 from ._paths import kernel_dir, reap_dead_kernels, user_base
 from .backends import Backend, make_backend
 from .backends.base import ExecRequest, Exited, Output, Started
-from .exceptions import ClosedError, ProfileError, SandboxError, SandboxLostError
+from .exceptions import ClosedError, ProfileError, SandboxError, SandboxLostError, UnknownProfileError
 from .pool import Lease, Pool, PoolEvent
 from .profiles import Profile
 from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState, artifacts
@@ -55,10 +55,10 @@ class Manager:
         return self._load_profiles()
 
     def profile(self, name: str) -> Profile:
-        """The profile called ``name``; a `ProfileError` lists the valid names otherwise."""
+        """The profile called ``name``; an `UnknownProfileError` lists the valid names otherwise."""
         profiles = self.profiles()
         if name not in profiles:
-            raise ProfileError(
+            raise UnknownProfileError(
                 f"Unknown profile {name!r}; valid profiles are: {', '.join(sorted(profiles))}.")
         return profiles[name]
 

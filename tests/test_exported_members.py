@@ -10,7 +10,8 @@ import sandbox_magics
 EXPECTED = {
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState", "SandboxError",
-    "SandboxLostError", "SandboxStartError", "load_profiles", "load_ipython_extension",
+    "SandboxLostError", "SandboxStartError", "UnknownProfileError", "load_profiles",
+    "load_ipython_extension",
     "unload_ipython_extension",
 }
 

@@ -19,7 +19,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Bool, Unicode, observe
 
-from ..exceptions import ProfileError, RunFailedError
+from ..exceptions import ProfileError, RunFailedError, UnknownProfileError
 from ..kernel import Client
 from ..kernel.cell import queue_listener, stream_to_cell
 from ..runs import Run, RunState
@@ -143,10 +143,10 @@ class SandboxMagics(Magics):
         return True
 
     def _check_profile(self, name: str) -> None:
-        profiles = self.client.manager.profiles()
-        if name not in profiles:
-            raise UsageError(f"Unknown profile {name!r}; valid profiles are: "
-                             f"{', '.join(sorted(profiles))}.")
+        try:
+            self.client.manager.profile(name)
+        except UnknownProfileError as exc:
+            raise UsageError(str(exc)) from None
 
     def _line(self, line: str) -> Any:
         try:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_magics import Client, ClosedError, ProfileError, RunFailedError, RunState, SandboxStartError
+from sandbox_magics import (Client, ClosedError, RunFailedError, RunState, SandboxStartError,
+                            UnknownProfileError)
 from tests.kernel_driver import wait_until
 
 PROFILES = """
@@ -142,7 +143,7 @@ def test_scale_starts_and_stops_sandboxes(client: Client) -> None:
     client.scale("default", 0)
     assert wait_until(lambda: ready() == 0, 20)
     assert client.run("echo back").stdout == "back\n"
-    with pytest.raises(ProfileError, match="Unknown profile 'nope'"):
+    with pytest.raises(UnknownProfileError, match="Unknown profile 'nope'"):
         client.scale("nope", 1)
 
 
