@@ -300,18 +300,18 @@ async def _read(fd: int, kind: int, out: OutputBuffer) -> None:
     """
     loop = asyncio.get_running_loop()
     rate = RateMeter()
-    grown = False
+    read_size = DEFAULT_PIPE_SIZE
     while True:
         try:
-            chunk = os.read(fd, PIPE_SIZE)
+            chunk = os.read(fd, read_size)
         except BlockingIOError:
             await _readable(loop, fd)
             continue
         if not chunk:
             return
-        if not grown and len(chunk) >= DEFAULT_PIPE_SIZE:
+        if len(chunk) == read_size < PIPE_SIZE:
             _grow_pipe(fd)
-            grown = True
+            read_size = PIPE_SIZE
         await out.put(kind, chunk)
         rate.add(len(chunk))
         if not rate.flooding and len(chunk) < SMALL_READ:
