@@ -164,6 +164,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
             if not job.finished.is_set():
                 job.stop_reason = job.stop_reason or "client-gone"
                 process.killpg(job.pgid, signal.SIGKILL)
+            job.close_pipes()
     finally:
         slot.run_id, slot.job = None, None
 

@@ -115,6 +115,12 @@ class Job:
     def pgid(self) -> int:
         return self.popen.pid
 
+    def close_pipes(self) -> None:
+        """Close our ends of the output pipes (idempotent)."""
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+
 
 @dataclass(eq=False)
 class Slot:
@@ -218,8 +224,7 @@ async def pump(job: Job, out: OutputBuffer, timeout: float | None) -> dict[str, 
         for task in feeders:
             task.cancel()
         await asyncio.gather(*feeders, return_exceptions=True)
-        popen.stdout.close()
-        popen.stderr.close()
+        job.close_pipes()
         job.finished.set()
     await asyncio.wait_for(job.exited.wait(), 5.0)
     code = popen.returncode
@@ -257,7 +262,7 @@ def _watch_exit(loop: asyncio.AbstractEventLoop, job: Job) -> None:
     def exited() -> None:
         loop.remove_reader(pidfd)
         os.close(pidfd)
-        job.popen.wait()
+        job.popen.poll()
         job.exited.set()
 
     loop.add_reader(pidfd, exited)

@@ -33,7 +33,7 @@ from .base import Backend
 
 STOP_GRACE = 3.0
 RUN_NICENESS = 10
-READ_BUFFER = 4 * 1024 * 1024
+READ_BUFFER = 1024 * 1024
 
 
 class LocalSandbox(AgentSandbox):
