@@ -89,11 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agent: give the bearer token as the first line of stdin or in "
               f"${protocol.TOKEN_ENV}", file=sys.stderr)
         return 2
-    if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
-        try:
-            asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
-        except OSError:
-            pass
     asyncio.run(serve(args, token))
     return 0
 

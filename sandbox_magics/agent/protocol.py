@@ -25,7 +25,7 @@ MAX_CHUNK = 64 * 1024
 EXIT_NOT_FOUND = 127
 
 
-def frame(kind: int, payload: bytes | bytearray) -> bytes:
+def frame(kind: int, payload: bytes) -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
 
 
