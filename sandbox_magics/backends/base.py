@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal, Union
 
 from ..profiles import Profile
@@ -62,6 +62,12 @@ class Exited:
 
 
 ExecEvent = Union[Started, Output, Exited]
+
+
+def in_workspace(path: str) -> bool:
+    """Whether ``path`` names a place inside a slot's workspace: relative, no ``..``."""
+    pure = PurePosixPath(path)
+    return bool(path) and not pure.is_absolute() and ".." not in pure.parts
 
 
 @dataclass(frozen=True)

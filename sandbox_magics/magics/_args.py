@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
 
+from ..backends.base import in_workspace
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -78,8 +80,7 @@ def parse_downloads(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def _relative(flag: str, spec: str, remote: str) -> str:
-    pure = PurePosixPath(remote)
-    if not remote or pure.is_absolute() or ".." in pure.parts:
+    if not in_workspace(remote):
         raise UsageError(f"{flag} {spec}: the sandbox path must be relative to the workspace "
                          f"and stay inside it, got {remote!r}.")
     return remote

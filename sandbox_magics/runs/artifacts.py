@@ -7,13 +7,11 @@ Copies live in a per-kernel folder, so they outlive the slot and its next run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-
-
-from ..backends.base import Sandbox
+from ..backends.base import Sandbox, in_workspace
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +40,7 @@ async def collect(sandbox: Sandbox, slot: int, since: float, dest: Path,
                   limit_mb: float) -> list[Artifact]:
     """Copy the slot's files modified at or after ``since`` into ``dest``, up to ``limit_mb``."""
     files = [f for f in await sandbox.list_files(slot)
-             if f.mtime >= since - MTIME_SLACK and _inside(f.path)]
+             if f.mtime >= since - MTIME_SLACK and in_workspace(f.path)]
     budget = int(limit_mb * 2**20)
     kept: list[Artifact] = []
     for info in sorted(files, key=lambda f: (f.size, f.path)):
@@ -55,12 +53,6 @@ async def collect(sandbox: Sandbox, slot: int, since: float, dest: Path,
         budget -= info.size
         kept.append(Artifact(info.path, info.size, info.mtime, local))
     return sorted(kept, key=lambda a: a.path)
-
-
-def _inside(path: str) -> bool:
-    """Only relative paths that stay below the copy folder are taken from a sandbox."""
-    pure = PurePosixPath(path)
-    return bool(path) and not pure.is_absolute() and ".." not in pure.parts
 
 
 def to_frame(artifacts: list[Artifact]) -> pd.DataFrame:
