@@ -28,6 +28,7 @@ CANCEL_GRACE = 2.0
 CANCEL_RETRY = 0.05
 TRANSFER_TIMEOUT = 300.0
 EXEC_SLACK = 30.0
+_TRANSFER_ERRORS = (SandboxError, OSError, asyncio.TimeoutError)
 
 _EXIT_STATES = {"timeout": RunState.TIMED_OUT, "cancelled": RunState.CANCELLED,
                 "not-found": RunState.ERROR}
@@ -126,7 +127,7 @@ class Manager:
                     await self._collect(run, lease, profile)
         except asyncio.CancelledError:
             outcome = _Outcome(RunState.CANCELLED, error="the manager shut down")
-        except (SandboxError, OSError, asyncio.TimeoutError) as exc:
+        except _TRANSFER_ERRORS as exc:
             outcome = _Outcome(RunState.ERROR,
                                error=f"file transfer failed: {exc or 'it took too long'}")
         finally:
@@ -185,7 +186,7 @@ class Manager:
             try:
                 await asyncio.wait_for(lease.sandbox.download(lease.index, remote, Path(local)),
                                        TRANSFER_TIMEOUT)
-            except (SandboxError, OSError, asyncio.TimeoutError) as exc:
+            except _TRANSFER_ERRORS as exc:
                 run._notice(f"--download {remote}: not copied ({exc}).")
 
     async def _collect(self, run: Run, lease: Lease, profile: Profile) -> None:
@@ -196,7 +197,7 @@ class Manager:
             run.artifacts = await asyncio.wait_for(
                 artifacts.collect(lease.sandbox, lease.index, run.started_at, dest,
                                   profile.artifact_limit_mb), TRANSFER_TIMEOUT)
-        except (SandboxError, OSError, asyncio.TimeoutError) as exc:
+        except _TRANSFER_ERRORS as exc:
             run._notice(f"The run's artifacts could not be collected ({exc or type(exc).__name__}).")
 
     def kernel_folder(self, name: str) -> Path:

@@ -2,10 +2,10 @@
 
 Policy lives here, I/O in the backend. Acquire is first-in first-out with a timeout; when
 every slot is busy and the pool is below ``max_sandboxes`` it starts more; a maintenance
-task checks health (two failed checks in a row retire a sandbox), keeps ``min_sandboxes`` running and stops sandboxes idle for longer
-than ``idle_timeout`` (no more than one scale-down per ``cooldown``). A sandbox that dies
-is retired and the runs on it see their lease's ``lost`` event. Loop-bound: every method
-runs on the manager's loop.
+task checks health (two failed checks in a row retire a sandbox), keeps ``min_sandboxes``
+running and stops sandboxes idle for longer than ``idle_timeout`` (no more than one
+scale-down per ``cooldown``). A sandbox that dies is retired and the runs on it see their
+lease's ``lost`` event. Loop-bound: every method runs on the manager's loop.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Pool:
 
     @property
     def queued(self) -> int:
-        return len(self._waiters) + sum(len(q) for q in self._session_waiters.values())
+        return sum(len(queue) for queue in self._queues())
 
     @property
     def busy_slots(self) -> int:
@@ -131,6 +131,10 @@ class Pool:
             if not waiter.granted:
                 self._forget(waiter)
 
+    def _queues(self) -> list[collections.deque[_Waiter]]:
+        """The general queue and every session's own queue."""
+        return [self._waiters, *self._session_waiters.values()]
+
     def _give_back(self, waiter: _Waiter) -> None:
         """Free the slot of a waiter that was granted one but gave up before taking it."""
         if waiter.granted:
@@ -138,7 +142,7 @@ class Pool:
 
     def _forget(self, waiter: _Waiter) -> None:
         """Drop a waiter that timed out or was cancelled from whichever queue holds it."""
-        for queue in [self._waiters, *self._session_waiters.values()]:
+        for queue in self._queues():
             with contextlib.suppress(ValueError):
                 queue.remove(waiter)
 
@@ -389,7 +393,7 @@ class Pool:
             return
         self._closed = True
         error = ClosedError(f"The pool of profile {self.profile.name!r} was shut down.")
-        for waiter in [*self._waiters, *(w for q in self._session_waiters.values() for w in q)]:
+        for waiter in [w for queue in self._queues() for w in queue]:
             if not waiter.future.done():
                 waiter.future.set_exception(error)
         for record in self.sandboxes:
