@@ -6,9 +6,8 @@ import Client`` gives the same operations as a Python API, sync and await-able.
 
 from __future__ import annotations
 
-from typing import Any
-
 import importlib
+from typing import Any
 
 from .exceptions import (
     AcquireTimeoutError,
@@ -28,8 +27,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState",
-    "SandboxError", "SandboxLostError", "SandboxStartError", "UnknownProfileError", "load_profiles",
-    "load_ipython_extension", "unload_ipython_extension",
+    "SandboxError", "SandboxLostError", "SandboxStartError", "UnknownProfileError",
+    "load_profiles", "load_ipython_extension", "unload_ipython_extension",
 ]
 
 _LAZY = {"Client": ".kernel", "Profile": ".profiles", "load_profiles": ".profiles",

@@ -11,8 +11,7 @@ EXPECTED = {
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState", "SandboxError",
     "SandboxLostError", "SandboxStartError", "UnknownProfileError", "load_profiles",
-    "load_ipython_extension",
-    "unload_ipython_extension",
+    "load_ipython_extension", "unload_ipython_extension",
 }
 
 

@@ -21,7 +21,6 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-
 from ..backends import Backend, make_backend
 from ..exceptions import ClosedError
 from ..manager import Manager

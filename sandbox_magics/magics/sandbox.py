@@ -264,7 +264,8 @@ class SandboxMagics(Magics):
 
     _commands: dict[str, Callable[[SandboxMagics, str], Any]] = {
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
-        "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "end-session": _end_session, "scale": _scale, "shutdown": _shutdown,
+        "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "end-session": _end_session,
+        "scale": _scale, "shutdown": _shutdown,
     }
 
 

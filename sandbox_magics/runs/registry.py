@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import itertools
 import threading
-
+from typing import TYPE_CHECKING
 
 from .run import Run
 

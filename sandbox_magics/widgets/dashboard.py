@@ -48,10 +48,11 @@ def render(status: list[dict[str, Any]], run_states: dict[str, collections.Count
             f'runs: {counts["running"]} running, {counts["succeeded"]} ok, '
             f'{counts["failed"]} failed</span><div class="sbx-grid">')
         for box in pool["sandboxes"]:
+            runs = box.get("runs") or [None] * len(box["slots"])
             cells = "".join(
                 f'<i class="sbx-s-{state}" title="slot {i}: {esc(run or state)}"></i>' if titles
                 else f'<i class="sbx-s-{state}"></i>'
-                for i, (state, run) in enumerate(zip(box["slots"], box.get("runs") or [None] * len(box["slots"]))))
+                for i, (state, run) in enumerate(zip(box["slots"], runs)))
             parts.append(f'<div class="sbx-row"><span class="sbx-id">{esc(box["id"])}</span>{cells}</div>')
         events = pool["events"][-EVENTS_SHOWN:]
         if events:
