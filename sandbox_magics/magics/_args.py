@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -14,6 +15,23 @@ from IPython.core.magic_arguments import argument
 from ..backends.base import in_workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_SPLIT_ERRORS = {"No closing quotation": "a quote is not closed",
+                 "No escaped character": "it ends with a backslash that escapes nothing"}
+
+
+def split_line(line: str) -> list[str]:
+    """The words of a magic line, split as a POSIX shell splits them (`shlex.split`).
+
+    Quotes group words and are removed, a backslash escapes the next character and ``#`` is
+    an ordinary character. IPython has already expanded ``$var`` and ``{expr}`` in ``line``.
+    Unbalanced quoting is a `UsageError` of one sentence.
+    """
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        reason = _SPLIT_ERRORS.get(str(exc), str(exc))
+        raise UsageError(f"Cannot split {line!r} into words: {reason}; check the quotes.") from None
 
 
 def run_args(f: F) -> F:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Unicode, observe
 
@@ -24,7 +24,7 @@ from ..kernel import Client
 from ..kernel.cell import queue_listener, stream_to_cell
 from ..runs import Run, RunState
 from ..widgets import ArtifactsView, Dashboard, RunLogView
-from ._args import parse_downloads, parse_env, parse_uploads, run_args
+from ._args import parse_downloads, parse_env, parse_uploads, run_args, split_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,6 +84,10 @@ class SandboxMagics(Magics):
         process group, frees the slot and ends the cell with KeyboardInterrupt. With
         ``--bg`` the cell returns a `Run` at once and shows its live log (``run = _``).
 
+        The line is split into words as a POSIX shell splits them, after IPython has
+        expanded ``$var`` and ``{expr}`` in it: ``--env "MSG=$x"`` passes the value of
+        ``x`` whole, spaces included; an unclosed quote is an error.
+
         Line form::
 
             %sandbox profiles             the profiles, as a DataFrame
@@ -108,7 +112,7 @@ class SandboxMagics(Magics):
             %%sandbox bash --session prep
             echo 42 > answer.txt
 
-            %%sandbox bash --bg --name sweep-3e-4 --download metrics.csv
+            %%sandbox bash --bg --name "sweep 3e-4" --download metrics.csv
             python train.py --lr 3e-4 --out metrics.csv
         """
         if cell is None:
@@ -149,10 +153,7 @@ class SandboxMagics(Magics):
             raise UsageError(str(exc)) from None
 
     def _line(self, line: str) -> Any:
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            raise UsageError(f"Cannot read %sandbox {line!r}: {exc}; check the quotes.") from None
+        words = split_line(line)
         if not words:
             raise UsageError(f"%sandbox needs a subcommand: {', '.join(sorted(self._commands))}.")
         command = self._commands.get(words[0])
@@ -270,12 +271,13 @@ class SandboxMagics(Magics):
 
 
 def _parse(magic: Callable[..., Any], line: str) -> Any:
-    """`parse_argstring`, with the valid options named when a flag is not one of them."""
+    """``magic``'s arguments in ``line``, split by `split_line`, with the valid options
+    named when a flag is not one of them."""
+    parser = magic.parser  # type: ignore[attr-defined]
     try:
-        return parse_argstring(magic, line)
+        return parser.parse_args(split_line(line))
     except UsageError as exc:
         if "unrecognized arguments" not in str(exc):
             raise
-        parser = magic.parser  # type: ignore[attr-defined]
         flags = sorted({o for a in parser._actions for o in a.option_strings if o.startswith("--")})
         raise UsageError(f"{exc}; valid options are: {', '.join(flags)}.") from None

@@ -1,0 +1,74 @@
+"""The magic line parser without a kernel: shell word splitting, flags, and a fuzz."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from IPython.core.error import UsageError
+
+from sandbox_magics.magics._args import split_line
+from sandbox_magics.magics.sandbox import SandboxMagics, _parse
+
+PARSERS = [SandboxMagics.sandbox, *SandboxMagics._commands.values()]
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("", []),
+    ("  \t ", []),
+    ("bash", ["bash"]),
+    ('--env "MSG=a b"', ["--env", "MSG=a b"]),
+    ("--name 'my run'", ["--name", "my run"]),
+    ("--env A=c\\ d", ["--env", "A=c d"]),
+    ('--env "Q=say \\"hi\\""', ["--env", 'Q=say "hi"']),
+    ("--env 'A=it'\"'\"'s'", ["--env", "A=it's"]),
+    ("--env 'A=$HOME' --env 'B=\\n'", ["--env", "A=$HOME", "--env", "B=\\n"]),
+    ("--env A=x#y # kept", ["--env", "A=x#y", "#", "kept"]),
+    ('--name ""', ["--name", ""]),
+    ("--name 'café €'\n--bg", ["--name", "café €", "--bg"]),
+])
+def test_line_splits_into_words_as_a_posix_shell_does(line: str, words: list[str]) -> None:
+    assert split_line(line) == words
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    ('--name "my run', "a quote is not closed"),
+    ("logs 'my run", "a quote is not closed"),
+    ('--env "A=b\\', "it ends with a backslash that escapes nothing"),
+    ("wait r1\\", "it ends with a backslash that escapes nothing"),
+])
+def test_bad_quoting_is_one_usage_error_sentence(line: str, reason: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        split_line(line)
+    assert str(caught.value) == f"Cannot split {line!r} into words: {reason}; check the quotes."
+
+
+def test_cell_line_flags_come_out_unquoted() -> None:
+    args = _parse(SandboxMagics.sandbox,
+                  "python --env \"MSG=a b\" --name 'my run' --timeout 2")
+    assert (args.interpreter, args.env, args.name) == ("python", ["MSG=a b"], "my run")
+    assert args.timeout == 2.0
+
+
+def test_subcommand_arguments_come_out_unquoted() -> None:
+    assert _parse(SandboxMagics._commands["logs"], '"my run"').run == "my run"
+    args = _parse(SandboxMagics._commands["wait"], "'a b' c --timeout 5")
+    assert (args.runs, args.timeout) == (["a b", "c"], 5.0)
+
+
+LINE_PIECES = st.sampled_from([
+    " ", "\t", '"', "'", "\\", "=", "-", "--", "#", "$x", "{1+1}", "a b", "bash", "r1", "1x",
+    "--env", "--out", "--err", "--timeout", "--name", "--bg", "--no-raise-error", "--profile",
+    "--session", "--upload", "--download", "--purge", "nan", "-1", "1e999", "MSG=a b",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.lists(LINE_PIECES).map("".join),
+                            st.lists(LINE_PIECES).map(" ".join)))
+def test_any_line_parses_or_is_a_usage_error(line: str) -> None:
+    for magic in PARSERS:
+        try:
+            _parse(magic, line)
+        except UsageError as exc:
+            assert "\n" not in str(exc)
