@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import keyword
 import re
 import shlex
 from collections.abc import Callable
@@ -35,7 +36,7 @@ def split_line(line: str) -> list[str]:
 
 
 def run_args(f: F) -> F:
-    """Where and how a cell runs: profile, limits, environment, session, errors."""
+    """Where and how a cell runs: profile, limits, environment, session, output, errors."""
     decorators = [
         argument("interpreter", nargs="?", default="bash",
                  help="program that reads the cell on stdin in the sandbox (bash, sh, python, ...)"),
@@ -49,6 +50,12 @@ def run_args(f: F) -> F:
                  help="a sticky slot: later cells with the same NAME share its workspace"),
         argument("--bg", action="store_true",
                  help="return at once with a Run handle; the cell shows the run's live log"),
+        argument("--out", type=_variable("--out"), default=None, metavar="VAR",
+                 help="store the run's stdout in VAR instead of printing it "
+                      "(with --bg: a RunStream, its text so far)"),
+        argument("--err", type=_variable("--err"), default=None, metavar="VAR",
+                 help="store the run's stderr in VAR instead of printing it "
+                      "(with --bg: a RunStream, its text so far)"),
         argument("--name", default=None, metavar="RUN",
                  help="a name for the run (%%sandbox logs RUN, artifacts RUN, cancel RUN)"),
         argument("--upload", action="append", default=[], metavar="LOCAL[:REMOTE]",
@@ -73,6 +80,15 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise UsageError(f"--timeout must be more than 0 seconds, got {text!r}.")
     return value
+
+
+def _variable(flag: str) -> Callable[[str], str]:
+    """The argparse type of ``flag``: a name Python can bind in the user's namespace."""
+    def check(text: str) -> str:
+        if not text.isidentifier() or keyword.iskeyword(text):
+            raise UsageError(f"{flag} takes a Python variable name, got {text!r}.")
+        return text
+    return check
 
 
 def parse_uploads(specs: list[str]) -> list[tuple[str, str]]:

@@ -88,6 +88,16 @@ class SandboxMagics(Magics):
         expanded ``$var`` and ``{expr}`` in it: ``--env "MSG=$x"`` passes the value of
         ``x`` whole, spaces included; an unclosed quote is an error.
 
+        ``--out VAR`` and ``--err VAR`` store the run's stdout and stderr in ``VAR``, as
+        ``%%script`` does: a stream stored in a variable is not printed in the cell (the
+        other one still is), and naming one variable for both stores them interleaved as
+        the run wrote them. The variable holds the stream's full text, decoded as UTF-8
+        with undecodable bytes replaced; it is set also when the run fails or is
+        interrupted, before the error is raised. With ``--bg`` the variable is bound at
+        once, as ``%%script --bg`` binds the pipe: to a `RunStream`, whose ``str()`` is
+        the text so far and whose ``read()`` waits for the run to end and returns the
+        whole text. The live log view of a ``--bg`` run shows both streams either way.
+
         Line form::
 
             %sandbox profiles             the profiles, as a DataFrame
@@ -114,6 +124,9 @@ class SandboxMagics(Magics):
 
             %%sandbox bash --bg --name "sweep 3e-4" --download metrics.csv
             python train.py --lr 3e-4 --out metrics.csv
+
+            %%sandbox bash --out listing --err warnings
+            ls -l; ls missing-file
         """
         if cell is None:
             return self._line(line)
@@ -124,11 +137,23 @@ class SandboxMagics(Magics):
                        session=args.session, name=args.name,
                        uploads=parse_uploads(args.upload), downloads=parse_downloads(args.download),
                        raise_error=raise_error)
+        captures = _captures(args.out, args.err)
         if args.bg:
-            return self.client.submit(cell, args.interpreter, **options)
+            run = self.client.submit(cell, args.interpreter, **options)
+            self.shell.user_ns.update({var: RunStream(run, s) for var, s in captures.items()})
+            return run
         chunks: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
-        run = self.client.submit(cell, args.interpreter, listener=queue_listener(chunks), **options)
-        stream_to_cell(self.client, run, chunks)
+        show = queue_listener(chunks)
+        stored_in = {"stdout": args.out, "stderr": args.err}
+
+        def listener(source: Run, stream: str, data: bytes) -> None:
+            if stored_in.get(stream) is None:
+                show(source, stream, data)
+        run = self.client.submit(cell, args.interpreter, listener=listener, **options)
+        try:
+            stream_to_cell(self.client, run, chunks)
+        finally:
+            self.shell.user_ns.update({var: run.log.text(s) for var, s in captures.items()})
         if raise_error:
             run.check()
         return None
@@ -281,3 +306,39 @@ def _parse(magic: Callable[..., Any], line: str) -> Any:
             raise
         flags = sorted({o for a in parser._actions for o in a.option_strings if o.startswith("--")})
         raise UsageError(f"{exc}; valid options are: {', '.join(flags)}.") from None
+
+
+def _captures(out: str | None, err: str | None) -> dict[str, str | None]:
+    """Each ``--out``/``--err`` variable and the stream it stores (None: both, interleaved)."""
+    if out is not None and out == err:
+        return {out: None}
+    return {var: stream for var, stream in ((out, "stdout"), (err, "stderr")) if var is not None}
+
+
+class RunStream:
+    """A ``--bg`` run's stream, bound by ``--out``/``--err``: ``str()`` is its text so far.
+
+    The text is decoded as UTF-8 with undecodable bytes replaced; ``stream`` None means
+    stdout and stderr interleaved as the run wrote them.
+    """
+
+    def __init__(self, run: Run, stream: str | None) -> None:
+        self.run = run
+        self.stream = stream
+
+    def __repr__(self) -> str:
+        return f"<RunStream {self.run.id} {self.stream or 'stdout+stderr'} {self.run.state.value}>"
+
+    def __str__(self) -> str:
+        return self.run.log.text(self.stream)
+
+    def read(self, timeout: float | None = None) -> str:
+        """Wait for the run to end and return the stream's whole text.
+
+        Raises:
+            TimeoutError: the run is still going after ``timeout`` seconds.
+        """
+        if not self.run.join(timeout):
+            raise TimeoutError(f"Run {self.run.id} is still {self.run.state.value} after "
+                               f"{timeout} s; str() of this stream is its text so far.")
+        return str(self)

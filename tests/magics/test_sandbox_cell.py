@@ -74,7 +74,7 @@ def test_unknown_profile_is_a_usage_error_listing_profiles(kernel: Kernel) -> No
 def test_bad_flags_are_usage_errors(kernel: Kernel) -> None:
     for line, expected in [
         ("--bogus", "unrecognized arguments: --bogus; valid options are: --bg, --download, "
-                    "--env, --name, --no-raise-error, --profile, --raise-error, "
+                    "--env, --err, --name, --no-raise-error, --out, --profile, --raise-error, "
                     "--session, --timeout, --upload."),
         ("--timeout soon", "--timeout takes a number of seconds"),
         ("--timeout -1", "--timeout must be more than 0"),

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
 from sandbox_magics.magics._args import split_line
-from sandbox_magics.magics.sandbox import SandboxMagics, _parse
+from sandbox_magics.magics.sandbox import SandboxMagics, _captures, _parse
 
 PARSERS = [SandboxMagics.sandbox, *SandboxMagics._commands.values()]
 
@@ -45,15 +45,35 @@ def test_bad_quoting_is_one_usage_error_sentence(line: str, reason: str) -> None
 
 def test_cell_line_flags_come_out_unquoted() -> None:
     args = _parse(SandboxMagics.sandbox,
-                  "python --env \"MSG=a b\" --name 'my run' --timeout 2")
+                  "python --env \"MSG=a b\" --name 'my run' --out o --err e --timeout 2")
     assert (args.interpreter, args.env, args.name) == ("python", ["MSG=a b"], "my run")
-    assert args.timeout == 2.0
+    assert (args.out, args.err, args.timeout) == ("o", "e", 2.0)
+    defaults = _parse(SandboxMagics.sandbox, "")
+    assert (defaults.interpreter, defaults.out, defaults.err) == ("bash", None, None)
 
 
 def test_subcommand_arguments_come_out_unquoted() -> None:
     assert _parse(SandboxMagics._commands["logs"], '"my run"').run == "my run"
     args = _parse(SandboxMagics._commands["wait"], "'a b' c --timeout 5")
     assert (args.runs, args.timeout) == (["a b", "c"], 5.0)
+
+
+@pytest.mark.parametrize("line", ["--out 1x", "--err a.b", "--out class", "--out ''"])
+def test_capture_variable_must_be_an_identifier(line: str) -> None:
+    with pytest.raises(UsageError, match=r"^--(out|err) takes a Python variable name, got "):
+        _parse(SandboxMagics.sandbox, line)
+
+
+@pytest.mark.parametrize(("out", "err", "captures"), [
+    (None, None, {}),
+    ("o", None, {"o": "stdout"}),
+    (None, "e", {"e": "stderr"}),
+    ("o", "e", {"o": "stdout", "e": "stderr"}),
+    ("both", "both", {"both": None}),
+])
+def test_each_capture_variable_stores_its_streams(
+        out: str | None, err: str | None, captures: dict[str, str | None]) -> None:
+    assert _captures(out, err) == captures
 
 
 LINE_PIECES = st.sampled_from([
