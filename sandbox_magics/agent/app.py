@@ -11,6 +11,10 @@ Routes (all under ``/v1``, all behind the bearer token)::
     PUT  /slots/{slot}/files/{path}       upload one file (parents created)
     POST /shutdown                        stop the agent
 
+The file routes answer only while the slot runs nothing, and only for regular files inside
+the workspace with a single hard link (workspace.py says why); the listing leaves out
+every other entry. Refusals are JSON ``{"error": "<one sentence>"}`` with a 4xx status.
+
 If the client of an exec goes away mid-stream, the run is killed: nobody could read its
 output or its exit code, and a kernel that died must not leave work running.
 """
@@ -19,11 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import errno
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ STOP = web.AppKey("stop", asyncio.Event)
 
 _DISCONNECT_POLL = 1.0
 FLUSH_INTERVAL = 0.05
+FILE_READ = 1024 * 1024
 
 
 def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
@@ -45,7 +50,8 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
     """Build the agent app serving ``slots`` workspaces below ``root``."""
     if not token:
         raise ValueError("the agent needs a non-empty token")
-    app = web.Application(middlewares=[bearer_auth(token), _activity], client_max_size=1024**3)
+    app = web.Application(middlewares=[bearer_auth(token), _activity, _answer_refusals],
+                          client_max_size=1024**3)
     app[SLOTS] = []
     for i in range(slots):
         path = root / f"slot-{i}"
@@ -85,13 +91,21 @@ async def _activity(request: web.Request, handler: Any) -> web.StreamResponse:
         request.app[STATE]["last_activity"] = time.monotonic()
 
 
-def _refusal(error: type[web.HTTPException], message: str) -> web.HTTPException:
-    """An HTTP error to raise, with the same JSON body as `_error`."""
-    return error(text=json.dumps({"error": message}), content_type="application/json")
+class Refusal(Exception):
+    """Raised by a handler, before its answer began, to answer ``status`` with
+    ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+@web.middleware
+async def _answer_refusals(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Refusal as refusal:
+        return web.json_response({"error": str(refusal)}, status=refusal.status)
 
 
 def _slot(request: web.Request) -> process.Slot:
@@ -102,14 +116,15 @@ def _slot(request: web.Request) -> process.Slot:
             raise IndexError(index)
         return slots[index]
     except (ValueError, IndexError):
-        raise _refusal(web.HTTPNotFound, f"no slot {request.match_info['slot']}; "
-                                         f"slots are 0..{len(slots) - 1}") from None
+        raise Refusal(404, f"no slot {workspace.shown(request.match_info['slot'])}; "
+                           f"slots are 0..{len(slots) - 1}") from None
 
 
 def _idle(slot: process.Slot) -> process.Slot:
     """The slot, if no run is using it: files move only between runs, never during one."""
     if slot.busy:
-        raise _refusal(web.HTTPConflict, f"slot {slot.index} is busy with run {slot.run_id}")
+        raise Refusal(409, f"slot {slot.index} is busy with run {slot.run_id}; "
+                           "wait for it to end or cancel it")
     return slot
 
 
@@ -117,7 +132,37 @@ def _confined(request: web.Request, slot: process.Slot) -> Path:
     try:
         return workspace.confine(slot.path, request.match_info["path"])
     except workspace.PathEscapeError as exc:
-        raise _refusal(web.HTTPForbidden, str(exc)) from None
+        raise Refusal(403, str(exc)) from None
+
+
+_FILE_ERRORS = {
+    errno.ENOENT: (404, "there is no file {path} in the workspace; list the workspace to see its files"),
+    errno.ENOTDIR: (409, "a folder on the way to {path} is a file; pick another path"),
+    errno.EEXIST: (409, "a folder on the way to {path} is a file; pick another path"),
+    errno.EISDIR: (409, "{path} is a folder; name a file instead"),
+    errno.ENXIO: (409, "{path} is a FIFO; name a regular file instead"),
+    errno.ELOOP: (403, "{path} is a symlink, which the file API does not follow; name its target"),
+    errno.EACCES: (403, "{path} is not accessible to the agent; reset the slot to clear it"),
+    errno.EPERM: (403, "{path} is not accessible to the agent; reset the slot to clear it"),
+    errno.ENAMETOOLONG: (400, "{path} is too long for the file system; use a shorter path"),
+}
+
+
+@contextlib.contextmanager
+def _file_refusals(request: web.Request) -> Iterator[None]:
+    """Turn what the workspace refuses about ``{path}`` into a `Refusal`."""
+    path = workspace.shown(request.match_info["path"])
+    try:
+        yield
+    except workspace.PathEscapeError as exc:
+        raise Refusal(403, str(exc)) from None
+    except workspace.NotAFileError as exc:
+        raise Refusal(409, str(exc)) from None
+    except OSError as exc:
+        if exc.errno not in _FILE_ERRORS:
+            raise
+        status, message = _FILE_ERRORS[exc.errno]
+        raise Refusal(status, message.format(path=path)) from None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -133,9 +178,9 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     argv, run_id = body.get("argv"), body.get("run_id")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        return _error(400, "argv must be a non-empty list of strings")
+        raise Refusal(400, "argv must be a non-empty list of strings")
     if not isinstance(run_id, str) or not run_id:
-        return _error(400, "run_id must be a non-empty string")
+        raise Refusal(400, "run_id must be a non-empty string")
     _idle(slot)
     env = {**request.app[STATE]["base_env"], **body.get("env", {})}
     stdin = body.get("stdin")
@@ -248,7 +293,8 @@ async def reset(request: web.Request) -> web.Response:
     try:
         await loop.run_in_executor(None, workspace.reset, slot.path)
     except OSError as exc:
-        return _error(500, f"slot {slot.index} could not be emptied: {exc}")
+        raise Refusal(500, f"slot {slot.index} could not be emptied ({exc}); "
+                           "retire this sandbox instead of reusing the slot") from None
     return web.json_response({"ok": True})
 
 
@@ -260,17 +306,28 @@ async def list_files(request: web.Request) -> web.Response:
 
 async def get_file(request: web.Request) -> web.StreamResponse:
     path = _confined(request, _idle(_slot(request)))
-    if not path.is_file():
-        return _error(404, f"no file {request.match_info['path']!r} in the workspace")
-    return web.FileResponse(path)
+    with _file_refusals(request):
+        fd, size = workspace.open_file(path, request.match_info["path"], write=False)
+    loop = asyncio.get_running_loop()
+    with os.fdopen(fd, "rb") as fh:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        while size > 0 and (chunk := await loop.run_in_executor(None, fh.read,
+                                                                min(size, FILE_READ))):
+            await response.write(chunk)
+            size -= len(chunk)
+        await response.write_eof()
+    return response
 
 
 async def put_file(request: web.Request) -> web.Response:
     slot = _idle(_slot(request))
     path = _confined(request, slot)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _confined(request, slot)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with _file_refusals(request):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _confined(request, slot)
+        fd, _ = workspace.open_file(path, request.match_info["path"], write=True)
     size = 0
     with os.fdopen(fd, "wb") as fh:
         async for chunk in request.content.iter_chunked(protocol.MAX_CHUNK):
