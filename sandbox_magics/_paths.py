@@ -1,4 +1,8 @@
-"""Per-kernel folders on this machine, and the removal of those left by dead kernels."""
+"""Per-client folders on this machine, and the removal of those left by dead kernels.
+
+A client's folder under a base is ``kernel-<pid>-<client id>``: the client id keeps two
+clients apart, the pid tells a later kernel whether the owner is gone.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +20,22 @@ def user_base(name: str) -> Path:
     return base
 
 
-def kernel_dir(base: Path) -> Path:
-    """This process's folder under ``base`` (``kernel-<pid>``)."""
-    return base / f"kernel-{os.getpid()}"
+def client_dir(name: str, client_id: str, base: Path | None = None) -> Path:
+    """This client's folder under ``base`` (default: `user_base` of ``name``); folders of
+    dead kernels there are removed first."""
+    base = base or user_base(name)
+    reap_dead_kernels(base)
+    return base / f"kernel-{os.getpid()}-{client_id}"
 
 
 def reap_dead_kernels(base: Path) -> None:
-    """Remove ``kernel-<pid>`` folders under ``base`` whose process is gone."""
+    """Remove ``kernel-<pid>-…`` folders under ``base`` whose process is gone."""
     if not base.is_dir():
         return
     for entry in base.glob("kernel-*"):
         try:
-            os.kill(int(entry.name.split("-", 1)[1]), 0)
-        except ValueError:
+            os.kill(int(entry.name.split("-")[1]), 0)
+        except (ValueError, IndexError):
             continue
         except ProcessLookupError:
             shutil.rmtree(entry, ignore_errors=True)

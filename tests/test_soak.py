@@ -21,6 +21,8 @@ PROFILES = """
 slots_per_sandbox = 4
 max_sandboxes = 2
 acquire_timeout = 600
+
+[profiles.default.local]
 workspace_base = "{ws}"
 """
 

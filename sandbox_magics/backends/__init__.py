@@ -1,18 +1,44 @@
-"""Backends: one module per engine, all behind the protocol in `base`."""
+"""Backends: one module per engine, all behind the protocol in `base`.
+
+Each engine module declares ``Settings`` (a frozen dataclass: the keys of its
+``[profiles.NAME.<engine>]`` table) and ``Backend`` (built from those settings and the
+client's identity). The core makes one backend per engine and settings.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Hashable
+from types import ModuleType
+
+from ..exceptions import SandboxStartError
+from ..identity import Identity
+from ..profiles import Profile, engine_settings
 from .base import Backend
 
-__all__ = ["Backend", "make_backend"]
+__all__ = ["Backend", "make_backend", "settings_of"]
+
+_ENGINES = {"local": ".local"}
 
 
-def make_backend(name: str) -> Backend:
-    """Return a new backend for the engine ``name`` (as in a profile's ``backend`` key)."""
-    if name == "local":
-        from .local import LocalBackend
-        return LocalBackend()
-    from ..exceptions import SandboxStartError
-    raise SandboxStartError(
-        f"The {name!r} backend is not available in this version; use backend = \"local\"."
-    )
+def _engine(name: str) -> ModuleType:
+    if name not in _ENGINES:
+        raise SandboxStartError(
+            f"The {name!r} backend is not available in this version; use backend = \"local\".")
+    return importlib.import_module(_ENGINES[name], __name__)
+
+
+def settings_of(profile: Profile) -> Hashable:
+    """The validated engine settings of ``profile``.
+
+    Raises:
+        ProfileError: a key of its engine table is unknown or has a bad value.
+        SandboxStartError: its backend is not available.
+    """
+    return engine_settings(profile, profile.backend, _engine(profile.backend).Settings)
+
+
+def make_backend(profile: Profile, me: Identity) -> Backend:
+    """A new backend for ``profile``'s engine and settings."""
+    backend: Backend = _engine(profile.backend).Backend(settings_of(profile), me)
+    return backend

@@ -2,21 +2,23 @@
 
 Every request carries the bearer token; the token never appears in a repr or a message.
 Connection failures mid-run become `SandboxLostError`; refusals become `AgentRequestError`.
+An exec is an `AgentProcess`: the agent's frame stream, read as the command runs, and its
+``signal`` route for the core's escalation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from ..agent import protocol
-from ..exceptions import AgentAuthError, AgentRequestError, SandboxLostError
-from .base import ExecEvent, ExecRequest, Exited, FileInfo, Output, Sandbox, Started
+from ..exceptions import AgentAuthError, AgentRequestError, SandboxError, SandboxLostError
+from .base import ExecEvent, ExecRequest, Exited, FileInfo, Health, Output, Process, Sandbox, Started
 
 HEALTH_TIMEOUT = 2.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=60.0)
@@ -29,9 +31,10 @@ class AgentSandbox(Sandbox):
     """A sandbox whose slots are served by an agent at ``base_url``."""
 
     def __init__(self, sandbox_id: str, slots: int, base_url: str, token: str,
-                 session: aiohttp.ClientSession) -> None:
+                 session: aiohttp.ClientSession, tags: Mapping[str, str]) -> None:
         self.id = sandbox_id
         self.slots = slots
+        self.tags = dict(tags)
         self.base_url = base_url.rstrip("/") + protocol.API
         self._headers = {"Authorization": f"Bearer {token}"}
         self._session = session
@@ -52,39 +55,27 @@ class AgentSandbox(Sandbox):
         except _LOST as exc:
             raise SandboxLostError(f"Sandbox {self.id} stopped answering ({exc!s}).") from None
 
-    async def exec(self, slot: int, request: ExecRequest) -> AsyncIterator[ExecEvent]:
+    async def exec(self, slot: int, request: ExecRequest) -> AgentProcess:
         body = {"run_id": request.run_id, "argv": list(request.argv), "env": dict(request.env),
-                "stdin": request.stdin, "timeout": request.timeout}
+                "stdin": request.stdin}
         try:
-            async with self._session.post(f"{self.base_url}/slots/{slot}/exec", json=body,
-                                          headers=self._headers, timeout=STREAM_TIMEOUT) as resp:
-                await _raise_for_status(resp, self.id)
-                while True:
-                    header = await resp.content.readexactly(protocol.HEADER.size)
-                    kind, length = protocol.HEADER.unpack(header)
-                    payload = await resp.content.readexactly(length) if length else b""
-                    if kind == protocol.STDOUT:
-                        yield Output("stdout", payload)
-                    elif kind == protocol.STDERR:
-                        yield Output("stderr", payload)
-                    elif kind == protocol.START:
-                        yield Started(json.loads(payload).get("pgid"))
-                    elif kind == protocol.EXIT:
-                        info = json.loads(payload)
-                        yield Exited(info.get("exit_code"), info.get("signal"),
-                                     info.get("reason"), info.get("error"),
-                                     info.get("workspace_empty"))
-                        return
+            resp = await self._session.post(f"{self.base_url}/slots/{slot}/exec", json=body,
+                                            headers=self._headers, timeout=STREAM_TIMEOUT)
         except _LOST as exc:
-            raise SandboxLostError(
-                f"Sandbox {self.id} was lost during the run ({type(exc).__name__}: {exc!s})."
-            ) from None
+            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({exc!s}).") from None
+        try:
+            await _raise_for_status(resp, self.id)
+        except BaseException:
+            resp.release()
+            raise
+        return AgentProcess(self, slot, request.run_id, resp)
 
-    async def cancel(self, slot: int, run_id: str, grace: float = 2.0) -> str:
-        result = await self._request("POST", f"/slots/{slot}/cancel",
-                                     json={"run_id": run_id, "grace": grace},
-                                     timeout=aiohttp.ClientTimeout(total=grace * 3 + 10))
-        return str(result["step"])
+    async def signal(self, slot: int, run_id: str, sig: int) -> bool:
+        """Deliver ``sig`` to the process group of ``run_id`` in ``slot``."""
+        result = await self._request("POST", f"/slots/{slot}/signal",
+                                     json={"run_id": run_id, "signal": int(sig)},
+                                     timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT * 5))
+        return bool(result.get("delivered"))
 
     async def list_files(self, slot: int) -> list[FileInfo]:
         result = await self._request("GET", f"/slots/{slot}/files")
@@ -110,16 +101,12 @@ class AgentSandbox(Sandbox):
     async def reset(self, slot: int) -> None:
         await self._request("POST", f"/slots/{slot}/reset")
 
-    async def health(self) -> dict[str, Any]:
-        return dict(await self._request("GET", "/health",
-                                        timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)))
-
-    async def is_alive(self) -> bool:
+    async def health(self) -> Health:
         try:
-            await self.health()
-        except (SandboxLostError, AgentRequestError, AgentAuthError, asyncio.TimeoutError):
-            return False
-        return True
+            await self._request("GET", "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT))
+        except (SandboxError, asyncio.TimeoutError) as exc:
+            return Health(False, f"its agent did not answer a health check ({exc or 'timeout'})")
+        return Health(True)
 
     async def shutdown(self) -> None:
         """Ask the agent to stop; it kills its running process groups as it goes."""
@@ -128,8 +115,46 @@ class AgentSandbox(Sandbox):
     async def terminate(self) -> None:
         try:
             await self.shutdown()
-        except (SandboxLostError, AgentRequestError, AgentAuthError, asyncio.TimeoutError):
+        except (SandboxError, asyncio.TimeoutError):
             pass
+
+
+class AgentProcess(Process):
+    """A command the agent runs: its frames, read from the exec response as they come."""
+
+    def __init__(self, sandbox: AgentSandbox, slot: int, run_id: str,
+                 resp: aiohttp.ClientResponse) -> None:
+        self._sandbox, self._slot, self._run_id, self._resp = sandbox, slot, run_id, resp
+        self.returncode: int | None = None
+
+    async def __aiter__(self) -> AsyncIterator[ExecEvent]:
+        content = self._resp.content
+        try:
+            while True:
+                kind, length = protocol.HEADER.unpack(await content.readexactly(protocol.HEADER.size))
+                payload = await content.readexactly(length) if length else b""
+                if kind == protocol.STDOUT:
+                    yield Output("stdout", payload)
+                elif kind == protocol.STDERR:
+                    yield Output("stderr", payload)
+                elif kind == protocol.START:
+                    yield Started(json.loads(payload).get("pgid"))
+                elif kind == protocol.EXIT:
+                    info = json.loads(payload)
+                    self.returncode = info.get("exit_code")
+                    yield Exited(info.get("exit_code"), info.get("signal"), info.get("reason"),
+                                 info.get("error"), info.get("workspace_empty"))
+                    return
+        except _LOST as exc:
+            raise SandboxLostError(
+                f"Sandbox {self._sandbox.id} was lost during the run ({type(exc).__name__}: {exc!s})."
+            ) from None
+
+    async def signal(self, sig: int) -> bool:
+        return await self._sandbox.signal(self._slot, self._run_id, sig)
+
+    async def aclose(self) -> None:
+        self._resp.release()
 
 
 def _quote(path: str) -> str:

@@ -1,17 +1,27 @@
 """The backend protocol: the small surface every engine (local, Nomad, Modal) implements.
 
 The unit is a *sandbox*: something that can run a command in one of its K slot workspaces,
-stream the output as it is produced, stop it, and move files in and out. It does not
-assume an agent or an HTTP address (Modal has neither). Backends do I/O; the pool decides
-policy (how many, when, which slot). Sandboxes are safe to use from one event loop only.
+stream the output as it is produced, signal it, and move files in and out. It does not
+assume an agent or an HTTP address (Modal has neither). Backends do I/O; the core decides
+policy (how many, when, which slot, when to escalate a cancel, when a run timed out).
+Sandboxes are safe to use from one event loop only.
 
-``exec`` yields `Started` once the process runs, any number of `Output` chunks, then
-exactly one `Exited`; if the sandbox dies mid-run, iteration raises `SandboxLostError`.
+``await sandbox.exec(slot, request)`` returns a `Process`, shaped like
+`asyncio.subprocess.Process` and Modal's ``ContainerProcess``: iterate it for `Started`
+once the command runs, any number of `Output` chunks, then exactly one `Exited` (if the
+sandbox dies mid-run, iteration raises `SandboxLostError`); ``signal(sig)`` delivers one
+signal to the command's process group; ``aclose()`` lets go of the stream. Whoever calls
+``exec`` calls ``aclose``.
+
+Every sandbox carries ``tags`` (see `sandbox_magics.identity`): who owns it, for which
+profile, and when its owner last said it was alive, so that ``discover`` can find the
+sandboxes a restarted kernel left behind.
 """
 
 from __future__ import annotations
 
 import abc
+import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,7 +38,6 @@ class ExecRequest:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     stdin: str | None = None
-    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,8 @@ class Output:
 
 @dataclass(frozen=True)
 class Exited:
-    """How the process ended: ``reason`` is None, "timeout", "cancelled" or "not-found".
+    """How the process ended. ``reason`` is "not-found" when the program could not be
+    started (``error`` says why); ``signal`` is set when a signal ended it.
 
     ``workspace_empty`` is True if the slot's workspace held nothing when the run ended
     (then there are no artifacts to collect and nothing to reset), None if unknown.
@@ -62,6 +72,39 @@ class Exited:
 
 
 ExecEvent = Union[Started, Output, Exited]
+
+
+@dataclass(frozen=True)
+class Health:
+    """A sandbox's answer to a health check: ``ok``, or a sentence saying what is wrong
+    ("the agent process exited with code -9", "OOM killed", "image pull failed")."""
+
+    ok: bool
+    reason: str = ""
+
+
+class Process(abc.ABC):
+    """A command running in a slot, as `asyncio.subprocess.Process` is one on this machine."""
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[ExecEvent]:
+        """Yield Started, Output..., Exited; raise `SandboxLostError` if the sandbox dies."""
+
+    @abc.abstractmethod
+    async def signal(self, sig: int) -> bool:
+        """Send ``sig`` to the command's process group; False if it had already ended.
+
+        Raises:
+            SandboxError: the sandbox could not be reached to deliver it.
+        """
+
+    async def kill(self) -> bool:
+        """Send SIGKILL, as `asyncio.subprocess.Process.kill` does."""
+        return await self.signal(signal.SIGKILL)
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop reading and release the stream; safe to call twice."""
 
 
 def in_workspace(path: str) -> bool:
@@ -78,18 +121,20 @@ class FileInfo:
 
 
 class Sandbox(abc.ABC):
-    """One running sandbox with ``slots`` workspaces."""
+    """One running sandbox with ``slots`` workspaces, labelled with ``tags``."""
 
     id: str
     slots: int
+    tags: Mapping[str, str]
 
     @abc.abstractmethod
-    def exec(self, slot: int, request: ExecRequest) -> AsyncIterator[ExecEvent]:
-        """Run ``request`` in ``slot``; yield Started, Output..., Exited."""
+    async def exec(self, slot: int, request: ExecRequest) -> Process:
+        """Start ``request`` in ``slot`` and return its `Process`.
 
-    @abc.abstractmethod
-    async def cancel(self, slot: int, run_id: str, grace: float = 2.0) -> str:
-        """Stop the run's process group (SIGINT, SIGTERM, SIGKILL); return the step that worked."""
+        Raises:
+            AgentRequestError: the sandbox refused the request (busy slot, bad argv).
+            SandboxLostError: the sandbox could not be reached.
+        """
 
     @abc.abstractmethod
     async def list_files(self, slot: int) -> list[FileInfo]:
@@ -108,8 +153,12 @@ class Sandbox(abc.ABC):
         """Empty the slot's workspace."""
 
     @abc.abstractmethod
-    async def is_alive(self) -> bool:
-        """True if the sandbox answers; never raises, bounded in time."""
+    async def health(self) -> Health:
+        """Whether the sandbox serves, and if not why; never raises, bounded in time."""
+
+    async def heartbeat(self, tags: Mapping[str, str]) -> None:
+        """Record ``tags`` (a fresh heartbeat) where the engine keeps them; by default the
+        engine has no such place and the owner's liveness is seen another way."""
 
     @abc.abstractmethod
     async def terminate(self) -> None:
@@ -121,16 +170,21 @@ class Sandbox(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """Starts sandboxes on one engine."""
+    """Starts sandboxes on one engine, with one set of engine settings."""
 
     name: str
 
     @abc.abstractmethod
-    async def create(self, profile: Profile, sandbox_id: str) -> Sandbox:
-        """Start a sandbox for ``profile``; raise SandboxStartError with a readable reason."""
+    async def create(self, profile: Profile, tags: Mapping[str, str]) -> Sandbox:
+        """Start a sandbox for ``profile`` labelled with ``tags``; its ``id`` is the engine's.
+
+        Raises:
+            SandboxStartError: with a readable reason.
+        """
 
     async def discover(self, profile: Profile) -> list[Sandbox]:
-        """Sandboxes a previous kernel left for ``profile``, to reattach or reap."""
+        """Sandboxes of ``profile`` that carry our tags and are still running, whoever
+        started them (the pool adopts, reaps or leaves each); none by default."""
         return []
 
     def notices(self, profile: Profile) -> list[str]:

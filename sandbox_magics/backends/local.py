@@ -1,8 +1,10 @@
 """The embedded ``local`` backend: each sandbox is an agent subprocess on this machine.
 
-Workspaces live in ``<base>/kernel-<pid>/<sandbox-id>/slot-<k>``. The agent is told our
-pid and exits when we die, and after its idle timeout, so a killed kernel leaves no agent
-behind; the next kernel removes workspace folders of kernels that are gone.
+Workspaces live in ``<base>/kernel-<pid>-<client id>/<sandbox name>/slot-<k>``. The agent
+is told our pid and exits when we die, and after its idle timeout, so a killed kernel
+leaves no agent behind, and there is nothing for a restarted kernel to adopt
+(``discover`` finds nothing); the next kernel removes workspace folders of kernels that
+are gone, and a client that shuts down removes its own.
 
 Agents and their runs have a lower CPU priority (nice 10) than the kernel, so a notebook
 stays responsive while its runs keep every core busy.
@@ -20,37 +22,62 @@ import os
 import secrets
 import shutil
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from .._paths import kernel_dir, reap_dead_kernels, user_base
+from .. import identity
+from .._paths import client_dir, user_base
 from ..agent import protocol
 from ..exceptions import SandboxStartError
+from ..identity import Identity
 from ..profiles import Profile
 from .agent_client import AgentSandbox
-from .base import Backend
+from .base import Backend as BaseBackend
+from .base import Health
 
 STOP_GRACE = 3.0
 RUN_NICENESS = 10
 READ_BUFFER = 1024 * 1024
 
 
+def _host(value: str) -> None:
+    if not value or "\x00" in value:
+        raise ValueError("must be a host name or address")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Keys of ``[profiles.NAME.local]``.
+
+    Args:
+        workspace_base: the folder under which workspaces are made (default: the temp folder).
+        bind_host: the address agents listen on (default 127.0.0.1).
+    """
+
+    workspace_base: str | None = None
+    bind_host: str = field(default="127.0.0.1", metadata={"check": _host})
+
+
 class LocalSandbox(AgentSandbox):
     """An agent subprocess and its workspace folder."""
 
     def __init__(self, sandbox_id: str, slots: int, base_url: str, token: str,
-                 session: aiohttp.ClientSession, process: asyncio.subprocess.Process,
-                 root: Path) -> None:
-        super().__init__(sandbox_id, slots, base_url, token, session)
+                 session: aiohttp.ClientSession, tags: Mapping[str, str],
+                 process: asyncio.subprocess.Process, root: Path) -> None:
+        super().__init__(sandbox_id, slots, base_url, token, session, tags)
         self.process = process
         self.root = root
 
     def describe(self) -> dict[str, object]:
         return {"address": self.base_url, "pid": self.process.pid, "root": str(self.root)}
 
-    async def is_alive(self) -> bool:
-        return self.process.returncode is None and await super().is_alive()
+    async def health(self) -> Health:
+        if self.process.returncode is not None:
+            return Health(False, f"its agent process exited with code {self.process.returncode}")
+        return await super().health()
 
     async def terminate(self) -> None:
         if self.process.returncode is None:
@@ -66,15 +93,16 @@ class LocalSandbox(AgentSandbox):
             None, lambda: shutil.rmtree(self.root, ignore_errors=True))
 
 
-class LocalBackend(Backend):
+class Backend(BaseBackend):
     """Starts agents as child processes of this kernel."""
 
     name = "local"
 
-    def __init__(self, idle_timeout: float | None = None) -> None:
+    def __init__(self, settings: Settings, me: Identity) -> None:
+        self.settings = settings
+        self.identity = me
         self._session: aiohttp.ClientSession | None = None
-        self._idle_timeout = idle_timeout
-        self._reaped: set[Path] = set()
+        self._root: Path | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -82,12 +110,12 @@ class LocalBackend(Backend):
                                                   read_bufsize=READ_BUFFER)
         return self._session
 
-    def _kernel_dir(self, profile: Profile) -> Path:
-        base = Path(profile.workspace_base) if profile.workspace_base else user_base("workspaces")
-        if base not in self._reaped:
-            self._reaped.add(base)
-            reap_dead_kernels(base)
-        return kernel_dir(base)
+    def _client_dir(self) -> Path:
+        if self._root is None:
+            base = self.settings.workspace_base
+            self._root = client_dir("workspaces", self.identity.client_id,
+                                    Path(base) if base else user_base("workspaces"))
+        return self._root
 
     def notices(self, profile: Profile) -> list[str]:
         if profile.gpu:
@@ -95,16 +123,16 @@ class LocalBackend(Backend):
                     "backend reserves no GPU: runs use this machine as it is."]
         return []
 
-    async def create(self, profile: Profile, sandbox_id: str) -> LocalSandbox:
-        root = self._kernel_dir(profile) / sandbox_id
+    async def create(self, profile: Profile, tags: Mapping[str, str]) -> LocalSandbox:
+        sandbox_id = tags[identity.NAME]
+        root = self._client_dir() / sandbox_id
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         token = secrets.token_urlsafe(32)
         env = {k: v for k, v in os.environ.items() if k != protocol.TOKEN_ENV}
-        idle = self._idle_timeout if self._idle_timeout is not None else profile.idle_timeout * 2
         argv = [sys.executable, "-m", "sandbox_magics.agent", "--root", str(root),
-                "--slots", str(profile.slots_per_sandbox), "--host", profile.bind_host,
-                "--parent-pid", str(os.getpid()), "--idle-timeout", str(idle),
+                "--slots", str(profile.slots_per_sandbox), "--host", self.settings.bind_host,
+                "--parent-pid", str(os.getpid()), "--idle-timeout", str(profile.idle_timeout * 2),
                 "--nice", str(RUN_NICENESS)]
         log_path = root / "agent.log"
         with open(log_path, "wb") as log:
@@ -131,12 +159,18 @@ class LocalBackend(Backend):
                 f"{profile.start_timeout:g} s (exit code {process.returncode}; it said: "
                 f"{tail[0]}); check that this Python can import aiohttp."
             ) from None
-        host = profile.bind_host if profile.bind_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        bind = self.settings.bind_host
+        host = bind if bind not in ("0.0.0.0", "::") else "127.0.0.1"
         return LocalSandbox(sandbox_id, profile.slots_per_sandbox,
-                            f"http://{host}:{ready['port']}", token, self._client(),
+                            f"http://{host}:{ready['port']}", token, self._client(), tags,
                             process, root)
 
     async def aclose(self) -> None:
+        """Close the HTTP session and remove this client's workspace folder."""
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._root is not None:
+            root, self._root = self._root, None
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: shutil.rmtree(root, ignore_errors=True))

@@ -15,15 +15,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import enum
 import logging
 import os
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..backends import Backend, make_backend
 from ..exceptions import ClosedError
-from ..manager import Manager
+from ..identity import Identity
+from ..manager import CLOSED, Manager
 from ..profiles import Profile, ProfileCache
 from ..runs import Run, RunSpec
 from ..runs.run import Listener
@@ -36,28 +37,40 @@ CALL_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 120.0
 
 
+class ClientState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 class Client:
     """Runs commands in pooled sandboxes.
 
+    Every client has an id of its own (``client.id``) that names its sandboxes, workspaces
+    and folders, so two clients never share one. After `shutdown` every method raises
+    `ClosedError`.
+
     Args:
         profiles_file: a TOML profiles file (default: ``$SANDBOX_MAGICS_PROFILES`` or none).
-        backend_factory: makes a backend from its name (tests pass their own).
         pool_options: keyword arguments for every `Pool` (``tick``, ``cooldown``).
     """
 
     def __init__(self, profiles_file: str | os.PathLike[str] | None = None, *,
-                 backend_factory: Callable[[str], Backend] = make_backend,
                  pool_options: dict[str, Any] | None = None) -> None:
         self.profiles_file = profiles_file
+        self.identity = Identity()
+        self.state = ClientState.OPEN
         self._profile_cache = ProfileCache()
         self._loop = LoopThread()
-        self._manager = Manager(self._profiles, backend_factory, pool_options)
-        self._closed = False
+        self._manager = Manager(self._profiles, self.identity, pool_options)
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._manager.runs)} runs"
-        return f"<sandbox_magics.Client {state}>"
+        detail = "closed" if self.state is ClientState.CLOSED else f"{len(self._manager.runs)} runs"
+        return f"<sandbox_magics.Client {self.id} {detail}>"
+
+    @property
+    def id(self) -> str:
+        return self.identity.client_id
 
     def _profiles(self) -> dict[str, Profile]:
         return self._profile_cache.get(self.profiles_file)
@@ -68,10 +81,12 @@ class Client:
         return self._manager
 
     def profile(self, name: str) -> Profile:
+        self._check_open()
         return self._manager.profile(name)
 
     def profiles(self) -> pd.DataFrame:
         """Every profile as a DataFrame, one row per profile (secret names only)."""
+        self._check_open()
         import pandas as pd
         rows = [p.as_row() for p in self._profiles().values()]
         return pd.DataFrame(rows).set_index("name")
@@ -86,9 +101,9 @@ class Client:
                        raise_error=raise_error)
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("This sandbox client has been shut down; create a new Client "
-                              "(or run %reload_ext sandbox_magics).")
+        """Raise `ClosedError` once the client is shut down (before any coroutine is made)."""
+        if self.state is ClientState.CLOSED:
+            raise ClosedError(CLOSED)
 
     async def _submit(self, spec: RunSpec, listener: Listener | None) -> Run:
         run = self._manager.submit(spec, listener)
@@ -153,15 +168,18 @@ class Client:
         return key if isinstance(key, Run) else self._manager.runs.get(key)
 
     def cancel(self, run: str | Run) -> str:
-        """Stop a run; return the step that did it (dequeued, SIGINT, SIGTERM, SIGKILL)."""
+        """Stop a run at whatever stage it is; return what did it ("dequeued", "SIGINT",
+        "SIGTERM", "SIGKILL", "stopped while uploading", "already-finished")."""
+        self._check_open()
         run = self.get_run(run)
         return self._loop.run(self._manager.cancel(run), CALL_TIMEOUT)
 
     async def acancel(self, run: str | Run) -> str:
+        self._check_open()
         return await self._loop.arun(self._manager.cancel(self.get_run(run)))
 
     def runs(self) -> pd.DataFrame:
-        """The history of this client's runs, one row each."""
+        """The history of this client's runs, one row each (readable after shutdown too)."""
         return self._manager.runs.to_frame()
 
     async def _status(self) -> list[dict[str, Any]]:
@@ -169,13 +187,21 @@ class Client:
 
     def status(self) -> list[dict[str, Any]]:
         """Every pool as plain data: sandboxes, slot states, queue, recent events."""
+        self._check_open()
         return self._loop.run(self._status(), CALL_TIMEOUT)
 
-    def scale(self, profile: str, sandboxes: int) -> None:
-        """Keep exactly ``sandboxes`` sandboxes of ``profile`` running."""
+    def scale(self, profile: str, sandboxes: int | None) -> None:
+        """Keep exactly ``sandboxes`` sandboxes of ``profile`` running (at most its
+        ``max_sandboxes``); None: autoscale between the profile's bounds again.
+
+        Raises:
+            ProfileError: ``sandboxes`` is negative or above ``max_sandboxes``.
+        """
+        self._check_open()
         self._loop.run(self._manager.scale(profile, sandboxes), CALL_TIMEOUT)
 
-    async def ascale(self, profile: str, sandboxes: int) -> None:
+    async def ascale(self, profile: str, sandboxes: int | None) -> None:
+        self._check_open()
         await self._loop.arun(self._manager.scale(profile, sandboxes))
 
     def every(self, interval: Callable[[], float],
@@ -202,18 +228,18 @@ class Client:
 
         ``purge`` also deletes the local copies of artifacts and spilled logs.
         """
-        if self._closed:
+        if self.state is ClientState.CLOSED:
             return
-        self._closed = True
+        self.state = ClientState.CLOSED
         try:
             self._loop.run(self._manager.shutdown(purge), SHUTDOWN_TIMEOUT)
         finally:
             self._loop.stop()
 
     async def ashutdown(self, purge: bool = False) -> None:
-        if self._closed:
+        if self.state is ClientState.CLOSED:
             return
-        self._closed = True
+        self.state = ClientState.CLOSED
         await self._loop.arun(self._manager.shutdown(purge))
         self._loop.stop()
 

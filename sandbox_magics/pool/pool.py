@@ -1,11 +1,13 @@
 """`Pool`: the sandboxes × slots of one profile, shared fairly among runs.
 
-Policy lives here, I/O in the backend. Acquire is first-in first-out with a timeout; when
-every slot is busy and the pool is below ``max_sandboxes`` it starts more; a maintenance
-task checks health (two failed checks in a row retire a sandbox), keeps ``min_sandboxes``
-running and stops sandboxes idle for longer than ``idle_timeout`` (no more than one
-scale-down per ``cooldown``). A sandbox that dies is retired and the runs on it see their
-lease's ``lost`` event. Loop-bound: every method runs on the manager's loop.
+Acquire is first-in first-out with a timeout (a run re-queued after its sandbox was lost
+before it started goes to the head). How many sandboxes run is decided by
+`policy.decide`, called on every tick and every event; the pool only carries its actions
+out, with the backend doing the I/O. At start, sandboxes that ``discover`` finds are
+adopted, reaped or left by `policy.classify`. A maintenance task checks health (two
+failed checks in a row retire a sandbox) and sends heartbeats. A sandbox that dies is
+retired and the runs on it see their lease's ``lost`` event. Loop-bound: every method runs
+on the manager's loop.
 """
 
 from __future__ import annotations
@@ -13,22 +15,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends.base import Backend
-from ..exceptions import AcquireTimeoutError, ClosedError, SandboxError, SandboxStartError
+from .. import identity
+from ..backends.base import Backend, Health, Sandbox
+from ..exceptions import (AcquireTimeoutError, ClosedError, ProfileError, SandboxError,
+                          SandboxStartError)
+from ..identity import Identity
 from ..profiles import Profile
+from . import policy
 from .state import Lease, PoolEvent, SandboxRecord, SandboxState, SlotRecord
 
 HEALTH_TIMEOUT = 3.0
 HEALTH_FAILURES = 2
 RESET_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+DISCOVER_TIMEOUT = 30.0
+HEARTBEAT_INTERVAL = 60.0
 EVENT_HISTORY = 200
 
 
@@ -42,11 +48,13 @@ class _Waiter:
 class Pool:
     """Sandboxes of one profile. Start with `start`, stop with `aclose`."""
 
-    def __init__(self, profile: Profile, backend: Backend,
+    def __init__(self, profile: Profile, backend: Backend, me: Identity | None = None,
                  on_event: Callable[[PoolEvent], None] | None = None,
                  tick: float = 1.0, cooldown: float = 10.0) -> None:
         self.profile = profile
         self.backend = backend
+        self.identity = me or Identity()
+        self.target: int | None = None
         self.sandboxes: list[SandboxRecord] = []
         self.events: collections.deque[PoolEvent] = collections.deque(maxlen=EVENT_HISTORY)
         self._on_event = on_event
@@ -59,7 +67,12 @@ class Pool:
         self._lost_sessions: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._counter = 0
-        self._last_scale_down = 0.0
+        self._last_scale_down = -float("inf")
+        self._failed_starts = 0
+        self._last_failure: float | None = None
+        self._last_error: str | None = None
+        self._last_heartbeat = time.monotonic()
+        self._discovered = False
         self._closed = False
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -76,10 +89,9 @@ class Pool:
         return sum(s.busy for r in self.sandboxes for s in r.slots)
 
     def start(self) -> None:
-        """Start the maintenance task and the ``min_sandboxes``."""
+        """Adopt or reap what ``discover`` finds, then keep the pool as the policy says."""
         if self._maintenance is None:
             self._maintenance = asyncio.ensure_future(self._maintain())
-            self._ensure_min()
 
     def _emit(self, kind: str, sandbox: str | None = None, detail: str = "") -> None:
         event = PoolEvent(self.profile.name, kind, sandbox, detail)
@@ -96,8 +108,10 @@ class Pool:
     def _live(self) -> list[SandboxRecord]:
         return [r for r in self.sandboxes if r.state in (SandboxState.STARTING, SandboxState.READY)]
 
-    async def acquire(self, session: str | None = None, timeout: float | None = None) -> Lease:
-        """Wait for a free slot (the session's own slot if it has one) and lease it.
+    async def acquire(self, session: str | None = None, timeout: float | None = None,
+                      first: bool = False) -> Lease:
+        """Wait for a free slot (the session's own slot if it has one) and lease it;
+        ``first`` puts the request at the head of the queue (a run being re-queued).
 
         Raises:
             AcquireTimeoutError: no slot came free within ``timeout`` seconds.
@@ -108,13 +122,15 @@ class Pool:
             raise ClosedError(f"The pool of profile {self.profile.name!r} has been shut down.")
         slot = self._sessions.get(session) if session else None
         waiter = _Waiter(asyncio.get_running_loop().create_future(), session)
-        if slot is not None:
-            self._session_waiters.setdefault(slot, collections.deque()).append(waiter)
+        queue = (self._session_waiters.setdefault(slot, collections.deque())
+                 if slot is not None else self._waiters)
+        if first:
+            queue.appendleft(waiter)
         else:
-            self._waiters.append(waiter)
+            queue.append(waiter)
         self._dispatch()
         if not waiter.future.done():
-            self._scale_up()
+            self.reconcile()
         try:
             return await asyncio.wait_for(waiter.future, timeout)
         except asyncio.TimeoutError:
@@ -240,56 +256,121 @@ class Pool:
         """A free slot of a ready sandbox, reserved for no session (O(1))."""
         return next(iter(self._free_slots), None)
 
-    def _scale_up(self) -> None:
-        waiting = len(self._waiters)
-        coming = sum(r.size for r in self.sandboxes if r.state is SandboxState.STARTING)
-        room = self.profile.max_sandboxes - len(self._live())
-        need = min(room, math.ceil(max(0, waiting - coming) / self.profile.slots_per_sandbox))
-        if need > 0:
-            self._emit("scale-up", detail=f"{waiting} waiting, {coming} slots starting: "
-                                          f"starting {need} sandbox(es)")
-        for _ in range(need):
-            self._start_sandbox()
+    def _facts(self) -> policy.Counts:
+        live = [r for r in self.sandboxes if r.state in (SandboxState.STARTING, SandboxState.READY)]
+        return policy.Counts(
+            waiting=sum(not w.future.done() for w in self._waiters),
+            sandboxes=tuple(policy.SandboxFacts(
+                r.id, r.state is SandboxState.STARTING, not r.idle and r.state is SandboxState.READY,
+                r.created, r.idle_since, r.size) for r in live),
+            failed_starts=self._failed_starts, last_failure=self._last_failure,
+            last_error=self._last_error, last_scale_down=self._last_scale_down)
 
-    def _ensure_min(self) -> None:
-        for _ in range(self.profile.min_sandboxes - len(self._live())):
-            self._start_sandbox()
+    def reconcile(self) -> None:
+        """Ask the policy what to do now, and do it (once what ``discover`` found is settled,
+        so a restarted kernel adopts its sandboxes instead of starting new ones)."""
+        if self._closed or not self._discovered:
+            return
+        now = time.monotonic()
+        for action in policy.decide(self.profile, self.target, self._facts(), now, self._cooldown):
+            if isinstance(action, policy.Start):
+                self._emit("scale-up", detail=f"{action.reason}: starting {action.count} sandbox(es)")
+                for _ in range(action.count):
+                    self._start_sandbox()
+            elif isinstance(action, policy.Stop):
+                record = next(r for r in self.sandboxes if r.id == action.sandbox)
+                self._withdraw(record, SandboxState.STOPPING)
+                self._emit("scale-down", record.id, action.reason)
+                self._spawn(self._retire(record))
+                self._last_scale_down = now
+            else:
+                self._fail_waiters(SandboxStartError(action.reason))
+
+    def _fail_waiters(self, error: Exception) -> None:
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+
+    def _name(self) -> str:
+        taken = {r.id for r in self.sandboxes}
+        while True:
+            self._counter += 1
+            name = f"{self.profile.name}-{self._counter}"
+            if name not in taken:
+                return name
 
     def _start_sandbox(self) -> None:
-        self._counter += 1
-        record = SandboxRecord(f"{self.profile.name}-{self._counter}", SandboxState.STARTING,
-                               self.profile.slots_per_sandbox)
+        record = SandboxRecord(self._name(), SandboxState.STARTING, self.profile.slots_per_sandbox)
         self.sandboxes.append(record)
         self._spawn(self._boot(record))
 
     async def _boot(self, record: SandboxRecord) -> None:
+        tags = {**self.identity.tags(self.profile.name), identity.NAME: record.id}
         try:
             sandbox = await asyncio.wait_for(
-                self.backend.create(self.profile, record.id), self.profile.start_timeout + 5)
+                self.backend.create(self.profile, tags), self.profile.start_timeout + 5)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, SandboxError) else (
                 f"{type(exc).__name__}: {exc}" if not isinstance(exc, asyncio.TimeoutError)
                 else f"it did not start within {self.profile.start_timeout:g} s")
             self.sandboxes.remove(record)
-            self._emit("start-failed", record.id, reason)
-            if not self._live():
-                error = SandboxStartError(
-                    f"Could not start a sandbox for profile {self.profile.name!r}: {reason}")
-                for waiter in self._waiters:
-                    if not waiter.future.done():
-                        waiter.future.set_exception(error)
+            self._failed_starts += 1
+            self._last_failure, self._last_error = time.monotonic(), reason
+            self._emit("start-failed", record.id,
+                       f"{reason} (retrying in {policy.backoff(self._failed_starts):g} s)")
+            self.reconcile()
             return
         if self._closed:
             await sandbox.terminate()
             return
+        self._failed_starts, self._last_error = 0, None
+        self._serve(record, sandbox)
+        self._emit("ready", record.id)
+
+    def _serve(self, record: SandboxRecord, sandbox: Sandbox) -> None:
+        """Put a started (or adopted) sandbox's slots in service."""
         record.sandbox = sandbox
         record.slots = [SlotRecord(record, i) for i in range(sandbox.slots)]
         record.size = sandbox.slots
         record.state = SandboxState.READY
         record.idle_since = time.monotonic()
         self._free_slots.update(dict.fromkeys(record.slots))
-        self._emit("ready", record.id, str(sandbox.describe().get("address", "")))
         self._dispatch()
+        self.reconcile()
+
+    async def _adopt_or_reap(self) -> None:
+        """Adopt what this kernel's predecessor left if it is healthy, reap what owners
+        that stopped sending heartbeats left, and leave the rest alone."""
+        try:
+            found = await asyncio.wait_for(self.backend.discover(self.profile), DISCOVER_TIMEOUT)
+        except Exception as exc:
+            self._emit("discover-failed", detail=f"could not list earlier sandboxes: {exc}")
+            return
+        now = time.time()
+        for sandbox in found:
+            verdict = policy.classify(sandbox.tags, self.identity, now, self.profile.heartbeat_window)
+            if verdict is policy.Found.ADOPT:
+                health = await self._health(sandbox)
+                if health.ok and not self._closed:
+                    record = SandboxRecord(self._adopted_name(sandbox), SandboxState.STARTING,
+                                           sandbox.slots)
+                    self.sandboxes.append(record)
+                    self._serve(record, sandbox)
+                    self._spawn(sandbox.heartbeat(self.identity.tags(self.profile.name)))
+                    self._emit("adopted", record.id, f"left by this kernel before its restart ({sandbox.id})")
+                    continue
+                self._emit("reaped", detail=f"{sandbox.id}: left by this kernel before its "
+                                            f"restart, and unhealthy ({health.reason})")
+            elif verdict is policy.Found.REAP:
+                self._emit("reaped", detail=f"{sandbox.id}: its owner sent no heartbeat for "
+                                            f"{self.profile.heartbeat_window:g} s")
+            else:
+                continue
+            self._spawn(self._stop(sandbox))
+
+    def _adopted_name(self, sandbox: Sandbox) -> str:
+        name = sandbox.tags.get(identity.NAME, "")
+        return name if name and name not in {r.id for r in self.sandboxes} else self._name()
 
     def mark_lost(self, record: SandboxRecord, reason: str) -> None:
         """Retire a dead sandbox: fail its runs' leases, drop its sessions, clean it up."""
@@ -306,67 +387,70 @@ class Pool:
             self._waiters.extendleft(reversed(self._session_waiters.pop(slot, ())))
         self._emit("lost", record.id, reason)
         self._spawn(self._retire(record))
-        self._ensure_min()
-        self._scale_up()
         self._dispatch()
+        self.reconcile()
 
     async def _retire(self, record: SandboxRecord) -> None:
         if record.sandbox is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(record.sandbox.terminate(), STOP_TIMEOUT)
+            await self._stop(record.sandbox)
         with contextlib.suppress(ValueError):
             self.sandboxes.remove(record)
+        self.reconcile()
+
+    @staticmethod
+    async def _stop(sandbox: Sandbox) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sandbox.terminate(), STOP_TIMEOUT)
 
     async def _maintain(self) -> None:
+        await self._adopt_or_reap()
+        self._discovered = True
+        self.reconcile()
         while not self._closed:
             await asyncio.sleep(self._tick)
             ready = [r for r in self.sandboxes if r.state is SandboxState.READY and r.sandbox]
-            alive = await asyncio.gather(*(self._alive(r) for r in ready))
-            for record, ok in zip(ready, alive):
-                record.health_failures = 0 if ok else record.health_failures + 1
+            results = await asyncio.gather(*(self._health(r.sandbox) for r in ready if r.sandbox))
+            for record, health in zip(ready, results):
+                record.health_failures = 0 if health.ok else record.health_failures + 1
                 if record.health_failures >= HEALTH_FAILURES:
-                    self.mark_lost(record, "it stopped answering health checks")
-            self._ensure_min()
-            self._scale_down()
+                    self.mark_lost(record, health.reason or "it stopped answering health checks")
+            if time.monotonic() - self._last_heartbeat >= HEARTBEAT_INTERVAL:
+                self._last_heartbeat = time.monotonic()
+                tags = self.identity.tags(self.profile.name)
+                await asyncio.gather(*(r.sandbox.heartbeat({**tags, identity.NAME: r.id})
+                                       for r in ready if r.sandbox), return_exceptions=True)
+            self.reconcile()
 
-    async def _alive(self, record: SandboxRecord) -> bool:
-        assert record.sandbox is not None
+    @staticmethod
+    async def _health(sandbox: Sandbox) -> Health:
         try:
-            return await asyncio.wait_for(record.sandbox.is_alive(), HEALTH_TIMEOUT)
+            return await asyncio.wait_for(sandbox.health(), HEALTH_TIMEOUT)
         except asyncio.TimeoutError:
-            return False
+            return Health(False, f"it did not answer a health check within {HEALTH_TIMEOUT:g} s")
 
-    def _scale_down(self) -> None:
-        now = time.monotonic()
-        if now - self._last_scale_down < self._cooldown:
-            return
-        live = len(self._live())
-        for record in list(self.sandboxes):
-            if live <= self.profile.min_sandboxes:
-                return
-            idle_for = now - record.idle_since if record.idle and record.idle_since else 0.0
-            too_old = now - record.created > self.profile.lifetime
-            if record.idle and (idle_for > self.profile.idle_timeout or too_old):
-                self._withdraw(record, SandboxState.STOPPING)
-                self._emit("scale-down", record.id,
-                           "lifetime reached" if too_old else f"idle for {idle_for:.0f} s")
-                self._spawn(self._retire(record))
-                self._last_scale_down = now
-                return
+    async def scale(self, sandboxes: int | None) -> None:
+        """Run exactly ``sandboxes`` sandboxes from now on; None: autoscale again between
+        the profile's bounds. Idle sandboxes above the number stop at once, busy ones when
+        their runs end.
 
-    async def scale(self, sandboxes: int) -> None:
-        """Run exactly ``sandboxes`` sandboxes from now on (min = max = that number)."""
-        self.profile = dataclasses.replace(self.profile, min_sandboxes=sandboxes,
-                                           max_sandboxes=max(sandboxes, 1))
-        self._emit("scale", detail=f"set to {sandboxes} sandbox(es)")
-        self._ensure_min()
-        for record in [r for r in self.sandboxes if r.idle][: max(0, len(self._live()) - sandboxes)]:
-            self._withdraw(record, SandboxState.STOPPING)
-            self._spawn(self._retire(record))
+        Raises:
+            ProfileError: ``sandboxes`` is negative or above the profile's ``max_sandboxes``.
+        """
+        if sandboxes is not None and (problem := policy.check_target(self.profile, sandboxes)):
+            raise ProfileError(problem)
+        self.target = sandboxes
+        self._emit("scale", detail="autoscaling" if sandboxes is None
+                   else f"set to {sandboxes} sandbox(es)")
+        self._failed_starts = 0
+        self.reconcile()
 
     def update_profile(self, profile: Profile) -> None:
-        """Adopt a changed definition of this pool's profile (limits apply from now on)."""
+        """Adopt a changed definition of this pool's profile (limits apply from now on; a
+        `scale` target stays, unless the new maximum is below it)."""
         self.profile = profile
+        if self.target is not None and self.target > profile.max_sandboxes:
+            self.target = None
+        self.reconcile()
 
     def snapshot(self) -> dict[str, Any]:
         """The pool as plain data, for status views."""
@@ -375,6 +459,7 @@ class Pool:
             "backend": self.backend.name,
             "slots_per_sandbox": self.profile.slots_per_sandbox,
             "max_sandboxes": self.profile.max_sandboxes,
+            "target": self.target,
             "queued": self.queued,
             "starting": sum(r.state is SandboxState.STARTING for r in self.sandboxes),
             "sandboxes": [

@@ -3,6 +3,6 @@
 from .artifacts import Artifact
 from .log import LogBuffer
 from .registry import RunRegistry
-from .run import Run, RunSpec, RunState
+from .run import Run, RunSpec, RunState, Stage
 
-__all__ = ["Artifact", "LogBuffer", "Run", "RunRegistry", "RunSpec", "RunState"]
+__all__ = ["Artifact", "LogBuffer", "Run", "RunRegistry", "RunSpec", "RunState", "Stage"]

@@ -1,4 +1,4 @@
-"""Artifacts: the files a run left in its workspace, copied to this machine at release.
+"""Artifacts: the files a run created or changed in its workspace, copied here at release.
 
 Files changed since the run started are copied, smallest first, until the profile's
 ``artifact_limit_mb`` is spent; the rest are listed with the reason they were not kept.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..backends.base import Sandbox, in_workspace
+from ..backends.base import FileInfo, Sandbox, in_workspace
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,10 +37,13 @@ class Artifact:
 
 
 async def collect(sandbox: Sandbox, slot: int, since: float, dest: Path,
-                  limit_mb: float) -> list[Artifact]:
-    """Copy the slot's files modified at or after ``since`` into ``dest``, up to ``limit_mb``."""
+                  limit_mb: float, inputs: dict[str, FileInfo] | None = None) -> list[Artifact]:
+    """Copy the slot's files modified at or after ``since`` into ``dest``, up to ``limit_mb``;
+    ``inputs`` (the files uploaded for the run, as listed then) are left out unless the run
+    changed them."""
+    inputs = inputs or {}
     files = [f for f in await sandbox.list_files(slot)
-             if f.mtime >= since - MTIME_SLACK and in_workspace(f.path)]
+             if f.mtime >= since - MTIME_SLACK and in_workspace(f.path) and inputs.get(f.path) != f]
     budget = int(limit_mb * 2**20)
     kept: list[Artifact] = []
     for info in sorted(files, key=lambda f: (f.size, f.path)):

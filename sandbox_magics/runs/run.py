@@ -35,6 +35,15 @@ class RunState(enum.Enum):
         return self not in (RunState.QUEUED, RunState.RUNNING)
 
 
+class Stage(enum.Enum):
+    """Where an unfinished run is; a cancel says which stage it stopped the run in."""
+
+    QUEUED = "queued"
+    UPLOADING = "uploading"
+    RUNNING = "running"
+    COLLECTING = "collecting"
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """What to run: ``code`` fed on stdin to ``interpreter`` in a slot of ``profile``.
@@ -68,6 +77,8 @@ class Run:
         self.spec = spec
         self.backend = backend
         self.state = RunState.QUEUED
+        self.stage = Stage.QUEUED
+        self.stop_step: str | None = None
         self.sandbox: str | None = None
         self.slot: int | None = None
         self.pgid: int | None = None
@@ -193,10 +204,19 @@ class Run:
         self.notices.append(text)
         self._emit("notice", text.encode())
 
-    def _start(self, sandbox: str, slot: int) -> None:
+    def _assign(self, sandbox: str, slot: int) -> None:
         self.sandbox, self.slot = sandbox, slot
         self.state = RunState.RUNNING
         self.started_at = time.time()
+        self._emit("state", b"")
+
+    def _stage(self, stage: Stage) -> None:
+        self.stage = stage
+
+    def _requeue(self) -> None:
+        """Back to the queue: the sandbox it was given was lost before it started."""
+        self.sandbox, self.slot, self.pgid, self.started_at = None, None, None, None
+        self.state = RunState.QUEUED
         self._emit("state", b"")
 
     def _finish(self, state: RunState, exit_code: int | None = None, error: str | None = None) -> None:
@@ -221,5 +241,5 @@ class Run:
             "state": self.state.value, "exit_code": self.exit_code,
             "queued": self.queued_at, "started": self.started_at, "ended": self.ended_at,
             "wait_s": wait, "run_s": run_seconds, "output_bytes": self.log.total_bytes,
-            "error": self.error,
+            "log_dropped_bytes": self.log.dropped_bytes, "error": self.error,
         }

@@ -8,8 +8,12 @@ from typing import Any
 
 import pytest
 
-from sandbox_magics import AcquireTimeoutError, ClosedError, Profile, SandboxStartError
-from sandbox_magics.backends.instant import InstantBackend
+import dataclasses
+
+from sandbox_magics import AcquireTimeoutError, ClosedError, Profile, ProfileError, SandboxStartError
+from sandbox_magics import identity
+from sandbox_magics.backends.instant import InstantBackend, InstantSandbox
+from sandbox_magics.identity import Identity
 from sandbox_magics.pool import Pool
 
 
@@ -108,7 +112,7 @@ def test_dead_sandbox_fails_its_leases_and_is_replaced() -> None:
         await pool.aclose()
         return lease.slot.lost_reason, replaced
     reason, replaced = run(scenario)
-    assert reason == "it stopped answering health checks" and replaced
+    assert reason == "it was killed" and replaced
 
 
 def test_release_resets_workspace_unless_session() -> None:
@@ -199,3 +203,108 @@ def test_two_first_runs_of_a_new_session_share_one_slot() -> None:
         await pool.aclose()
         return other.slot is lease.slot, free
     assert run(scenario) == (True, 1)
+
+
+def test_scale_target_survives_a_changed_profile_and_is_capped_by_max() -> None:
+    async def scenario() -> tuple[int, int | None, str]:
+        backend = InstantBackend()
+        pool = make_pool(backend, max_sandboxes=3)
+        await pool.scale(2)
+        while len([s for s in backend.created if s.alive]) < 2:
+            await asyncio.sleep(0.01)
+        pool.update_profile(dataclasses.replace(pool.profile, idle_timeout=0.01))
+        await asyncio.sleep(0.2)
+        alive = sum(s.alive for s in backend.created)
+        with pytest.raises(ProfileError) as info:
+            await pool.scale(1000)
+        target = pool.target
+        await pool.aclose()
+        return alive, target, str(info.value)
+    alive, target, message = run(scenario)
+    assert (alive, target) == (2, 2)
+    assert "max_sandboxes is 3" in message and "1000" in message
+
+
+def test_scale_zero_stops_everything_and_refuses_runs_with_a_sentence() -> None:
+    async def scenario() -> tuple[int, str]:
+        backend = InstantBackend()
+        pool = make_pool(backend, min_sandboxes=1)
+        lease = await pool.acquire()
+        await pool.release(lease)
+        await pool.scale(0)
+        while any(s.alive for s in backend.created):
+            await asyncio.sleep(0.01)
+        with pytest.raises(SandboxStartError) as info:
+            await pool.acquire(timeout=5)
+        await pool.aclose()
+        return len(backend.created), str(info.value)
+    created, message = run(scenario)
+    assert created == 1 and "scaled to 0" in message
+
+
+def test_failed_start_is_retried_with_backoff_for_later_runs() -> None:
+    async def scenario() -> tuple[str, bool]:
+        backend = InstantBackend(fail_starts=True)
+        pool = make_pool(backend)
+        with pytest.raises(SandboxStartError) as info:
+            await pool.acquire(timeout=5)
+        backend.fail_starts = False
+        for _ in range(100):
+            try:
+                lease = await pool.acquire(timeout=10)
+                break
+            except SandboxStartError:
+                await asyncio.sleep(0.05)
+        served = lease.sandbox.alive
+        await pool.aclose()
+        return str(info.value), served
+    message, served = run(scenario)
+    assert "the instant backend was told to fail" in message and served
+
+
+def test_requeued_acquire_goes_to_the_head_of_the_queue() -> None:
+    async def scenario() -> list[str]:
+        pool = make_pool(slots_per_sandbox=1, max_sandboxes=1)
+        held = await pool.acquire()
+        order: list[str] = []
+
+        async def wait(name: str, first: bool) -> None:
+            lease = await pool.acquire(first=first)
+            order.append(name)
+            await pool.release(lease)
+
+        tasks = [asyncio.ensure_future(wait("a", False)), asyncio.ensure_future(wait("b", False))]
+        await asyncio.sleep(0.01)
+        tasks.append(asyncio.ensure_future(wait("requeued", True)))
+        await asyncio.sleep(0.01)
+        await pool.release(held)
+        await asyncio.gather(*tasks)
+        await pool.aclose()
+        return order
+    assert run(scenario) == ["requeued", "a", "b"]
+
+
+def test_start_adopts_its_kernels_leftovers_reaps_silent_ones_and_leaves_the_rest() -> None:
+    me = Identity(client_id="new", kernel_id="k1", process="host/2")
+    before_restart = Identity(client_id="old", kernel_id="k1", process="host/1")
+    other = Identity(client_id="x", kernel_id="k2", process="host/3")
+    import time
+    mine = InstantSandbox("p-1", 2, {**before_restart.tags("p"), identity.NAME: "p-1"})
+    alive_other = InstantSandbox("p-9", 2, other.tags("p"))
+    silent = InstantSandbox("p-7", 2, other.tags("p", now=time.time() - 10_000))
+
+    async def scenario() -> tuple[list[str], bool, bool, bool, int]:
+        backend = InstantBackend(left_behind=[mine, alive_other, silent])
+        pool = Pool(Profile(name="p", slots_per_sandbox=2, max_sandboxes=2, heartbeat_window=900),
+                    backend, me, tick=0.05, cooldown=0.0)
+        pool.start()
+        lease = await pool.acquire(timeout=5)
+        used = lease.sandbox is mine
+        await pool.release(lease)
+        while silent.alive:
+            await asyncio.sleep(0.01)
+        names = [r.id for r in pool.sandboxes]
+        await pool.aclose()
+        return names, used, alive_other.alive, silent.alive, len(backend.created)
+    names, used, other_alive, silent_alive, created = run(scenario)
+    assert names == ["p-1"] and used and other_alive and not silent_alive and created == 0

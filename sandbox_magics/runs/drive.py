@@ -1,0 +1,251 @@
+"""A run's drive: acquire a slot, upload, execute, collect, release — and stop it on cancel.
+
+`drive` is the one task behind each `Run`. It walks the run through its stages
+(`Stage`), and owns the policy a backend must not decide: the run's timeout, the
+SIGINT → SIGTERM → SIGKILL escalation (`escalate`, each step given ``grace`` seconds to
+work), and the re-queue of a run whose sandbox was lost before its process started (it
+goes back to the head of the queue, up to `MAX_REQUEUES` times). Cancelling the task is
+how a run is cancelled, at whatever stage it is: it never starts its command afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backends.base import ExecRequest, Exited, FileInfo, Output, Process, Started
+from ..exceptions import SandboxError, SandboxLostError
+from ..pool import Lease, Pool
+from ..profiles import Profile
+from . import artifacts
+from .run import Run, RunState, Stage
+
+MAX_REQUEUES = 3
+TRANSFER_TIMEOUT = 300.0
+EXEC_START_TIMEOUT = 60.0
+_TRANSFER_ERRORS = (SandboxError, OSError, asyncio.TimeoutError)
+_STEPS = ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM"), (signal.SIGKILL, "SIGKILL"))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended; ``started`` says whether its process ever ran, ``workspace_empty``
+    whether the slot held nothing afterwards (then nothing to collect or reset)."""
+
+    state: RunState
+    exit_code: int | None = None
+    error: str | None = None
+    started: bool = True
+    workspace_empty: bool | None = None
+
+
+class _Requeue(Exception):
+    """The sandbox was lost before the run's process started: try again elsewhere."""
+
+
+async def drive(run: Run, profile: Profile, pool: Pool, artifacts_dir: Path,
+                grace: float) -> None:
+    """Carry ``run`` from the queue to its end; never raises (the run's state says how it
+    ended). Cancel the task running this to cancel the run."""
+    for attempt in range(MAX_REQUEUES + 1):
+        run._stage(Stage.QUEUED)
+        try:
+            lease = await pool.acquire(run.spec.session, timeout=profile.acquire_timeout,
+                                       first=attempt > 0)
+        except asyncio.CancelledError:
+            run._finish(RunState.CANCELLED, error=f"cancelled while {_queued(pool)}")
+            return
+        except SandboxError as exc:
+            run._finish(RunState.ERROR, error=str(exc))
+            return
+        try:
+            await _attempt(run, profile, pool, lease, artifacts_dir, grace)
+            return
+        except _Requeue as lost:
+            if attempt == MAX_REQUEUES:
+                run._finish(RunState.LOST, error=f"{lost}; it never started, and was re-queued "
+                                                 f"{MAX_REQUEUES} times")
+                return
+            run._notice(f"Sandbox {lease.sandbox_id} was lost before run {run.id} started "
+                        f"({lost}); it goes back to the head of the queue.")
+
+
+def _queued(pool: Pool) -> str:
+    starting = sum(r.state.value == "starting" for r in pool.sandboxes)
+    return "waiting for a sandbox to start" if starting else "queued"
+
+
+async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifacts_dir: Path,
+                   grace: float) -> None:
+    """One try in one leased slot; raises `_Requeue` if the sandbox died before the start."""
+    outcome = Outcome(RunState.ERROR, error="the run ended without an exit status", started=False)
+    requeue: str | None = None
+    if run.spec.session and (notice := pool.session_notice(run.spec.session)):
+        run._notice(notice)
+    try:
+        run._assign(lease.sandbox_id, lease.index)
+        run._stage(Stage.UPLOADING)
+        inputs = await _upload(run, lease)
+        if run.cancel_requested:
+            outcome = Outcome(RunState.CANCELLED, error="cancelled while uploading", started=False)
+        else:
+            outcome = await _execute(run, profile, pool, lease, grace)
+        if outcome.state is RunState.LOST and not outcome.started:
+            requeue = outcome.error or "sandbox lost"
+        elif outcome.state is not RunState.LOST and outcome.started:
+            run._stage(Stage.COLLECTING)
+            await _download(run, lease)
+            if not outcome.workspace_empty:
+                await _collect(run, lease, profile, artifacts_dir, inputs)
+    except asyncio.CancelledError:
+        stage = run.stage
+        outcome = Outcome(RunState.CANCELLED, outcome.exit_code,
+                          f"cancelled while {stage.value}", started=outcome.started)
+    except SandboxLostError as exc:
+        if outcome.started:
+            outcome = Outcome(RunState.LOST, outcome.exit_code, str(exc))
+        else:
+            pool.mark_lost(lease.slot.sandbox, str(exc))
+            requeue = str(exc)
+    except _TRANSFER_ERRORS as exc:
+        outcome = Outcome(RunState.ERROR, error=f"file transfer failed: {exc or 'it took too long'}",
+                          started=outcome.started)
+    finally:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.shield(pool.release(lease, reset=not outcome.workspace_empty))
+        if requeue is None:
+            run._finish(outcome.state, outcome.exit_code, outcome.error)
+    if requeue is not None:
+        run._requeue()
+        raise _Requeue(requeue)
+
+
+async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: float) -> Outcome:
+    """Run the command in the leased slot, within its timeout; say how it ended."""
+    timeout = run.timeout = run.spec.timeout or profile.run_timeout
+    request = ExecRequest(run_id=run.id, argv=(run.spec.interpreter,),
+                          env={**profile.env, **run.spec.env, "SANDBOX_RUN_ID": run.id},
+                          stdin=run.spec.code)
+    run._stage(Stage.RUNNING)
+    try:
+        process = await asyncio.wait_for(lease.sandbox.exec(lease.index, request), EXEC_START_TIMEOUT)
+    except SandboxLostError as exc:
+        pool.mark_lost(lease.slot.sandbox, str(exc))
+        return Outcome(RunState.LOST, error=str(exc), started=False)
+    except (SandboxError, asyncio.TimeoutError) as exc:
+        return Outcome(RunState.ERROR, error=f"the sandbox refused the run: {exc or 'no answer'}",
+                       started=False)
+    started = asyncio.Event()
+    consume = asyncio.ensure_future(_consume(run, process, started))
+    lost = asyncio.ensure_future(lease.lost.wait())
+    try:
+        try:
+            done, _ = await asyncio.wait({consume, lost}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            run.stop_step = await escalate(process, consume, grace)
+            return _stopped(run, consume, RunState.CANCELLED, "cancelled while running")
+        if consume in done:
+            try:
+                return _ended(consume.result())
+            except SandboxLostError as exc:
+                pool.mark_lost(lease.slot.sandbox, str(exc))
+                return Outcome(RunState.LOST, error=lease.slot.lost_reason or str(exc),
+                               started=started.is_set())
+        if lost in done:
+            return Outcome(RunState.LOST, error=lease.slot.lost_reason or "sandbox lost",
+                           started=started.is_set())
+        run.stop_step = await escalate(process, consume, grace)
+        return _stopped(run, consume, RunState.TIMED_OUT, None)
+    finally:
+        for task in (consume, lost):
+            task.cancel()
+        await asyncio.gather(consume, lost, return_exceptions=True)
+        await process.aclose()
+
+
+async def escalate(process: Process, ended: asyncio.Future[Exited], grace: float) -> str:
+    """SIGINT, then SIGTERM, then SIGKILL to the process group, each given ``grace``
+    seconds to end it; return the step that did, or "sandbox-unreachable"."""
+    for sig, name in _STEPS:
+        try:
+            if not await process.signal(sig):
+                return name if ended.done() else "already-finished"
+        except SandboxError:
+            return "sandbox-unreachable"
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(ended), grace)
+        if ended.done():
+            return name
+    return "sandbox-unreachable"
+
+
+def _stopped(run: Run, consume: asyncio.Future[Exited], state: RunState,
+             error: str | None) -> Outcome:
+    """The outcome of a run we stopped: ``state``, with the exit code it ended with."""
+    exited = consume.result() if consume.done() and not consume.exception() else None
+    if run.stop_step == "sandbox-unreachable":
+        error = f"{error or 'stopped'}; the sandbox did not answer, so it was retired"
+    return Outcome(state, exited.exit_code if exited else None, error,
+                   workspace_empty=exited.workspace_empty if exited else None)
+
+
+def _ended(exited: Exited) -> Outcome:
+    if exited.reason == "not-found":
+        return Outcome(RunState.ERROR, exited.exit_code, exited.error,
+                       workspace_empty=exited.workspace_empty)
+    state = RunState.SUCCEEDED if exited.exit_code == 0 else RunState.FAILED
+    error = f"killed by signal {exited.signal}" if exited.signal else exited.error
+    return Outcome(state, exited.exit_code, error, workspace_empty=exited.workspace_empty)
+
+
+async def _consume(run: Run, process: Process, started: asyncio.Event) -> Exited:
+    async for event in process:
+        if isinstance(event, Output):
+            run._output(event.stream, event.data)
+        elif isinstance(event, Started):
+            run.pgid = event.pgid
+            started.set()
+        elif isinstance(event, Exited):
+            return event
+    raise SandboxLostError(f"Sandbox {run.sandbox} ended the stream without an exit status.")
+
+
+async def _upload(run: Run, lease: Lease) -> dict[str, FileInfo]:
+    """Copy the run's inputs in; return them as listed afterwards (they are no artifacts)."""
+    for local, remote in run.spec.uploads:
+        source = Path(local)
+        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        if not files:
+            raise FileNotFoundError(f"--upload {local}: no such file or folder here")
+        for path in files:
+            target = remote if path == source else f"{remote}/{path.relative_to(source).as_posix()}"
+            await asyncio.wait_for(lease.sandbox.upload(lease.index, path, target), TRANSFER_TIMEOUT)
+    if not run.spec.uploads:
+        return {}
+    listed = await asyncio.wait_for(lease.sandbox.list_files(lease.index), TRANSFER_TIMEOUT)
+    return {f.path: f for f in listed}
+
+
+async def _download(run: Run, lease: Lease) -> None:
+    for remote, local in run.spec.downloads:
+        try:
+            await asyncio.wait_for(lease.sandbox.download(lease.index, remote, Path(local)),
+                                   TRANSFER_TIMEOUT)
+        except _TRANSFER_ERRORS as exc:
+            run._notice(f"--download {remote}: not copied ({exc}).")
+
+
+async def _collect(run: Run, lease: Lease, profile: Profile, artifacts_dir: Path,
+                   inputs: dict[str, FileInfo]) -> None:
+    if run.started_at is None:
+        return
+    try:
+        run.artifacts = await asyncio.wait_for(
+            artifacts.collect(lease.sandbox, lease.index, run.started_at, artifacts_dir / run.id,
+                              profile.artifact_limit_mb, inputs), TRANSFER_TIMEOUT)
+    except _TRANSFER_ERRORS as exc:
+        run._notice(f"The run's artifacts could not be collected ({exc or type(exc).__name__}).")
