@@ -96,7 +96,7 @@ def parse_uploads(specs: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for spec in specs:
         local, _, remote = spec.partition(":")
-        path = Path(local).expanduser()
+        path = _local("--upload", spec, local)
         if not path.exists():
             raise UsageError(f"--upload {spec}: no file or folder {local!r} here ({Path.cwd()}).")
         pairs.append((str(path), _relative("--upload", spec, remote or path.name)))
@@ -109,8 +109,17 @@ def parse_downloads(specs: list[str]) -> list[tuple[str, str]]:
     for spec in specs:
         remote, _, local = spec.partition(":")
         remote = _relative("--download", spec, remote)
-        pairs.append((remote, str(Path(local or PurePosixPath(remote).name).expanduser())))
+        pairs.append((remote, str(_local("--download", spec, local or PurePosixPath(remote).name))))
     return pairs
+
+
+def _local(flag: str, spec: str, path: str) -> Path:
+    """``path`` on this machine with ``~`` expanded; an unknown ``~user`` is a UsageError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise UsageError(f"{flag} {spec}: cannot expand {path!r}: "
+                         f"{path.split('/')[0]!r} names no home folder here.") from None
 
 
 def _relative(flag: str, spec: str, remote: str) -> str:

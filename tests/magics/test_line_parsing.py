@@ -126,6 +126,15 @@ def test_failing_run_binds_its_capture_before_raising(kernel: Kernel) -> None:
     assert printed(kernel, "repr(out), repr(err)") == "'partial\\n' 'why\\n'\n"
 
 
+def test_unknown_user_home_in_a_transfer_path_is_a_usage_error(kernel: Kernel) -> None:
+    for flag, spec, path in [("--upload", "~no-such-user/data.csv", "~no-such-user/data.csv"),
+                             ("--download", "out.csv:~no-such-user/out.csv",
+                              "~no-such-user/out.csv")]:
+        reply = kernel.execute(f"%%sandbox sh {flag} {spec}\necho never")
+        assert reply.usage_error == (f"{flag} {spec}: cannot expand {path!r}: "
+                                     "'~no-such-user' names no home folder here."), flag
+
+
 def test_capture_variable_must_be_an_identifier(kernel: Kernel) -> None:
     for flag, name in [("--out", "1x"), ("--err", "a.b"), ("--out", "class")]:
         reply = kernel.execute(f"%%sandbox sh {flag} {name}\necho never")

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
-from sandbox_magics.magics._args import split_line
+from sandbox_magics.magics._args import parse_downloads, parse_env, parse_uploads, split_line
 from sandbox_magics.magics.sandbox import SandboxMagics, _captures, _parse
 
 PARSERS = [SandboxMagics.sandbox, *SandboxMagics._commands.values()]
@@ -76,19 +76,30 @@ def test_each_capture_variable_stores_its_streams(
     assert _captures(out, err) == captures
 
 
-LINE_PIECES = st.sampled_from([
-    " ", "\t", '"', "'", "\\", "=", "-", "--", "#", "$x", "{1+1}", "a b", "bash", "r1", "1x",
-    "--env", "--out", "--err", "--timeout", "--name", "--bg", "--no-raise-error", "--profile",
-    "--session", "--upload", "--download", "--purge", "nan", "-1", "1e999", "MSG=a b",
-])
+FLAGS = ["--env", "--out", "--err", "--timeout", "--name", "--bg", "--no-raise-error",
+         "--profile", "--session", "--upload", "--download", "--purge", "-", "--"]
+VALUES = [" ", "\t", '"', "'", "\\", "=", ":", "/", "..", "#", "$x", "{1+1}", "a b", "bash", "r1",
+          "1x", "nan", "-1", "1e999", "MSG=a b", "~", "~no-such-user/x", "x:~no-such-user/y"]
+WORDS = st.one_of(st.sampled_from(FLAGS + VALUES),
+                  st.tuples(st.sampled_from(FLAGS), st.sampled_from(VALUES)).map(" ".join))
+LINES = st.one_of(st.text(), st.lists(WORDS).map(" ".join), st.lists(WORDS).map("".join))
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(), st.lists(LINE_PIECES).map("".join),
-                            st.lists(LINE_PIECES).map(" ".join)))
+@given(LINES)
 def test_any_line_parses_or_is_a_usage_error(line: str) -> None:
     for magic in PARSERS:
         try:
             _parse(magic, line)
         except UsageError as exc:
             assert "\n" not in str(exc)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(LINES)
+def test_any_cell_line_gives_run_options_or_a_usage_error(line: str) -> None:
+    try:
+        args = _parse(SandboxMagics.sandbox, line)
+        parse_env(args.env), parse_uploads(args.upload), parse_downloads(args.download)
+    except UsageError as exc:
+        assert "\n" not in str(exc)
