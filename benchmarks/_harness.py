@@ -80,6 +80,8 @@ slots_per_sandbox = {slots}
 max_sandboxes = {sandboxes}
 min_sandboxes = {sandboxes}
 idle_timeout = 600
+
+[profiles.bench.local]
 workspace_base = "{ws}"
 """
 

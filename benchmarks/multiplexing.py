@@ -13,6 +13,8 @@ PROFILE = """
 [profiles.mux]
 slots_per_sandbox = 10
 max_sandboxes = 20
+
+[profiles.mux.local]
 workspace_base = "{ws}"
 """
 

@@ -34,8 +34,8 @@ def profiles_file(tmp_path: Path) -> Path:
 def kernel_env(profiles_file: Path, workspace: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_MAGICS")}
     env["SANDBOX_MAGICS_PROFILES"] = str(profiles_file)
-    env["SANDBOX_MAGICS__DEFAULT__WORKSPACE_BASE"] = str(workspace)
-    env["SANDBOX_MAGICS__TINY__WORKSPACE_BASE"] = str(workspace)
+    env["SANDBOX_MAGICS__DEFAULT__LOCAL__WORKSPACE_BASE"] = str(workspace)
+    env["SANDBOX_MAGICS__TINY__LOCAL__WORKSPACE_BASE"] = str(workspace)
     return env
 
 

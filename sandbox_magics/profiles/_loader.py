@@ -5,26 +5,42 @@ File format::
     [profiles.my-profile]
     backend = "local"
     slots_per_sandbox = 8
+    env = { PYTHONUNBUFFERED = "1" }
 
-Environment overrides: ``SANDBOX_MAGICS__<PROFILE>__<KEY>=value`` (profile upper-cased,
-``-`` as ``_``), e.g. ``SANDBOX_MAGICS__DEFAULT__MAX_SANDBOXES=4``. The file comes from
-the ``profiles_file`` argument or ``SANDBOX_MAGICS_PROFILES``. Every error is one sentence
-naming the file, the profile and the key.
+    [profiles.my-profile.local]       # settings of one engine, read by that backend
+    workspace_base = "/scratch/ws"
+
+A profile table holds the common keys (the fields of `Profile`) and at most one sub-table
+per engine, named after it (``local``, ``modal``, ``nomad``). A sub-table for an engine
+other than the profile's ``backend`` is kept, so switching the backend keeps each engine's
+settings; its keys are checked by the backend that reads it (`engine_settings`). Any
+other sub-table is an error. Later layers override single keys, also inside sub-tables.
+
+Environment overrides: ``SANDBOX_MAGICS__<PROFILE>__<KEY>=value`` and
+``SANDBOX_MAGICS__<PROFILE>__<ENGINE>__<KEY>=value`` (profile upper-cased, ``-`` as
+``_``), e.g. ``SANDBOX_MAGICS__DEFAULT__MAX_SANDBOXES=4`` or
+``SANDBOX_MAGICS__DEFAULT__LOCAL__WORKSPACE_BASE=/tmp/ws``. A value is taken as it is
+for a common string key, else read as JSON, and kept as it is when it is not JSON.
+
+The file comes from the ``profiles_file`` argument or ``SANDBOX_MAGICS_PROFILES``. Every
+error is one sentence naming the file (or variable), the profile and the key.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
+import re
 import sys
+import typing
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
 from ..exceptions import ProfileError
-from ._models import BACKENDS, FIELDS, Profile
+from ._models import BACKENDS, KEYS, Profile
+from ._values import fields_of, invalid, read_setting, shown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,16 +49,13 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 PROFILES_FILE_ENV = "SANDBOX_MAGICS_PROFILES"
 ENV_PREFIX = "SANDBOX_MAGICS__"
+MAX_NESTING = 8
 _BUILTIN = "builtin.toml"
+_BUILTIN_SOURCE = "built-in profiles"
+_MOVED = {"workspace_base": "local", "bind_host": "local"}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-_INT_FIELDS = {"memory_mb", "slots_per_sandbox", "min_sandboxes", "max_sandboxes"}
-_FLOAT_FIELDS = {"cpu", "idle_timeout", "lifetime", "acquire_timeout", "run_timeout",
-                 "artifact_limit_mb", "start_timeout"}
-_OPTIONAL = {"image", "gpu", "run_timeout", "workspace_base"}
-_STR_FIELDS = {"backend", "image", "gpu", "workspace_base", "bind_host"}
-_PRIVATE = {"env", "secrets"}
-_POSITIVE = {"slots_per_sandbox", "max_sandboxes", "cpu", "memory_mb", "idle_timeout",
-             "lifetime", "acquire_timeout", "run_timeout", "start_timeout"}
+Tables = dict[str, dict[str, Any]]
 
 
 class ProfileCache:
@@ -83,130 +96,165 @@ def load_profiles(
         ProfileError: the file is missing or malformed, or a key or value is invalid.
     """
     environ = os.environ if environ is None else environ
-    raw: dict[str, dict[str, Any]] = {}
-    _merge(raw, _parse_toml(_builtin_text(), "the built-in profiles"), "the built-in profiles")
+    raw: Tables = {}
+    sources: dict[str, str] = {}
+    _merge(raw, sources, _parse_toml(_builtin_text(), _BUILTIN_SOURCE), _BUILTIN_SOURCE)
     path = profiles_file or environ.get(PROFILES_FILE_ENV) or None
     if path:
         source = f"profiles file {os.fspath(path)!r}"
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise ProfileError(
-                f"Cannot read {source}: {exc.strerror or exc}; check the path "
-                f"(set by SandboxMagics.profiles_file or ${PROFILES_FILE_ENV})."
-            ) from None
-        _merge(raw, _parse_toml(text, source), source)
-    _merge(raw, _from_environ(environ), "the environment")
-    return {name: _build(name, values) for name, values in raw.items()}
+        _merge(raw, sources, _parse_toml(_read(path, source), source), source)
+    for var in sorted(environ):
+        if var.startswith(ENV_PREFIX):
+            source = f"environment variable {var!r}"
+            _merge(raw, sources, _from_variable(var, environ[var]), source)
+    return {name: _build(name, values, sources[name]) for name, values in raw.items()}
 
 
-def _parse_toml(text: str, source: str) -> dict[str, dict[str, Any]]:
+def _read(path: str | os.PathLike[str], source: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ProfileError(
+            f"Cannot read {source}: {exc.strerror or exc}; check the path "
+            f"(set by SandboxMagics.profiles_file or ${PROFILES_FILE_ENV})."
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ProfileError(f"The {source} is not UTF-8 text (byte {data[exc.start]:#04x} on "
+                           f"line {line}); save it as UTF-8.") from None
+
+
+def _parse_toml(text: str, source: str) -> Tables:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"The {source} is not valid TOML: {exc}.") from None
+    except RecursionError:
+        raise ProfileError(f"The {source} nests arrays or tables too deeply to be read; "
+                           "flatten it.") from None
+    except ValueError:  # the only other one: an integer longer than Python reads
+        raise ProfileError(f"The {source} has a number with more than "
+                           f"{sys.get_int_max_str_digits()} digits; shorten it.") from None
     unknown = sorted(set(doc) - {"profiles"})
     if unknown:
         raise ProfileError(
-            f"The {source} has an unknown top-level key {unknown[0]!r}; "
+            f"The {source} has an unknown top-level key {shown(unknown[0])}; "
             "put each profile under a [profiles.NAME] table."
         )
     profiles = doc.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise ProfileError(f"In the {source}, 'profiles' must be a table of [profiles.NAME] "
+                           f"tables, got {shown(profiles)}.")
     for name, table in profiles.items():
         if not isinstance(table, dict):
             raise ProfileError(
-                f"In the {source}, profile {name!r} must be a table ([profiles.{name}]), "
-                f"got {table!r}."
+                f"In the {source}, profile {shown(name)} must be a table "
+                f"([profiles.{_header(name)}]), got {shown(table)}."
             )
     return profiles
 
 
-def _merge(into: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], source: str) -> None:
-    for name, table in new.items():
-        for key, value in table.items():
-            _check(source, name, key, value)
-        into.setdefault(name, {}).update(table)
-        into[name].setdefault("__source__", source)
-
-
-def _from_environ(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for var, text in environ.items():
-        if not var.startswith(ENV_PREFIX):
-            continue
-        parts = var[len(ENV_PREFIX):].split("__")
-        if len(parts) != 2 or not all(parts):
-            raise ProfileError(
-                f"The environment variable {var} is not of the form "
-                f"{ENV_PREFIX}<PROFILE>__<KEY>; rename or unset it."
-            )
-        name, key = parts[0].lower().replace("_", "-"), parts[1].lower()
-        found.setdefault(name, {})[key] = _coerce_env(var, name, key, text)
-    return found
-
-
-def _coerce_env(var: str, profile: str, key: str, text: str) -> Any:
-    """Environment values are strings; read numbers, lists and tables as JSON."""
-    if key in _STR_FIELDS:
-        return None if text == "" and key in _OPTIONAL else text
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        shown = "a value" if key in _PRIVATE else f"the value {text!r}"
+def _from_variable(var: str, text: str) -> Tables:
+    """The one key that ``SANDBOX_MAGICS__<PROFILE>__[<ENGINE>__]<KEY>`` sets."""
+    parts = var[len(ENV_PREFIX):].split("__")
+    engine = parts[1].lower() if len(parts) == 3 else None
+    if len(parts) not in (2, 3) or not all(parts) or engine not in (None, *BACKENDS):
         raise ProfileError(
-            f"In the environment, profile {profile!r} key {key!r} ({var}) has "
-            f"{shown} which is not a number, list or table in JSON."
-        ) from None
-
-
-def _check(source: str, profile: str, key: str, value: Any) -> None:
-    where = f"In the {source}, profile {profile!r} key {key!r}"
-    if key not in FIELDS:
-        valid = ", ".join(sorted(FIELDS))
-        raise ProfileError(f"{where} is not a profile key; valid keys are: {valid}.")
-    if value is None and key in _OPTIONAL:
-        return
-    if key in _INT_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ProfileError(f"{where} must be a whole number, got {value!r}.")
-    elif key in _FLOAT_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ProfileError(f"{where} must be a number of seconds or units, got {value!r}.")
-    elif key in _STR_FIELDS:
-        if not isinstance(value, str) or not value:
-            raise ProfileError(f"{where} must be a non-empty string, got {value!r}.")
-    elif key == "secrets":
-        if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
-            raise ProfileError(f"{where} must be a list of secret names, got a "
-                               f"{type(value).__name__} holding something else.")
-    elif key == "env":
-        if not isinstance(value, dict):
-            raise ProfileError(f"{where} must be a table of string values, got a "
-                               f"{type(value).__name__}.")
-        for name, item in value.items():
-            if not isinstance(item, str):
-                raise ProfileError(f"{where} entry {name!r} must be a string, got a "
-                                   f"{type(item).__name__} (values are not shown: they may be secret).")
-    if key in _POSITIVE and value <= 0:
-        raise ProfileError(f"{where} must be greater than zero, got {value!r}.")
-    if key == "min_sandboxes" and value < 0:
-        raise ProfileError(f"{where} must be zero or more, got {value!r}.")
-    if key == "backend" and value not in BACKENDS:
-        raise ProfileError(f"{where} must be one of {', '.join(BACKENDS)}, got {value!r}.")
-
-
-def _build(name: str, values: dict[str, Any]) -> Profile:
-    source = values.pop("__source__")
-    values = dict(values)
-    if "secrets" in values:
-        values["secrets"] = tuple(values["secrets"])
-    if "cpu" in values:
-        values["cpu"] = float(values["cpu"])
-    profile = Profile(name=name, **values)
-    if profile.min_sandboxes > profile.max_sandboxes:
-        raise ProfileError(
-            f"In the {source}, profile {name!r} key 'min_sandboxes' ({profile.min_sandboxes}) "
-            f"is larger than max_sandboxes ({profile.max_sandboxes}); lower it or raise the max."
+            f"The environment variable {var!r} is not of the form {ENV_PREFIX}<PROFILE>__<KEY> "
+            f"or {ENV_PREFIX}<PROFILE>__<ENGINE>__<KEY> with ENGINE one of "
+            f"{', '.join(b.upper() for b in BACKENDS)}; rename or unset it."
         )
+    name, key = parts[0].lower().replace("_", "-"), parts[-1].lower()
+    if engine is None and key in KEYS and _takes_text(key):
+        value: Any = None if text == "" and _takes_none(key) else text
+    else:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        except RecursionError:
+            raise ProfileError(f"The environment variable {var!r} holds JSON nested too "
+                               "deeply to be read; flatten it.") from None
+        except ValueError:  # the only other one: an integer longer than Python reads
+            raise ProfileError(f"The environment variable {var!r} holds a number with more "
+                               f"than {sys.get_int_max_str_digits()} digits; shorten it.") from None
+    return {name: {engine: {key: value}} if engine else {key: value}}
+
+
+def _takes_text(key: str) -> bool:
+    hint = fields_of(Profile)[key][1]
+    return hint is str or str in typing.get_args(hint)
+
+
+def _takes_none(key: str) -> bool:
+    return type(None) in typing.get_args(fields_of(Profile)[key][1])
+
+
+def _merge(into: Tables, sources: dict[str, str], new: Tables, source: str) -> None:
+    for name, table in new.items():
+        merged = into.setdefault(name, {})
+        for key, value in table.items():
+            if key in BACKENDS:
+                merged.setdefault(key, {}).update(_engine_table(source, name, key, value))
+            else:
+                merged[key] = _common(source, name, key, value)
+        sources[name] = source
+
+
+def _common(source: str, profile: str, key: str, value: Any) -> Any:
+    if key in KEYS:
+        return read_setting(source, profile, key, Profile, key, value)
+    if key in _MOVED:
+        engine = _MOVED[key]
+        var = f"{ENV_PREFIX}{profile.upper().replace('-', '_')}__{engine.upper()}__{key.upper()}"
+        raise invalid(source, profile, key,
+                      f"is a setting of the {engine} engine now: move it to "
+                      f"[profiles.{_header(profile)}.{engine}] (in the environment: {var})")
+    if isinstance(value, dict):
+        raise invalid(source, profile, key,
+                      f"is a table, but the only tables in a profile are its engines' "
+                      f"({', '.join(BACKENDS)}, as in [profiles.{_header(profile)}.local]); "
+                      "rename or remove it")
+    valid = ", ".join(sorted(KEYS))
+    raise invalid(source, profile, key,
+                  f"is not a profile key; valid keys are: {valid}, and the tables "
+                  f"{', '.join(BACKENDS)}")
+
+
+def _engine_table(source: str, profile: str, engine: str, table: Any) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise invalid(source, profile, engine,
+                      f"must be a table of {engine} settings "
+                      f"([profiles.{_header(profile)}.{engine}]), got {shown(table)}")
+    for key, value in table.items():
+        if _nested_deeper(value, MAX_NESTING):
+            raise invalid(source, profile, f"{engine}.{key}",
+                          f"is nested more than {MAX_NESTING} levels deep; settings are "
+                          "strings, numbers and booleans, or lists and tables of them")
+    return table
+
+
+def _nested_deeper(value: Any, levels: int) -> bool:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, list):
+        return False
+    return levels == 0 or any(_nested_deeper(item, levels - 1) for item in value)
+
+
+def _header(name: str) -> str:
+    """``name`` as written in a ``[profiles.NAME]`` header (``NAME`` when it needs quotes)."""
+    return name if _BARE_KEY.fullmatch(name) else "NAME"
+
+
+def _build(name: str, values: dict[str, Any], source: str) -> Profile:
+    engines = {key: values.pop(key) for key in BACKENDS if key in values}
+    profile = Profile(name=name, engine_tables=engines, source=source, **values)
+    if profile.min_sandboxes > profile.max_sandboxes:
+        raise invalid(source, name, "min_sandboxes",
+                      f"({profile.min_sandboxes}) is larger than max_sandboxes "
+                      f"({profile.max_sandboxes}); lower it or raise the max")
     return profile

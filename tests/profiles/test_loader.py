@@ -100,3 +100,70 @@ def test_errors_about_env_never_show_its_values(tmp_path: Path) -> None:
     with pytest.raises(ProfileError) as info:
         load_profiles(environ={"SANDBOX_MAGICS__DEFAULT__ENV": "TOKEN=sk-hunter2"})
     assert "hunter2" not in str(info.value) and "SANDBOX_MAGICS__DEFAULT__ENV" in str(info.value)
+
+
+def error_of(path: Path | None = None, environ: dict[str, str] | None = None) -> str:
+    """The message of the ProfileError that loading raises; it must be one line."""
+    with pytest.raises(ProfileError) as info:
+        load_profiles(path, environ=environ or {})
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    return message
+
+
+def test_deeply_nested_file_is_a_sentence_naming_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[profiles.default]\nsecrets = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert f"profiles file {str(path)!r}" in error_of(path)
+
+
+def test_deeply_nested_environment_json_names_the_variable() -> None:
+    var = "SANDBOX_MAGICS__DEFAULT__SECRETS"
+    message = error_of(environ={var: "[" * 100_000 + "]" * 100_000})
+    assert var in message
+
+
+def test_non_utf8_file_is_a_sentence_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.toml"
+    path.write_bytes(b"[profiles.default]\nimage = \"caf\xe9\"\n")
+    message = error_of(path)
+    assert str(path) in message and "UTF-8" in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('env = { "A=B" = "1" }', "key 'env' entry 'A=B' is not a variable name"),
+    ('env = { "" = "1" }', "key 'env' entry '' is not a variable name"),
+    ('env = { "1A" = "1" }', "key 'env' entry '1A' is not a variable name"),
+    ('env = { "A B" = "1" }', "key 'env' entry 'A B' is not a variable name"),
+    ('env = { A = "x\\u0000y" }', "key 'env' entry 'A' must not contain a NUL character"),
+    ('image = "a\\u0000b"', "key 'image' must be a non-empty string without NUL characters"),
+    ('secrets = ["a\\u0000b"]', "key 'secrets' must list non-empty names without NUL characters"),
+    ('secrets = [""]', "key 'secrets' must list non-empty names without NUL characters"),
+    ("artifact_limit_mb = -1", "key 'artifact_limit_mb' must be zero or more, got -1"),
+    ("cpu = nan", "key 'cpu' must be a finite number, got nan"),
+    ("idle_timeout = inf", "key 'idle_timeout' must be a finite number, got inf"),
+    ("lifetime = -inf", "key 'lifetime' must be a finite number, got -inf"),
+    ("cpu = 1" + "0" * 400, "key 'cpu' must be a finite number, got a whole number with more than"),
+    ("max_sandboxes = 1" + "0" * 400,
+     "key 'max_sandboxes' must be a whole number of at most 18 digits, got a whole number"),
+    ("cpu = true", "key 'cpu' must be a number, got True"),
+    ("max_sandboxes = false", "key 'max_sandboxes' must be a whole number, got False"),
+    ("run_timeout = 1.5e400", "key 'run_timeout' must be a finite number, got inf"),
+])
+def test_bad_values_name_file_profile_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, f"[profiles.p]\n{text}\n")
+    message = error_of(path)
+    assert f"In the profiles file {str(path)!r}, profile 'p' {expected}" in message
+    assert "\\x00y" not in message
+
+
+def test_huge_numbers_in_a_file_are_a_sentence(tmp_path: Path) -> None:
+    path = write(tmp_path, "[profiles.p]\nmemory_mb = " + "9" * 5000 + "\n")
+    message = error_of(path)
+    assert str(path) in message and "digits" in message and len(message) < 300
+
+
+def test_environment_override_error_says_environment_once() -> None:
+    message = error_of(environ={"SANDBOX_MAGICS__DEFAULT__CPU": "-1"})
+    assert "the the" not in message
+    assert message.startswith("In the environment variable 'SANDBOX_MAGICS__DEFAULT__CPU', "
+                              "profile 'default' key 'cpu' must be greater than zero")
