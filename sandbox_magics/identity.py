@@ -27,16 +27,17 @@ CLIENT, KERNEL, PROCESS, PROFILE, VERSION, HEARTBEAT, NAME = (
 
 
 def kernel_id() -> str:
-    """The running kernel's id (from its connection file ``kernel-<id>.json``), else one
-    naming this process (a script has no kernel to be restarted)."""
+    """The running kernel's id: its connection file's name (``kernel-<id>.json`` under
+    Jupyter), which a restart keeps; else one naming this process (a script has no kernel
+    to be restarted)."""
     if "ipykernel" in sys.modules:
         try:
             from ipykernel.connect import get_connection_file
-            match = re.fullmatch(r"kernel-(.+)\.json", Path(get_connection_file()).name)
-        except (RuntimeError, AttributeError, ImportError):
-            match = None
-        if match:
-            return match.group(1)
+            name = Path(get_connection_file()).stem
+        except (RuntimeError, AttributeError, ImportError, TypeError):
+            name = ""
+        if name:
+            return name.removeprefix("kernel-")
     return f"process-{socket.gethostname()}-{os.getpid()}"
 
 

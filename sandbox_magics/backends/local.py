@@ -89,8 +89,7 @@ class LocalSandbox(AgentSandbox):
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.process.wait(), STOP_GRACE)
                     break
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: shutil.rmtree(self.root, ignore_errors=True))
+        await _remove(self.root)
 
 
 class Backend(BaseBackend):
@@ -172,5 +171,14 @@ class Backend(BaseBackend):
             self._session = None
         if self._root is not None:
             root, self._root = self._root, None
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: shutil.rmtree(root, ignore_errors=True))
+            await _remove(root)
+
+
+async def _remove(folder: Path) -> None:
+    """Remove ``folder`` off the loop; in place when the interpreter is exiting (atexit
+    shutdown), whose executors take no more work."""
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: shutil.rmtree(folder, ignore_errors=True))
+    except RuntimeError:
+        shutil.rmtree(folder, ignore_errors=True)
