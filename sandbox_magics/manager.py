@@ -109,7 +109,8 @@ class Manager:
         profile = self.profile(spec.profile)
         pool = self.pool(profile)
         run = Run(self.runs.next_id(), spec, profile.backend,
-                  LogBuffer(spill_dir=str(self.client_folder("logs"))))
+                  LogBuffer(spill_dir=str(self.client_folder("logs")),
+                            disk_limit=int(profile.log_limit_mb * 2**20)))
         if listener is not None:
             run.add_listener(listener)
         self.runs.add(run)
