@@ -208,11 +208,11 @@ def _common(source: str, profile: str, key: str, value: Any) -> Any:
     if key in KEYS:
         return read_setting(source, profile, key, Profile, key, value)
     if key in _MOVED:
-        engine = _MOVED[key]
-        var = f"{ENV_PREFIX}{profile.upper().replace('-', '_')}__{engine.upper()}__{key.upper()}"
+        engine, header = _MOVED[key], _header(profile)
+        var = f"{ENV_PREFIX}{header.upper().replace('-', '_')}__{engine.upper()}__{key.upper()}"
         raise invalid(source, profile, key,
                       f"is a setting of the {engine} engine now: move it to "
-                      f"[profiles.{_header(profile)}.{engine}] (in the environment: {var})")
+                      f"[profiles.{header}.{engine}] (in the environment: {var})")
     if isinstance(value, dict):
         raise invalid(source, profile, key,
                       f"is a table, but the only tables in a profile are its engines' "
