@@ -132,12 +132,8 @@ def _parse_toml(text: str, source: str) -> Tables:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"The {source} is not valid TOML: {exc}.") from None
-    except RecursionError:
-        raise ProfileError(f"The {source} nests arrays or tables too deeply to be read; "
-                           "flatten it.") from None
-    except ValueError:  # the only other one: an integer longer than Python reads
-        raise ProfileError(f"The {source} has a number with more than "
-                           f"{sys.get_int_max_str_digits()} digits; shorten it.") from None
+    except (RecursionError, ValueError) as exc:
+        raise _beyond_limits(f"The {source}", exc) from None
     unknown = sorted(set(doc) - {"profiles"})
     if unknown:
         raise ProfileError(
@@ -175,13 +171,19 @@ def _from_variable(var: str, text: str) -> Tables:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        except RecursionError:
-            raise ProfileError(f"The environment variable {var!r} holds JSON nested too "
-                               "deeply to be read; flatten it.") from None
-        except ValueError:  # the only other one: an integer longer than Python reads
-            raise ProfileError(f"The environment variable {var!r} holds a number with more "
-                               f"than {sys.get_int_max_str_digits()} digits; shorten it.") from None
+        except (RecursionError, ValueError) as exc:
+            raise _beyond_limits(f"The environment variable {var!r}", exc) from None
     return {name: {engine: {key: value}} if engine else {key: value}}
+
+
+def _beyond_limits(subject: str, exc: RecursionError | ValueError) -> ProfileError:
+    """A parser gave up on valid syntax: nesting deeper than Python's recursion limit, or
+    (the only other ValueError left once syntax errors are caught) an integer longer than
+    Python converts."""
+    if isinstance(exc, RecursionError):
+        return ProfileError(f"{subject} nests lists or tables too deeply to be read; flatten it.")
+    return ProfileError(f"{subject} has a number with more than "
+                        f"{sys.get_int_max_str_digits()} digits; shorten it.")
 
 
 def _takes_text(key: str) -> bool:

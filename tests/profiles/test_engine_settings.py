@@ -35,7 +35,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def cluster(tmp_path: Path, table: str) -> tuple[Path, Profile]:
-    path = write(tmp_path, f"[profiles.cluster]\nbackend = 'nomad'\n[profiles.cluster.nomad]\n{table}\n")
+    path = write(tmp_path, "[profiles.cluster]\nbackend = 'nomad'\n"
+                           f"[profiles.cluster.nomad]\n{table}\n")
     return path, load_profiles(path, environ={})["cluster"]
 
 

@@ -63,6 +63,7 @@ def test_file_from_environment_variable_then_env_overrides(tmp_path: Path) -> No
      "profile 'x' key 'min_sandboxes' (3) is larger than max_sandboxes (1)"),
     ("[profile.default]\n", "unknown top-level key 'profile'"),
     ("[profiles]\ndefault = 3\n", "profile 'default' must be a table"),
+    ("profiles = 3\n", "'profiles' must be a table of [profiles.NAME] tables, got 3"),
 ])
 def test_bad_files_name_file_profile_and_key(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
@@ -160,6 +161,13 @@ def test_huge_numbers_in_a_file_are_a_sentence(tmp_path: Path) -> None:
     path = write(tmp_path, "[profiles.p]\nmemory_mb = " + "9" * 5000 + "\n")
     message = error_of(path)
     assert str(path) in message and "digits" in message and len(message) < 300
+
+
+def test_huge_numbers_in_environment_json_name_the_variable() -> None:
+    var = "SANDBOX_MAGICS__DEFAULT__MAX_SANDBOXES"
+    assert error_of(environ={var: "9" * 5000}).startswith(
+        f"The environment variable {var!r} has a number with more than 4300 digits")
+    assert "at most 18 digits" in error_of(environ={var: "9" * 400})
 
 
 def test_environment_override_error_says_environment_once() -> None:
