@@ -27,13 +27,13 @@ import errno
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import process, protocol, workspace
+from . import bodies, process, protocol, workspace
 from .auth import bearer_auth
 
 SLOTS = web.AppKey("slots", list)
@@ -43,6 +43,9 @@ STOP = web.AppKey("stop", asyncio.Event)
 _DISCONNECT_POLL = 1.0
 FLUSH_INTERVAL = 0.05
 FILE_READ = 1024 * 1024
+MAX_JSON_BODY = 16 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
@@ -51,7 +54,7 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
     if not token:
         raise ValueError("the agent needs a non-empty token")
     app = web.Application(middlewares=[bearer_auth(token), _activity, _answer_refusals],
-                          client_max_size=1024**3)
+                          client_max_size=MAX_JSON_BODY)
     app[SLOTS] = []
     for i in range(slots):
         path = root / f"slot-{i}"
@@ -136,7 +139,7 @@ def _confined(request: web.Request, slot: process.Slot) -> Path:
 
 
 _FILE_ERRORS = {
-    errno.ENOENT: (404, "there is no file {path} in the workspace; list the workspace to see its files"),
+    errno.ENOENT: (404, "there is no file {path} in the workspace; list it to see its files"),
     errno.ENOTDIR: (409, "a folder on the way to {path} is a file; pick another path"),
     errno.EEXIST: (409, "a folder on the way to {path} is a file; pick another path"),
     errno.EISDIR: (409, "{path} is a folder; name a file instead"),
@@ -165,6 +168,23 @@ def _file_refusals(request: web.Request) -> Iterator[None]:
         raise Refusal(status, message.format(path=path)) from None
 
 
+async def _body(request: web.Request, read: Callable[[bytes], T]) -> T:
+    """The request's JSON body, read by one of `bodies`' functions; a `Refusal` (400 or 413)
+    if it is too large or not what the route takes."""
+    too_large = Refusal(413, f"the request body is larger than the agent takes "
+                             f"({MAX_JSON_BODY // 2**20} MiB); send large data as a file upload")
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise too_large
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    try:
+        return read(raw)
+    except bodies.BadBody as exc:
+        raise Refusal(400, str(exc)) from None
+
+
 async def health(request: web.Request) -> web.Response:
     slots = request.app[SLOTS]
     return web.json_response({
@@ -175,36 +195,20 @@ async def health(request: web.Request) -> web.Response:
 
 async def exec_run(request: web.Request) -> web.StreamResponse:
     slot = _slot(request)
-    body = await request.json()
-    argv, run_id = body.get("argv"), body.get("run_id")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise Refusal(400, "argv must be a non-empty list of strings")
-    if not isinstance(run_id, str) or not run_id:
-        raise Refusal(400, "run_id must be a non-empty string")
+    body = await _body(request, bodies.exec_body)
     _idle(slot)
-    env = {**request.app[STATE]["base_env"], **body.get("env", {})}
-    stdin = body.get("stdin")
-    stdin_bytes = stdin.encode() if isinstance(stdin, str) else None
-    timeout = body.get("timeout")
-
+    env = {**request.app[STATE]["base_env"], **body.env}
     response = web.StreamResponse(headers={"Content-Type": protocol.FRAME_CONTENT_TYPE})
-    slot.run_id = run_id
+    slot.run_id = body.run_id
     try:
         slot.path.mkdir(parents=True, exist_ok=True)
         try:
-            job = process.start(argv, slot.path, env, stdin_bytes)
-        except (FileNotFoundError, PermissionError) as exc:
-            await response.prepare(request)
-            missing = exc.filename or argv[0]
-            await response.write_eof(protocol.json_frame(protocol.EXIT, {
-                "exit_code": protocol.EXIT_NOT_FOUND, "signal": None, "reason": "not-found",
-                "error": f"{missing!r} cannot be run in the sandbox ({exc.strerror}); "
-                         "install it in the image or pick another interpreter",
-            }))
-            return response
+            job = process.start(body.argv, slot.path, env, body.stdin)
+        except OSError as exc:
+            return await _not_started(request, response, body.argv, exc)
         slot.job = job
         try:
-            return await _stream(request, response, job, slot, timeout)
+            return await _stream(request, response, job, slot, body.timeout)
         finally:
             if not job.finished.is_set():
                 job.stop_reason = job.stop_reason or "client-gone"
@@ -212,6 +216,26 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
             job.close_pipes()
     finally:
         slot.run_id, slot.job = None, None
+
+
+async def _not_started(request: web.Request, response: web.StreamResponse, argv: list[str],
+                       exc: OSError) -> web.StreamResponse:
+    """Answer an exec whose program did not start: a `Refusal` if the request was too large
+    or the sandbox is out of processes, else a lone EXIT frame saying why."""
+    if exc.errno == errno.E2BIG:
+        raise Refusal(400, "argv and env are too large to start a process (E2BIG); "
+                           "pass large data through stdin or a file")
+    if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        raise Refusal(503, f"the sandbox cannot start another process now ({exc.strerror}); "
+                           "retry once runs have ended")
+    await response.prepare(request)
+    program = workspace.shown(str(exc.filename or argv[0]))
+    await response.write_eof(protocol.json_frame(protocol.EXIT, {
+        "exit_code": protocol.EXIT_NOT_FOUND, "signal": None, "reason": "not-found",
+        "error": f"{program} cannot be run in the sandbox ({exc.strerror}); "
+                 "install it in the image or pick another interpreter",
+    }))
+    return response
 
 
 async def _stream(request: web.Request, response: web.StreamResponse, job: process.Job,
@@ -278,13 +302,12 @@ async def _watch_client(request: web.Request, job: process.Job) -> None:
 
 async def cancel(request: web.Request) -> web.Response:
     slot = _slot(request)
-    body = await request.json() if request.can_read_body else {}
-    run_id, grace = body.get("run_id"), float(body.get("grace", 2.0))
+    body = await _body(request, bodies.cancel_body)
     job = slot.job
-    if job is None or (run_id and run_id != slot.run_id):
+    if job is None or (body.run_id and body.run_id != slot.run_id):
         return web.json_response({"step": "not-running"})
     job.stop_reason = "cancelled"
-    return web.json_response({"step": await process.stop(job, grace)})
+    return web.json_response({"step": await process.stop(job, body.grace)})
 
 
 async def reset(request: web.Request) -> web.Response:

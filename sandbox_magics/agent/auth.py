@@ -1,4 +1,8 @@
-"""Bearer-token middleware: a request without the agent's token is refused before routing."""
+"""Bearer-token middleware: a request without the agent's token is refused before routing.
+
+The header is compared as the bytes that were sent (aiohttp keeps bytes that are not
+UTF-8 as surrogate escapes), so any header, even one that is not text, is a plain 401.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ def bearer_auth(token: str) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, expected):
             return web.json_response(
-                {"error": "missing or wrong bearer token"}, status=401,
+                {"error": "the bearer token is missing or wrong; send the token the agent "
+                          "was started with as 'Authorization: Bearer <token>'"}, status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return await handler(request)

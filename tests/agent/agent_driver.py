@@ -43,6 +43,12 @@ class Result:
     exit: dict[str, Any] | None = None
     times: list[float] = field(default_factory=list)
 
+    @property
+    def exit_code(self) -> int | None:
+        """The EXIT frame's exit code; fails if the stream ended without one."""
+        assert self.exit is not None, "the stream ended without an EXIT frame"
+        return self.exit["exit_code"]  # type: ignore[no-any-return]
+
 
 @dataclass
 class Agent:

@@ -130,10 +130,10 @@ def test_agent_refuses_to_start_without_a_token(tmp_path: Path) -> None:
 
 
 def test_reset_removes_what_a_run_made_read_only_or_deleted(agent: Agent) -> None:
-    assert agent.run(0, "mkdir -p d/e; touch d/e/x; chmod 500 d/e d").exit["exit_code"] == 0  # type: ignore[index]
+    assert agent.run(0, "mkdir -p d/e; touch d/e/x; chmod 500 d/e d").exit_code == 0
     assert agent.request("POST", "/slots/0/reset").status == 200
     assert list(agent.slot(0).iterdir()) == []
-    assert agent.run(0, 'rm -rf "$PWD"').exit["exit_code"] == 0  # type: ignore[index]
+    assert agent.run(0, 'rm -rf "$PWD"').exit_code == 0
     assert agent.run(0, "echo still here").stdout == b"still here\n"
 
 

@@ -1,0 +1,150 @@
+"""The JSON bodies of the agent's routes, read and checked before anything runs (stdlib only).
+
+Each route that takes a body reads it with one function here (`exec_body`, `cancel_body`,
+`signal_body`): from the raw bytes to a typed record, or `BadBody` with one sentence that
+names the field, shows what was sent and says what it should be. Fields a route does not
+know are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGSTOP})
+DEFAULT_GRACE = 2.0
+_SHOWN = 60
+
+
+class BadBody(ValueError):
+    """Raised when a request body is not what its route takes."""
+
+
+@dataclass(frozen=True)
+class ExecBody:
+    """``POST /slots/{slot}/exec``: run ``argv`` with ``env`` added to the agent's own."""
+
+    run_id: str
+    argv: list[str]
+    env: dict[str, str]
+    stdin: bytes | None
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class CancelBody:
+    """``POST /slots/{slot}/cancel``: stop ``run_id`` (whatever runs, if None)."""
+
+    run_id: str | None
+    grace: float
+
+
+@dataclass(frozen=True)
+class SignalBody:
+    """``POST /slots/{slot}/signal``: deliver ``signal`` to ``run_id``'s process group."""
+
+    run_id: str
+    signal: signal.Signals
+
+
+def exec_body(raw: bytes) -> ExecBody:
+    body = _object(raw)
+    run_id = _run_id(body)
+    argv = body.get("argv")
+    if not isinstance(argv, list) or not argv:
+        raise BadBody(f"argv must be a non-empty list of strings, got: {_shown(argv)}")
+    env = {} if body.get("env") is None else body["env"]
+    if not isinstance(env, dict):
+        raise BadBody(f"env must be an object of strings, got: {_shown(env)}")
+    for name in env:
+        if not name or "=" in name:
+            raise BadBody(f"env names must be non-empty and without '=', got: {_shown(name)}")
+    stdin = body.get("stdin")
+    if stdin is not None and not isinstance(stdin, str):
+        raise BadBody(f"stdin must be a string or null, got: {_shown(stdin)}")
+    return ExecBody(
+        run_id=run_id,
+        argv=[_os_text(arg, "argv items") for arg in argv],
+        env={_os_text(name, "env names"): _os_text(value, "env values")
+             for name, value in env.items()},
+        stdin=None if stdin is None else _utf8(stdin, "stdin"),
+        timeout=_seconds(body, "timeout", positive=True),
+    )
+
+
+def cancel_body(raw: bytes) -> CancelBody:
+    body = _object(raw)
+    run_id = body.get("run_id")
+    if run_id is not None and not isinstance(run_id, str):
+        raise BadBody(f"run_id must be a string or null, got: {_shown(run_id)}")
+    grace = _seconds(body, "grace", positive=False)
+    return CancelBody(run_id=run_id, grace=DEFAULT_GRACE if grace is None else grace)
+
+
+def signal_body(raw: bytes) -> SignalBody:
+    body = _object(raw)
+    run_id = _run_id(body)
+    number = body.get("signal")
+    if isinstance(number, bool) or not isinstance(number, int) or number not in SIGNALS:
+        names = ", ".join(f"{sig.name} ({int(sig)})" for sig in sorted(SIGNALS))
+        raise BadBody(f"signal must be one of {names}; got: {_shown(number)}")
+    return SignalBody(run_id=run_id, signal=signal.Signals(number))
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        raise BadBody("the request body is not valid UTF-8 JSON; send a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadBody(f"the request body must be a JSON object, got: {_shown(body)}")
+    return body
+
+
+def _run_id(body: dict[str, Any]) -> str:
+    run_id = body.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise BadBody(f"run_id must be a non-empty string, got: {_shown(run_id)}")
+    return run_id
+
+
+def _seconds(body: dict[str, Any], field: str, positive: bool) -> float | None:
+    """A finite number of seconds (above 0 if ``positive``), or None if absent or null."""
+    value = body.get(field)
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0 or (positive and value == 0)):
+        what = "a positive number of seconds" if positive else "a number of seconds, 0 or more"
+        raise BadBody(f"{field} must be {what} or null, got: {_shown(value)}")
+    return float(value)
+
+
+def _os_text(value: Any, field: str) -> str:
+    """A string a process can be given: valid Unicode without NUL."""
+    if not isinstance(value, str):
+        raise BadBody(f"{field} must be strings, got: {_shown(value)}")
+    if "\x00" in value:
+        raise BadBody(f"{field} must not contain NUL characters, got: {_shown(value)}")
+    _utf8(value, field)
+    return value
+
+
+def _utf8(text: str, field: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise BadBody(f"{field} must be valid Unicode text, got: {_shown(text)}") from None
+
+
+def _shown(value: Any) -> str:
+    """``value`` as JSON for a message, cut short if long."""
+    try:
+        text = json.dumps(value)
+    except RecursionError:
+        text = "a deeply nested value"
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."

@@ -1,0 +1,105 @@
+"""Malformed requests get a 4xx with a one-sentence JSON reason before anything runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.agent.agent_driver import Agent, Reply
+
+RUNS = {"run_id": "r1", "argv": ["touch", "ran"]}
+_MISSING = object()
+
+
+def _body(base: dict[str, Any], **fields: Any) -> bytes:
+    body = {**base, **fields}
+    return json.dumps({k: v for k, v in body.items() if v is not _MISSING}).encode()
+
+
+def _assert_refused(reply: Reply, status: int = 400) -> str:
+    assert reply.status == status, reply
+    error = reply.json()
+    assert list(error) == ["error"] and error["error"] and "\n" not in error["error"]
+    return str(error["error"])
+
+
+P = pytest.param
+NOT_AN_OBJECT = [
+    P(b"[]", id="list"), P(b"{", id="cut-short"), P(b"", id="empty"), P(None, id="no-body"),
+    P(b"null", id="null"), P(b'"text"', id="string"), P(b"\xff\xfe{}", id="not-utf8"),
+    P(b"[" * 100_000, id="deeply-nested"),
+]
+BAD_EXEC = [
+    P(_body(RUNS, run_id=_MISSING), id="run_id-missing"),
+    P(_body(RUNS, run_id=""), id="run_id-empty"),
+    P(_body(RUNS, run_id=5), id="run_id-number"),
+    P(_body(RUNS, argv=_MISSING), id="argv-missing"),
+    P(_body(RUNS, argv=[]), id="argv-empty"),
+    P(_body(RUNS, argv="touch ran"), id="argv-string"),
+    P(_body(RUNS, argv=["touch", 1]), id="argv-number"),
+    P(_body(RUNS, argv=["touch", "r\u0000an"]), id="argv-nul"),
+    P(_body(RUNS, argv=["touch", "\ud800"]), id="argv-lone-surrogate"),
+    P(_body(RUNS, env={"A=B": "x"}), id="env-name-with-equals"),
+    P(_body(RUNS, env={"": "x"}), id="env-name-empty"),
+    P(_body(RUNS, env={"A\u0000": "x"}), id="env-name-nul"),
+    P(_body(RUNS, env={"A": "x\u0000"}), id="env-value-nul"),
+    P(_body(RUNS, env={"A": "\udc00"}), id="env-value-lone-surrogate"),
+    P(_body(RUNS, env={"A": 1}), id="env-value-number"),
+    P(_body(RUNS, env=["A=x"]), id="env-list"),
+    P(_body(RUNS, stdin=5), id="stdin-number"),
+    P(_body(RUNS, stdin=["x"]), id="stdin-list"),
+    P(_body(RUNS, stdin="\ud800"), id="stdin-lone-surrogate"),
+    P(_body(RUNS, timeout="abc"), id="timeout-string"),
+    P(_body(RUNS, timeout=-1), id="timeout-negative"),
+    P(_body(RUNS, timeout=0), id="timeout-zero"),
+    P(_body(RUNS, timeout=True), id="timeout-bool"),
+    P(_body(RUNS, timeout=float("nan")), id="timeout-nan"),
+    P(_body(RUNS, timeout=float("inf")), id="timeout-inf"),
+]
+BAD_CANCEL = [
+    P(_body({}, grace="abc"), id="grace-string"),
+    P(_body({}, grace=-1), id="grace-negative"),
+    P(_body({}, grace=float("nan")), id="grace-nan"),
+    P(_body({}, grace=float("inf")), id="grace-inf"),
+    P(_body({}, grace=True), id="grace-bool"),
+    P(_body({}, run_id=5), id="run_id-number"),
+]
+
+
+@pytest.mark.parametrize("body", NOT_AN_OBJECT + BAD_EXEC)
+def test_a_malformed_exec_is_refused_before_anything_runs(agent: Agent, body: bytes | None) -> None:
+    _assert_refused(agent.request("POST", "/slots/0/exec", body))
+    assert not (agent.slot(0) / "ran").exists()
+    assert agent.request("GET", "/health").json()["running"] == []
+
+
+@pytest.mark.parametrize("body", NOT_AN_OBJECT + BAD_CANCEL)
+def test_a_malformed_cancel_is_refused(agent: Agent, body: bytes | None) -> None:
+    _assert_refused(agent.request("POST", "/slots/0/cancel", body))
+
+
+def test_a_refusal_says_which_field_was_wrong_and_what_it_should_be(agent: Agent) -> None:
+    error = _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS, timeout="abc")))
+    assert error == 'timeout must be a positive number of seconds or null, got: "abc"'
+    error = _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS, env={"A=B": "x"})))
+    assert error == "env names must be non-empty and without '=', got: \"A=B\""
+
+
+def test_argv_too_large_for_the_os_is_refused_and_a_program_that_cannot_run_says_why(
+        agent: Agent) -> None:
+    error = _assert_refused(agent.request("POST", "/slots/0/exec",
+                                          _body(RUNS, argv=["echo", "x" * 200_000])))
+    assert "E2BIG" in error
+    (agent.slot(0) / "no-shebang").write_text("echo hi\n")
+    (agent.slot(0) / "no-shebang").chmod(0o755)
+    result = agent.run(0, "", argv=["./no-shebang"])
+    assert result.exit is not None and result.exit["reason"] == "not-found"
+    assert "Exec format error" in result.exit["error"]
+    assert agent.request("GET", "/health").json()["running"] == []
+
+
+def test_a_token_that_is_not_utf8_is_refused_as_a_wrong_token(agent: Agent) -> None:
+    _assert_refused(agent.request("GET", "/health", token=b"\xff\xfe\x80"), 401)
+    assert agent.request("GET", "/health").status == 200
