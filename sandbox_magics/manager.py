@@ -73,6 +73,7 @@ class Manager:
         if name not in profiles:
             raise UnknownProfileError(
                 f"Unknown profile {name!r}; valid profiles are: {', '.join(sorted(profiles))}.")
+        settings_of(profiles[name])
         return profiles[name]
 
     def pool(self, profile: Profile) -> Pool:

@@ -33,7 +33,7 @@ from .._paths import client_dir, user_base
 from ..agent import protocol
 from ..exceptions import SandboxStartError
 from ..identity import Identity
-from ..profiles import Profile
+from ..profiles import Profile, non_empty_text
 from .agent_client import AgentSandbox
 from .base import Backend as BaseBackend
 from .base import Health
@@ -41,11 +41,6 @@ from .base import Health
 STOP_GRACE = 3.0
 RUN_NICENESS = 10
 READ_BUFFER = 1024 * 1024
-
-
-def _host(value: str) -> None:
-    if not value or "\x00" in value:
-        raise ValueError("must be a host name or address")
 
 
 @dataclass(frozen=True)
@@ -57,8 +52,8 @@ class Settings:
         bind_host: the address agents listen on (default 127.0.0.1).
     """
 
-    workspace_base: str | None = None
-    bind_host: str = field(default="127.0.0.1", metadata={"check": _host})
+    workspace_base: str | None = field(default=None, metadata={"check": non_empty_text})
+    bind_host: str = field(default="127.0.0.1", metadata={"check": non_empty_text})
 
 
 class LocalSandbox(AgentSandbox):
