@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import process, protocol
-from .app import SLOTS, idle_seconds, make_app
+from .app import DEFAULT_MAX_UPLOAD_MB, SLOTS, idle_seconds, make_app
 
 WATCH_INTERVAL = 0.5
 
@@ -38,9 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="exit after this many idle seconds (0: never)")
     parser.add_argument("--nice", type=int, default=0,
                         help="lower the priority of the agent and its runs by this much")
+    parser.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB,
+                        help="refuse file uploads larger than this many MiB "
+                             f"(default {DEFAULT_MAX_UPLOAD_MB})")
     args = parser.parse_args(argv)
     if args.slots < 1:
         parser.error(f"--slots must be at least 1, got {args.slots}")
+    if args.max_upload_mb < 1:
+        parser.error(f"--max-upload-mb must be at least 1, got {args.max_upload_mb}")
     return args
 
 
@@ -50,7 +55,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     process.become_subreaper()
-    app = make_app(token, args.root, args.slots, stop)
+    app = make_app(token, args.root, args.slots, stop, max_upload_mb=args.max_upload_mb)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)

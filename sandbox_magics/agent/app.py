@@ -13,7 +13,11 @@ Routes (all under ``/v1``, all behind the bearer token)::
 
 The file routes answer only while the slot runs nothing, and only for regular files inside
 the workspace with a single hard link (workspace.py says why); the listing leaves out
-every other entry. Refusals are JSON ``{"error": "<one sentence>"}`` with a 4xx status.
+every other entry.
+
+JSON bodies are checked by `bodies` before anything runs and may be `MAX_JSON_BODY`
+(16 MiB) long; uploads stream to disk and may be ``--max-upload-mb`` long. Refusals are
+JSON ``{"error": "<one sentence>"}`` with a 4xx status (413 past a limit, naming it).
 
 If the client of an exec goes away mid-stream, the run is killed: nobody could read its
 output or its exit code, and a kernel that died must not leave work running.
@@ -39,22 +43,30 @@ from .auth import bearer_auth
 SLOTS = web.AppKey("slots", list)
 STATE = web.AppKey("state", dict)
 STOP = web.AppKey("stop", asyncio.Event)
+MAX_UPLOAD_MB = web.AppKey("max_upload_mb", int)
 
 _DISCONNECT_POLL = 1.0
 FLUSH_INTERVAL = 0.05
 FILE_READ = 1024 * 1024
 MAX_JSON_BODY = 16 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_MB = 2048
 
 T = TypeVar("T")
 
 
 def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
-             base_env: dict[str, str] | None = None) -> web.Application:
-    """Build the agent app serving ``slots`` workspaces below ``root``."""
+             base_env: dict[str, str] | None = None,
+             max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB) -> web.Application:
+    """Build the agent app serving ``slots`` workspaces below ``root``.
+
+    ``client_max_size`` bounds the bodies read whole (`MAX_JSON_BODY`); uploads stream to
+    disk past it, up to ``max_upload_mb``.
+    """
     if not token:
         raise ValueError("the agent needs a non-empty token")
     app = web.Application(middlewares=[bearer_auth(token), _activity, _answer_refusals],
                           client_max_size=MAX_JSON_BODY)
+    app[MAX_UPLOAD_MB] = max_upload_mb
     app[SLOTS] = []
     for i in range(slots):
         path = root / f"slot-{i}"
@@ -148,6 +160,8 @@ _FILE_ERRORS = {
     errno.EACCES: (403, "{path} is not accessible to the agent; reset the slot to clear it"),
     errno.EPERM: (403, "{path} is not accessible to the agent; reset the slot to clear it"),
     errno.ENAMETOOLONG: (400, "{path} is too long for the file system; use a shorter path"),
+    errno.ENOSPC: (507, "{path} did not fit on the sandbox's disk; free space or upload less"),
+    errno.EDQUOT: (507, "{path} did not fit in the sandbox's disk quota; free space or upload less"),
 }
 
 
@@ -345,17 +359,30 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
 
 async def put_file(request: web.Request) -> web.Response:
+    """Stream the body to the file; a body over the upload limit, or one that breaks off,
+    leaves no partial file behind."""
     slot = _idle(_slot(request))
+    limit_mb = request.app[MAX_UPLOAD_MB]
+    too_large = Refusal(413, f"the upload is larger than the agent takes ({limit_mb} MiB, "
+                             "its --max-upload-mb); upload less or raise the limit")
+    if request.content_length is not None and request.content_length > limit_mb * 2**20:
+        raise too_large
     path = _confined(request, slot)
     with _file_refusals(request):
         path.parent.mkdir(parents=True, exist_ok=True)
         _confined(request, slot)
-        fd, _ = workspace.open_file(path, request.match_info["path"], write=True)
-    size = 0
-    with os.fdopen(fd, "wb") as fh:
-        async for chunk in request.content.iter_chunked(protocol.MAX_CHUNK):
-            fh.write(chunk)
-            size += len(chunk)
+        fd, size = workspace.open_file(path, request.match_info["path"], write=True)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in request.content.iter_chunked(protocol.MAX_CHUNK):
+                    size += len(chunk)
+                    if size > limit_mb * 2**20:
+                        raise too_large
+                    fh.write(chunk)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
     return web.json_response({"path": request.match_info["path"], "size": size})
 
 

@@ -150,3 +150,10 @@ def test_a_daemon_that_escaped_with_setsid_is_killed_once_the_slot_is_idle(agent
     result = agent.run(1, "setsid sleep 300 > /dev/null 2>&1 < /dev/null & echo $!")
     pid = int(result.stdout)
     assert wait_until(lambda: not pid_alive(pid), 15)
+
+
+def test_agent_refuses_to_start_with_an_upload_limit_below_one_mib(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "sandbox_magics.agent", "--root", str(tmp_path),
+                          "--max-upload-mb", "0"], capture_output=True, text=True, timeout=30,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and "--max-upload-mb must be at least 1, got 0" in out.stderr

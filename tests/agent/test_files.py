@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.agent_driver import Agent
+from sandbox_magics.agent import app
+from tests.agent.agent_driver import Agent, start_agent
 
 
 def test_a_hard_link_to_an_outside_file_is_not_served_written_or_listed(
@@ -53,3 +54,27 @@ def test_file_requests_on_what_is_no_regular_file_are_refused_with_a_reason(
     error = reply.json()["error"]
     assert reply.status == status and "\n" not in error and len(error) < 300
     assert (agent.slot(0) / "file.txt").read_text() == "text"
+
+
+def test_an_upload_larger_than_max_upload_mb_is_refused_and_leaves_no_partial_file(
+        tmp_path: Path) -> None:
+    agent = start_agent(tmp_path / "root", "--max-upload-mb", "1")
+    try:
+        mib = 2**20
+        assert agent.request("PUT", "/slots/0/files/fits", b"x" * mib).status == 200
+        declared = agent.request("PUT", "/slots/0/files/declared", b"x" * (mib + 1))
+        streamed = agent.request("PUT", "/slots/0/files/streamed", (b"x" * 65536 for _ in range(48)))
+        for reply in (declared, streamed):
+            assert reply.status == 413
+            assert reply.json()["error"].startswith("the upload is larger than the agent takes (1 MiB")
+        assert sorted(p.name for p in agent.slot(0).iterdir()) == ["fits"]
+        assert agent.request("GET", "/health").json()["running"] == []
+    finally:
+        agent.stop()
+
+
+def test_uploads_larger_than_the_json_body_limit_stream_to_disk(agent: Agent) -> None:
+    size = app.MAX_JSON_BODY + 2**20
+    reply = agent.request("PUT", "/slots/0/files/big.bin", (b"y" * 2**20 for _ in range(size // 2**20)))
+    assert reply.status == 200 and reply.json()["size"] == size
+    assert (agent.slot(0) / "big.bin").stat().st_size == size

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.agent.agent_driver import Agent, Reply
+from tests.kernel_driver import peak_rss
 
 RUNS = {"run_id": "r1", "argv": ["touch", "ran"]}
 _MISSING = object()
@@ -102,4 +104,21 @@ def test_argv_too_large_for_the_os_is_refused_and_a_program_that_cannot_run_says
 
 def test_a_token_that_is_not_utf8_is_refused_as_a_wrong_token(agent: Agent) -> None:
     _assert_refused(agent.request("GET", "/health", token=b"\xff\xfe\x80"), 401)
+    assert agent.request("GET", "/health").status == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_a_json_body_over_the_limit_is_refused_without_reading_it_into_memory(
+        agent: Agent, chunked: bool) -> None:
+    body = json.dumps({**RUNS, "stdin": "x" * (200 * 2**20)}).encode()
+    with peak_rss(agent.process.pid) as peak:
+        before = peak[0]
+        if chunked:
+            body_sent: bytes | Iterator[bytes] = (body[i:i + 2**20] for i in range(0, len(body), 2**20))
+        else:
+            body_sent = body
+        error = _assert_refused(agent.request("POST", "/slots/0/exec", body_sent), 413)
+    assert error.startswith("the request body is larger than the agent takes (16 MiB)")
+    assert peak[0] - before < 64 * 2**20
+    assert not (agent.slot(0) / "ran").exists()
     assert agent.request("GET", "/health").status == 200
