@@ -2,8 +2,10 @@
 
 The bearer token is the first line of stdin (or ``$SANDBOX_AGENT_TOKEN`` where an engine can
 only pass environment); never argv, which ``ps`` shows, and stdin keeps it out of
-``/proc/<pid>/environ``, which the runs could read. Once listening it prints one JSON line
-``{"port": ..., "pid": ...}`` on stdout. It exits on
+``/proc/<pid>/environ``, which the runs could read. Where the environment is written in a
+spec others read (a Nomad job), ``$SANDBOX_AGENT_TOKEN_SHA256`` gives only the token's
+hex SHA-256, and the agent checks the digest of each token sent. Once listening it prints
+one JSON line ``{"port": ..., "pid": ...}`` on stdout. It exits on
 SIGTERM/SIGINT, on ``POST /v1/shutdown``, when its parent process dies, and after
 ``--idle-timeout`` seconds without a request or a running command.
 """
@@ -14,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -21,9 +24,11 @@ from pathlib import Path
 from aiohttp import web
 
 from . import process, protocol
+from .auth import TokenDigest
 from .app import DEFAULT_MAX_UPLOAD_MB, SLOTS, idle_seconds, make_app
 
 WATCH_INTERVAL = 0.5
+TOKEN_SHA256_ENV = "SANDBOX_AGENT_TOKEN_SHA256"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,10 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.nice:
         os.nice(args.nice)
-    token = os.environ.pop(protocol.TOKEN_ENV, "") or sys.stdin.readline().strip()
+    digest = os.environ.pop(TOKEN_SHA256_ENV, "").strip()
+    if digest and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        print(f"agent: ${TOKEN_SHA256_ENV} must be 64 hex digits (a SHA-256)", file=sys.stderr)
+        return 2
+    token = (TokenDigest(digest) if digest else os.environ.pop(protocol.TOKEN_ENV, "")
+             or sys.stdin.readline().strip())
     if not token:
         print(f"agent: give the bearer token as the first line of stdin or in "
-              f"${protocol.TOKEN_ENV}", file=sys.stderr)
+              f"${protocol.TOKEN_ENV} (or its SHA-256 in ${TOKEN_SHA256_ENV})", file=sys.stderr)
         return 2
     asyncio.run(serve(args, token))
     return 0
