@@ -5,6 +5,7 @@ Routes (all under ``/v1``, all behind the bearer token)::
     GET  /health                          slots, running runs, pid
     POST /slots/{slot}/exec               run argv in the slot; stream frames (protocol.py)
     POST /slots/{slot}/cancel             stop the slot's run: SIGINT, SIGTERM, SIGKILL
+    POST /slots/{slot}/signal             deliver one signal to the run's process group
     POST /slots/{slot}/reset              empty the slot's workspace
     GET  /slots/{slot}/files              list files  (?path= is not taken: whole workspace)
     GET  /slots/{slot}/files/{path}       download one file
@@ -82,6 +83,7 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
         web.get(f"{p}/health", health),
         web.post(f"{p}/slots/{{slot}}/exec", exec_run),
         web.post(f"{p}/slots/{{slot}}/cancel", cancel),
+        web.post(f"{p}/slots/{{slot}}/signal", signal_run),
         web.post(f"{p}/slots/{{slot}}/reset", reset),
         web.get(f"{p}/slots/{{slot}}/files", list_files),
         web.get(f"{p}/slots/{{slot}}/files/{{path:.+}}", get_file),
@@ -322,6 +324,24 @@ async def cancel(request: web.Request) -> web.Response:
         return web.json_response({"step": "not-running"})
     job.stop_reason = "cancelled"
     return web.json_response({"step": await process.stop(job, body.grace)})
+
+
+async def signal_run(request: web.Request) -> web.Response:
+    """Deliver one signal to the run named in the body, if the slot is running it.
+
+    Answers ``{"delivered": bool, "running": bool}``. A signal that stops runs by default
+    (`bodies.STOPPING`) marks the run cancelled: its EXIT frame then says so, however the
+    run ends.
+    """
+    slot = _slot(request)
+    body = await _body(request, bodies.signal_body)
+    job = slot.job
+    if job is None or slot.run_id != body.run_id or job.finished.is_set():
+        return web.json_response({"delivered": False, "running": False})
+    delivered = process.killpg(job.pgid, body.signal)
+    if delivered and body.signal in bodies.STOPPING:
+        job.stop_reason = job.stop_reason or "cancelled"
+    return web.json_response({"delivered": delivered, "running": True})
 
 
 async def reset(request: web.Request) -> web.Response:

@@ -14,8 +14,11 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGSTOP})
+# Signals sent to stop a run (a run given one through the signal route ends "cancelled");
+# the others pause, resume or notify it.
+STOPPING = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGHUP,
+                      signal.SIGQUIT})
+SIGNALS = STOPPING | {signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGSTOP}
 DEFAULT_GRACE = 2.0
 _SHOWN = 60
 
