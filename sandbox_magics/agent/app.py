@@ -184,6 +184,17 @@ def _file_refusals(request: web.Request) -> Iterator[None]:
         raise Refusal(status, message.format(path=path)) from None
 
 
+@contextlib.contextmanager
+def _undecodable_bodies(request: web.Request) -> Iterator[None]:
+    """Refuse a body that aiohttp could not decode (a bad ``Content-Encoding``)."""
+    try:
+        yield
+    except web.RequestPayloadError:
+        encoding = workspace.shown(request.headers.get("Content-Encoding", ""))
+        raise Refusal(400, f"the request body could not be decoded as Content-Encoding "
+                           f"{encoding}; send it uncompressed") from None
+
+
 async def _body(request: web.Request, read: Callable[[bytes], T]) -> T:
     """The request's JSON body, read by one of `bodies`' functions; a `Refusal` (400 or 413)
     if it is too large or not what the route takes."""
@@ -192,7 +203,8 @@ async def _body(request: web.Request, read: Callable[[bytes], T]) -> T:
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise too_large
     try:
-        raw = await request.read()
+        with _undecodable_bodies(request):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
     try:
@@ -370,7 +382,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = size
         await response.prepare(request)
-        while size > 0 and (chunk := await loop.run_in_executor(None, fh.read,
+        while request.method != "HEAD" and size > 0 and (chunk := await loop.run_in_executor(None, fh.read,
                                                                 min(size, FILE_READ))):
             await response.write(chunk)
             size -= len(chunk)
@@ -393,7 +405,7 @@ async def put_file(request: web.Request) -> web.Response:
         _confined(request, slot)
         fd, size = workspace.open_file(path, request.match_info["path"], write=True)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with os.fdopen(fd, "wb") as fh, _undecodable_bodies(request):
                 async for chunk in request.content.iter_chunked(protocol.MAX_CHUNK):
                     size += len(chunk)
                     if size > limit_mb * 2**20:

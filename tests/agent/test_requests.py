@@ -122,3 +122,20 @@ def test_a_json_body_over_the_limit_is_refused_without_reading_it_into_memory(
     assert peak[0] - before < 64 * 2**20
     assert not (agent.slot(0) / "ran").exists()
     assert agent.request("GET", "/health").status == 200
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_that_does_not_decode_as_its_content_encoding_is_refused(
+        agent: Agent, encoding: str) -> None:
+    headers = {"Content-Encoding": encoding}
+    _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS), headers=headers))
+    _assert_refused(agent.request("PUT", "/slots/0/files/up.txt", b"not " + encoding.encode() * 99,
+                                  headers=headers))
+    assert not (agent.slot(0) / "ran").exists() and not (agent.slot(0) / "up.txt").exists()
+
+
+def test_head_of_a_file_gives_its_size_without_a_body(agent: Agent) -> None:
+    (agent.slot(0) / "f.txt").write_text("hello")
+    assert agent.request("HEAD", "/slots/0/files/f.txt") == (200, b"")
+    assert agent.request("GET", "/slots/0/files/f.txt") == (200, b"hello")
+    assert "Traceback" not in agent.log
