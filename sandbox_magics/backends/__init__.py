@@ -18,7 +18,7 @@ from .base import Backend
 
 __all__ = ["Backend", "make_backend", "settings_of"]
 
-_ENGINES = {"local": ".local", "modal": ".modal"}
+_ENGINES = {"local": ".local", "modal": ".modal", "nomad": ".nomad"}
 
 
 def _engine(name: str) -> ModuleType:
