@@ -6,13 +6,16 @@ import asyncio
 import os
 import re
 import signal
-import sys
-import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 from sandbox_magics import identity
 from sandbox_magics.backends import make_backend
@@ -22,7 +25,7 @@ from sandbox_magics.exceptions import ProfileError, SandboxLostError, SandboxSta
 from sandbox_magics.identity import Identity
 from sandbox_magics.profiles import Profile
 from tests.kernel_driver import pid_alive
-from tests.modal_standin.fixtures import CANARY_VALUE, Running, modal_env, standin  # noqa: F401
+from tests.modal_standin.fixtures import CANARY_VALUE, Running, modal_env, standin  # noqa: F401,F811
 
 ROOT = Path(__file__).resolve().parents[2]
 
