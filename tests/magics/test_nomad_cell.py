@@ -1,0 +1,155 @@
+"""%%sandbox cells on a ``nomad`` profile in a real kernel: kernel → pool → python-nomad →
+HTTP → the Nomad stand-in (or a real Nomad) → a real agent → the command."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import kernel_env
+from tests.kernel_driver import Kernel, wait_until
+from tests.nomad_standin.cluster import Cluster, cluster  # noqa: F401
+
+PROFILES = """
+[profiles.cluster]
+backend = "nomad"
+slots_per_sandbox = 4
+max_sandboxes = 3
+cpu = 0.1
+memory_mb = 400
+idle_timeout = 600
+start_timeout = 30
+heartbeat_window = {window}
+
+[profiles.cluster.nomad]
+address = "{address}"
+driver = "raw_exec"
+python = "{python}"
+job_prefix = "{prefix}"
+"""
+
+
+def nomad_kernel(cluster: Cluster, root: Path, prefix: str, window: float = 600) -> Kernel:
+    """A kernel whose profile ``cluster`` runs on ``cluster``, tokens kept below ``root``."""
+    profiles = root / "profiles.toml"
+    profiles.write_text(PROFILES.format(address=cluster.address, python=sys.executable,
+                                        prefix=prefix, window=window))
+    env = kernel_env(profiles, root / "ws")
+    env["XDG_STATE_HOME"] = str(root / "state")
+    k = Kernel(env)
+    assert k.execute("%load_ext sandbox_magics").status == "ok"
+    return k
+
+
+@pytest.fixture(scope="module")
+def prefix() -> str:
+    return f"k{secrets.token_hex(3)}-"
+
+
+@pytest.fixture(scope="module")
+def kernel(cluster: Cluster, prefix: str, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Kernel]:
+    k = nomad_kernel(cluster, tmp_path_factory.mktemp("nomad-kernel"), prefix)
+    yield k
+    k.execute("%sandbox shutdown", timeout=120)
+    k.shutdown()
+
+
+def created(cluster: Cluster, prefix: str) -> set[str]:
+    """The jobs that ever got an allocation: sandboxes created."""
+    return {a["JobID"] for a in cluster.allocations(prefix)}
+
+
+def test_a_nomad_cell_streams_its_output_line_by_line(
+        kernel: Kernel, cluster: Cluster, prefix: str, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    lines: list[str] = []
+
+    def on_stream(text: str) -> None:
+        lines.append(text)
+        if "first" in text:
+            go.touch()
+    reply = kernel.execute(
+        "%%sandbox bash --profile cluster\n"
+        f'echo "first on $NOMAD_JOB_ID"; while [ ! -e {go} ]; do sleep 0.02; done; echo second',
+        on_stream=on_stream)
+    assert reply.status == "ok", reply.error
+    assert reply.stdout.startswith(f"first on {prefix}") and reply.stdout.endswith("second\n")
+    assert "second" not in lines[0], "the first line came only with the end of the command"
+    assert len(created(cluster, prefix)) == 1
+
+
+def test_thirty_runs_on_three_sandboxes_of_four_slots_create_exactly_three(
+        kernel: Kernel, cluster: Cluster, prefix: str, tmp_path: Path) -> None:
+    kernel.execute("%sandbox shutdown", timeout=120)
+    assert kernel.execute("%reload_ext sandbox_magics").status == "ok"
+    before = created(cluster, prefix)
+    go = tmp_path / "go"
+    held = tmp_path / "held"
+    held.mkdir()
+    reply = kernel.execute(f"""
+        for i in range(30):
+            get_ipython().run_cell_magic(
+                "sandbox", f"bash --profile cluster --bg --name n-{{i}}",
+                f"touch {held}/$SANDBOX_RUN_ID; while [ ! -e {go} ]; do sleep 0.05; done; "
+                f"echo {{i}} from $NOMAD_ALLOC_ID")
+    """)
+    assert reply.status == "ok", reply.error
+    assert wait_until(lambda: len(list(held.iterdir())) == 12, 60), \
+        f"{len(list(held.iterdir()))} runs started, not the 12 slots of 3 sandboxes"
+    go.touch()
+    done = kernel.execute("%sandbox wait --timeout 120", timeout=150)
+    assert done.stdout == "30 run(s) finished.\n", (done.stdout, done.error)
+    reply = kernel.execute("""
+        runs = %sandbox runs
+        ours = runs[runs['name'].str.startswith('n-', na=False)]
+        print(len(ours), sorted(set(ours['state'])), ours['sandbox'].nunique(),
+              ours[['sandbox', 'slot']].drop_duplicates().shape[0])
+    """)
+    assert reply.stdout.split("\n")[0] == "30 ['succeeded'] 3 12", reply.stdout
+    new = created(cluster, prefix) - before
+    assert len(new) == 3 == -(-12 // 4), new
+    assert len(cluster.running(prefix)) == 3
+
+
+def test_scale_down_retires_only_idle_sandboxes(
+        kernel: Kernel, cluster: Cluster, prefix: str, tmp_path: Path) -> None:
+    kernel.execute("%sandbox scale cluster 2")
+    assert wait_until(lambda: len(cluster.running(prefix)) >= 2, 60)
+    go = tmp_path / "go"
+    reply = kernel.execute(
+        "%%sandbox bash --profile cluster --bg --name busy\n"
+        f"while [ ! -e {go} ]; do sleep 0.05; done; echo still here on $NOMAD_JOB_ID")
+    assert reply.status == "ok", reply.error
+    busy_job = kernel.execute(
+        "import time\n"
+        "r = _sandbox_run = [r for r in get_ipython().magics_manager.registry['SandboxMagics']"
+        ".client.manager.runs if r.spec.name == 'busy'][0]\n"
+        "while r.pgid is None: time.sleep(0.02)\n"
+        "print(r.sandbox)").stdout.strip()
+    kernel.execute("%sandbox scale cluster 1")
+    assert wait_until(lambda: len(cluster.running(prefix)) == 1, 60)
+    (survivor,) = cluster.running(prefix)
+    assert survivor["JobID"].endswith(busy_job), (survivor["JobID"], busy_job)
+    go.touch()
+    assert kernel.execute("%sandbox wait busy --timeout 60").status == "ok"
+    out = kernel.execute("print(_sandbox_run.stdout)").stdout
+    assert out.startswith(f"still here on {survivor['JobID']}")
+    kernel.execute("%sandbox scale cluster auto")
+
+
+def test_status_shows_the_job_and_allocation_of_each_sandbox(
+        kernel: Kernel, cluster: Cluster, prefix: str) -> None:
+    reply = kernel.execute("%%sandbox bash --profile cluster\necho $NOMAD_ALLOC_ID")
+    alloc = reply.stdout.strip()
+    status = kernel.execute(
+        "s = get_ipython().magics_manager.registry['SandboxMagics'].client.status()\n"
+        "print([(b['job'], b['allocation']) for p in s if p['profile'] == 'cluster' "
+        "for b in p['sandboxes']])").stdout
+    assert alloc[:8] in status and prefix in status
+    assert re.search(rf"'{prefix}[0-9a-f]+-cluster-\d+'", status)
