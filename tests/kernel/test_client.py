@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_magics import (Client, ClosedError, RunFailedError, RunState, SandboxStartError,
-                            UnknownProfileError)
+from sandbox_magics import Client, ClosedError, RunFailedError, RunState, UnknownProfileError
 from tests.kernel_driver import wait_until
 
 PROFILES = """
@@ -127,17 +126,6 @@ def test_secrets_and_tokens_stay_out_of_reprs(client: Client) -> None:
     assert token.encode() not in Path(f"/proc/{agent_pid}/cmdline").read_bytes()
     agent_log = Path(status[0]["sandboxes"][0]["root"]) / "agent.log"
     assert token not in agent_log.read_text()
-
-
-def test_engine_not_in_this_version_is_one_clear_error(tmp_path: Path) -> None:
-    path = tmp_path / "profiles.toml"
-    path.write_text('[profiles.cluster]\nbackend = "nomad"\n')
-    c = Client(path)
-    try:
-        with pytest.raises(SandboxStartError, match="The 'nomad' backend is not available"):
-            c.submit("echo hi", profile="cluster")
-    finally:
-        c.shutdown()
 
 
 def test_scale_starts_and_stops_sandboxes(client: Client) -> None:

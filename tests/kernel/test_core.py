@@ -102,7 +102,8 @@ def test_run_whose_sandbox_died_before_it_started_is_requeued_and_succeeds(
 def test_cancel_at_each_stage_says_the_stage_and_never_runs_the_command_after(
         client: Client, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    holder = client.submit("while [ ! -e go ]; do sleep 0.02; done", profile="one")
+    holder = client.submit("import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.02)",
+                           "python", profile="one")
     queued = client.submit(f"touch {marker}", profile="one")
     assert wait_until(lambda: holder.stage is Stage.RUNNING and holder.pgid is not None, 30)
     assert client.cancel(queued) == "dequeued"
