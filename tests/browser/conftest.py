@@ -1,0 +1,87 @@
+"""Browser fixtures: one JupyterLab server and one Chromium per session, a page per test.
+
+Screenshots go to ``$SANDBOX_MAGICS_SCREENSHOTS`` (default ``build/screenshots``); the
+README's pictures are made with ``SANDBOX_MAGICS_SCREENSHOTS=docs/screenshots``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TEST_PROFILES, kernel_env
+from tests.browser.lab import CHROMIUM_ARGS, JupyterLab, Notebook, ensure_chromium
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    path = Path(os.environ.get("SANDBOX_MAGICS_SCREENSHOTS", REPO / "build" / "screenshots"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
+    base = tmp_path_factory.mktemp("lab")
+    root = base / "notebooks"
+    root.mkdir()
+    profiles = base / "profiles.toml"
+    profiles.write_text(TEST_PROFILES)
+    server = JupyterLab(root, kernel_env(profiles, base / "ws"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    executable = ensure_chromium()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, lab: JupyterLab, screenshots: Path,
+         request: pytest.FixtureRequest) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                  accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    yield page
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+        try:
+            page.screenshot(path=str(screenshots / f"FAILED-{request.node.name}.png"))
+        except Exception:
+            pass
+    context.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture
+def notebook(lab: JupyterLab, page: Any, request: pytest.FixtureRequest) -> Iterator[Notebook]:
+    """A new notebook named after the test, opened, its kernel started and the extension loaded."""
+    name = request.node.name.replace("[", "_").replace("]", "") + ".ipynb"
+    nb = Notebook(lab, page, name)
+    nb.run("%load_ext sandbox_magics")
+    yield nb
+    try:
+        nb.page.evaluate("() => window.sbxTest.nb().sessionContext.shutdown()")
+    except Exception:
+        pass
