@@ -316,9 +316,17 @@ def test_files_move_through_the_sandbox_filesystem(modal_env: Running, tmp_path:
     assert downloaded == "result\n" and after == []
 
 
-@pytest.mark.skipif(not (os.environ.get("MODAL_LIVE") and os.environ.get("MODAL_TOKEN_ID")),
-                    reason="live Modal test: set MODAL_LIVE=1 and MODAL_TOKEN_ID/MODAL_TOKEN_SECRET "
-                           "of a real Modal account to run it (it starts one small sandbox)")
+def _live_skip_reason() -> str | None:
+    if os.environ.get("MODAL_LIVE") != "1":
+        return ("live Modal test, opt-in: set MODAL_LIVE=1 with Modal credentials to run it "
+                "(it starts one small sandbox on your account)")
+    config = Path(os.environ.get("MODAL_CONFIG_PATH") or Path.home() / ".modal.toml")
+    if not os.environ.get("MODAL_TOKEN_ID") and not (config.exists() and "token_id" in config.read_text()):
+        return "MODAL_LIVE=1 but no Modal credentials: run `modal token new` or set MODAL_TOKEN_ID/SECRET"
+    return None
+
+
+@pytest.mark.skipif(_live_skip_reason() is not None, reason=str(_live_skip_reason()))
 def test_live_modal_runs_a_command() -> None:
     from tests.modal_standin.fixtures import reset_modal_client
     reset_modal_client()

@@ -204,3 +204,19 @@ def test_a_restarted_kernel_adopts_its_sandboxes_and_shutdown_terminates_all(
 
 def standin_kernel(k: Kernel) -> str:
     return k.execute(f"print({CLIENT}.identity.kernel_id)").stdout.strip()
+
+
+def test_the_modal_notebook_runs_against_the_stand_in(standin: Running, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_notebooks import execute, text
+    for key, value in modal_environment(standin.url, tmp_path / "modal.toml").items():
+        monkeypatch.setenv(key, value)
+    nb = execute("modal.ipynb", tmp_path)
+    outputs = [text(c) for c in nb.cells if c.cell_type == "code"]
+    assert "hello from a Modal sandbox, in slot-" in outputs[2] and "tick 3" in outputs[2]
+    assert outputs[3] == "fast True\n"
+    assert outputs[5] == "15\n"
+    assert "succeeded" in outputs[6]
+    assert "Stopped" in outputs[7]
+    assert not [b for b in standin.standin.running() if b.app_id == standin.standin.apps.get(
+        ("main", "sandbox-magics-demo"))]

@@ -3,7 +3,7 @@
 No agent runs in a Modal sandbox. A sandbox's slots are folders ``slot-<k>`` under the
 profile's ``workdir``. A run is one ``Sandbox.exec`` of a small POSIX ``sh`` wrapper
 (`WRAPPER`): it makes the slot folder, starts the command with ``setsid`` in a process
-group of its own (the group id goes to ``.runs/<run id>.pgid`` and, as a marker line, to
+group of its own (the group id goes to ``.runs/slot-<k>.pgid`` and, as a marker line, to
 stderr), feeds it the cell body from stdin (exec arguments are capped at 64 KiB; stdin is
 not), and when it ends kills what is left of the group and says whether the slot is
 empty. Marker lines start with ``\\x1e`` and never reach the run's output. Modal has no
@@ -44,10 +44,12 @@ RUNS = ".runs"
 
 WRAPPER = r"""
 slot=$1; pgfile="$PWD/$2"; shift 2
-mkdir -p "$slot" "${pgfile%/*}" && cd "$slot" || exit 125
+[ -d "$slot" ] && [ -d "${pgfile%/*}" ] || mkdir -p "$slot" "${pgfile%/*}" || exit 125
+cd "$slot" || exit 125
 if ! command -v "$1" >/dev/null 2>&1; then
   printf '\036sandbox-magics:not-found\n' >&2; exit 127
 fi
+: > "$pgfile"
 start='echo $$ > "$0"; printf "\036sandbox-magics:pgid=%s\n" "$$" >&2; exec "$@"'
 if command -v setsid >/dev/null 2>&1; then
   setsid sh -c "$start" "$pgfile" "$@"
@@ -55,15 +57,18 @@ else
   sh -c "$start" "$pgfile" "$@"
 fi
 status=$?
-pg=$(cat "$pgfile" 2>/dev/null) && kill -s KILL -- "-$pg" 2>/dev/null
-rm -f "$pgfile"
-if [ -z "$(ls -A . 2>/dev/null)" ]; then empty=1; else empty=0; fi
+read -r pg < "$pgfile" && kill -s KILL -- "-$pg" 2>/dev/null
+empty=1
+for f in .[!.]* ..?* *; do
+  if [ -e "$f" ] || [ -L "$f" ]; then empty=0; break; fi
+done
 printf '\036sandbox-magics:end status=%s empty=%s\n' "$status" "$empty" >&2
 exit "$status"
 """
 
 SIGNAL = r"""
-pg=$2; [ -n "$pg" ] || pg=$(cat "$3" 2>/dev/null) || exit 3
+pg=$2; [ -n "$pg" ] || read -r pg < "$3" 2>/dev/null || exit 3
+[ -n "$pg" ] || exit 3
 kill -s "$1" -- "-$pg" 2>/dev/null || kill -s "$1" "$pg" 2>/dev/null
 """
 
@@ -177,16 +182,19 @@ class ModalSandbox(Sandbox):
                             f"{type(exc).__name__}: {_one_line(exc)}.")
 
     async def exec(self, slot: int, request: ExecRequest) -> ModalProcess:
-        pgfile = f"{RUNS}/{request.run_id}.pgid"
+        pgfile = f"{RUNS}/slot-{slot}.pgid"
         try:
             cp = await self.sb.exec.aio("sh", "-c", WRAPPER, "sandbox-magics", f"slot-{slot}", pgfile,
                                         *request.argv, env=dict(request.env) or None, text=False)
             data = (request.stdin or "").encode()
             for start in range(0, len(data), STDIN_CHUNK):
                 cp.stdin.write(data[start:start + STDIN_CHUNK])
+                if start + STDIN_CHUNK >= len(data):
+                    cp.stdin.write_eof()
                 await cp.stdin.drain.aio()
-            cp.stdin.write_eof()
-            await cp.stdin.drain.aio()
+            if not data:
+                cp.stdin.write_eof()
+                await cp.stdin.drain.aio()
         except _modal().exception.Error as exc:
             raise await self.lost(exc, f"starting run {request.run_id}") from None
         return ModalProcess(self, cp, request, pgfile)
