@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import signal
 import time
@@ -36,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from . import bodies, process, protocol, workspace
 from .auth import bearer_auth
@@ -79,16 +80,21 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
     app[STOP] = stop
     app.cleanup_ctx.append(_kill_children_on_exit)
     p = protocol.API
+    # Every request meets a route of ours, the last one if no other: aiohttp's own Expect
+    # handling, which its fallback routes use, answers 500 to a header that is not UTF-8.
+    get, post, put, any_method = (functools.partial(define, expect_handler=_expect)
+                                  for define in (web.get, web.post, web.put, web.route))
     app.router.add_routes([
-        web.get(f"{p}/health", health),
-        web.post(f"{p}/slots/{{slot}}/exec", exec_run),
-        web.post(f"{p}/slots/{{slot}}/cancel", cancel),
-        web.post(f"{p}/slots/{{slot}}/signal", signal_run),
-        web.post(f"{p}/slots/{{slot}}/reset", reset),
-        web.get(f"{p}/slots/{{slot}}/files", list_files),
-        web.get(f"{p}/slots/{{slot}}/files/{{path:.+}}", get_file),
-        web.put(f"{p}/slots/{{slot}}/files/{{path:.+}}", put_file),
-        web.post(f"{p}/shutdown", shutdown),
+        get(f"{p}/health", health),
+        post(f"{p}/slots/{{slot}}/exec", exec_run),
+        post(f"{p}/slots/{{slot}}/cancel", cancel),
+        post(f"{p}/slots/{{slot}}/signal", signal_run),
+        post(f"{p}/slots/{{slot}}/reset", reset),
+        get(f"{p}/slots/{{slot}}/files", list_files),
+        get(f"{p}/slots/{{slot}}/files/{{path:.+}}", get_file),
+        put(f"{p}/slots/{{slot}}/files/{{path:.+}}", put_file),
+        post(f"{p}/shutdown", shutdown),
+        any_method("*", "/{tail:.*}", no_route),
     ])
     return app
 
@@ -98,6 +104,31 @@ def idle_seconds(app: web.Application) -> float:
     if any(slot.busy for slot in app[SLOTS]):
         return 0.0
     return time.monotonic() - app[STATE]["last_activity"]
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """Answer ``Expect: 100-continue`` as aiohttp does; refuse any other expectation."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return web.json_response({"error": "the agent understands only 'Expect: 100-continue'; "
+                                           "send no other Expect header"}, status=417)
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return None
+
+
+async def no_route(request: web.Request) -> web.StreamResponse:
+    """Refuse a request no other route takes: 405 if the path takes other methods, else 404."""
+    fallback = request.match_info.route.resource
+    resources = [r for r in request.app.router.resources() if r is not fallback]
+    allowed: set[str] = set()
+    for resource in resources:
+        allowed |= (await resource.resolve(request))[1]
+    path = workspace.shown(request.path)
+    if allowed:
+        raise Refusal(405, f"{path} does not take {request.method}; "
+                           f"use {', '.join(sorted(allowed))}")
+    raise Refusal(404, f"the agent has no route {path}; its routes are "
+                       f"{', '.join(r.canonical for r in resources)}")
 
 
 @web.middleware
@@ -163,7 +194,7 @@ _FILE_ERRORS = {
     errno.EPERM: (403, "{path} is not accessible to the agent; reset the slot to clear it"),
     errno.ENAMETOOLONG: (400, "{path} is too long for the file system; use a shorter path"),
     errno.ENOSPC: (507, "{path} did not fit on the sandbox's disk; free space or upload less"),
-    errno.EDQUOT: (507, "{path} did not fit in the sandbox's disk quota; free space or upload less"),
+    errno.EDQUOT: (507, "{path} went over the sandbox's disk quota; free space or upload less"),
 }
 
 
@@ -382,10 +413,11 @@ async def get_file(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = size
         await response.prepare(request)
-        while request.method != "HEAD" and size > 0 and (chunk := await loop.run_in_executor(None, fh.read,
-                                                                min(size, FILE_READ))):
+        left = 0 if request.method == "HEAD" else size
+        while left > 0 and (chunk := await loop.run_in_executor(None, fh.read,
+                                                                min(left, FILE_READ))):
             await response.write(chunk)
-            size -= len(chunk)
+            left -= len(chunk)
         await response.write_eof()
     return response
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.agent.agent_driver import Agent, Reply
+from tests.agent.agent_driver import TOKEN, Agent, Reply
 from tests.kernel_driver import peak_rss
 
 RUNS = {"run_id": "r1", "argv": ["touch", "ran"]}
@@ -139,3 +140,32 @@ def test_head_of_a_file_gives_its_size_without_a_body(agent: Agent) -> None:
     assert agent.request("HEAD", "/slots/0/files/f.txt") == (200, b"")
     assert agent.request("GET", "/slots/0/files/f.txt") == (200, b"hello")
     assert "Traceback" not in agent.log
+
+
+def test_unknown_routes_and_methods_get_a_json_reason(agent: Agent) -> None:
+    error = _assert_refused(agent.request("GET", "/nowhere"), 404)
+    assert error.startswith("the agent has no route '/v1/nowhere'; its routes are /v1/health, ")
+    error = _assert_refused(agent.request("GET", "/slots/0/exec"), 405)
+    assert error == "'/v1/slots/0/exec' does not take GET; use POST"
+    _assert_refused(agent.request("GET", "/health", token=None), 401)
+
+
+@pytest.mark.parametrize("path", ["/health", "/nowhere"])
+def test_an_expect_header_other_than_100_continue_is_refused_even_if_not_utf8(
+        agent: Agent, path: str) -> None:
+    for expect in (b"bogus", b"\x80\xff"):
+        _assert_refused(agent.request("GET", path, headers={"Expect": expect}), 417)
+
+
+def test_expect_100_continue_gets_an_interim_answer_before_the_body_is_sent(agent: Agent) -> None:
+    body = _body({"run_id": "r1", "argv": ["echo", "went on"]})
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/slots/0/exec HTTP/1.1\r\nHost: agent\r\n"
+                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        answer = b""
+        while b"went on" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"went on\n" in answer
