@@ -84,13 +84,13 @@ class Manager:
             if pool.profile != profile:
                 pool.update_profile(profile)
             return pool
-        key = (profile.backend, settings_of(profile))
-        if key not in self.backends:
-            self.backends[key] = make_backend(profile, self.identity)
         if pool is not None:
             raise ProfileError(
                 f"Profile {profile.name!r} moved from the {pool.profile.backend} backend to "
                 f"{profile.backend} while its pool runs; run %sandbox shutdown first.")
+        key = (profile.backend, settings_of(profile))
+        if key not in self.backends:
+            self.backends[key] = make_backend(profile, self.identity)
         pool = Pool(profile, self.backends[key], self.identity, on_event=self._on_event,
                     **self._pool_options)
         self.pools[profile.name] = pool

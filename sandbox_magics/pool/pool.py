@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ STOP_TIMEOUT = 15.0
 DISCOVER_TIMEOUT = 30.0
 HEARTBEAT_INTERVAL = 60.0
 EVENT_HISTORY = 200
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -403,23 +405,34 @@ class Pool:
             await asyncio.wait_for(sandbox.terminate(), STOP_TIMEOUT)
 
     async def _maintain(self) -> None:
-        await self._adopt_or_reap()
-        self._discovered = True
+        try:
+            await self._adopt_or_reap()
+        finally:
+            self._discovered = True
         self.reconcile()
         while not self._closed:
             await asyncio.sleep(self._tick)
-            ready = [r for r in self.sandboxes if r.state is SandboxState.READY and r.sandbox]
-            results = await asyncio.gather(*(self._health(r.sandbox) for r in ready if r.sandbox))
-            for record, health in zip(ready, results):
-                record.health_failures = 0 if health.ok else record.health_failures + 1
-                if record.health_failures >= HEALTH_FAILURES:
-                    self.mark_lost(record, health.reason or "it stopped answering health checks")
-            if time.monotonic() - self._last_heartbeat >= HEARTBEAT_INTERVAL:
-                self._last_heartbeat = time.monotonic()
-                tags = self.identity.tags(self.profile.name)
-                await asyncio.gather(*(r.sandbox.heartbeat({**tags, identity.NAME: r.id})
-                                       for r in ready if r.sandbox), return_exceptions=True)
-            self.reconcile()
+            try:
+                await self._check_health()
+                self.reconcile()
+            except Exception as exc:
+                logger.exception("pool maintenance of profile %r failed once", self.profile.name)
+                self._emit("maintenance-failed", detail=f"{type(exc).__name__}: {exc}")
+
+    async def _check_health(self) -> None:
+        """Retire sandboxes that failed two health checks in a row; send heartbeats."""
+        ready = [r for r in self.sandboxes if r.state is SandboxState.READY and r.sandbox]
+        results = await asyncio.gather(*(self._health(r.sandbox) for r in ready if r.sandbox))
+        for record, health in zip(ready, results):
+            record.health_failures = 0 if health.ok else record.health_failures + 1
+            if record.health_failures >= HEALTH_FAILURES:
+                self.mark_lost(record, health.reason or "it stopped answering health checks")
+        if time.monotonic() - self._last_heartbeat >= HEARTBEAT_INTERVAL:
+            self._last_heartbeat = time.monotonic()
+            tags = self.identity.tags(self.profile.name)
+            await asyncio.wait_for(asyncio.gather(
+                *(r.sandbox.heartbeat({**tags, identity.NAME: r.id}) for r in ready if r.sandbox),
+                return_exceptions=True), HEALTH_TIMEOUT)
 
     @staticmethod
     async def _health(sandbox: Sandbox) -> Health:
@@ -427,6 +440,8 @@ class Pool:
             return await asyncio.wait_for(sandbox.health(), HEALTH_TIMEOUT)
         except asyncio.TimeoutError:
             return Health(False, f"it did not answer a health check within {HEALTH_TIMEOUT:g} s")
+        except Exception as exc:
+            return Health(False, f"its health check failed ({type(exc).__name__}: {exc})")
 
     async def scale(self, sandboxes: int | None) -> None:
         """Run exactly ``sandboxes`` sandboxes from now on; None: autoscale again between

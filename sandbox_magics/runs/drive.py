@@ -146,7 +146,7 @@ async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: 
             done, _ = await asyncio.wait({consume, lost}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            run.stop_step = await escalate(process, consume, grace)
+            run.stop_step = await _stop(run, process, consume, pool, lease, grace)
             return _stopped(run, consume, RunState.CANCELLED, "cancelled while running")
         if consume in done:
             try:
@@ -158,7 +158,7 @@ async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: 
         if lost in done:
             return Outcome(RunState.LOST, error=lease.slot.lost_reason or "sandbox lost",
                            started=started.is_set())
-        run.stop_step = await escalate(process, consume, grace)
+        run.stop_step = await _stop(run, process, consume, pool, lease, grace)
         return _stopped(run, consume, RunState.TIMED_OUT, None)
     finally:
         for task in (consume, lost):
@@ -169,18 +169,27 @@ async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: 
 
 async def escalate(process: Process, ended: asyncio.Future[Exited], grace: float) -> str:
     """SIGINT, then SIGTERM, then SIGKILL to the process group, each given ``grace``
-    seconds to end it; return the step that did, or "sandbox-unreachable"."""
+    seconds to end it; return the step that did, "already-finished" if the process had
+    ended by itself, or "sandbox-unreachable"."""
     for sig, name in _STEPS:
         try:
-            if not await process.signal(sig):
-                return name if ended.done() else "already-finished"
+            delivered = await process.signal(sig)
         except SandboxError:
             return "sandbox-unreachable"
         with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(asyncio.shield(ended), grace)
         if ended.done():
-            return name
+            return name if delivered else "already-finished"
     return "sandbox-unreachable"
+
+
+async def _stop(run: Run, process: Process, consume: asyncio.Future[Exited], pool: Pool,
+                lease: Lease, grace: float) -> str:
+    """Escalate; a sandbox that cannot stop the run is retired with everything in it."""
+    step = await escalate(process, consume, grace)
+    if step == "sandbox-unreachable":
+        pool.mark_lost(lease.slot.sandbox, f"it did not stop run {run.id} when told to")
+    return step
 
 
 def _stopped(run: Run, consume: asyncio.Future[Exited], state: RunState,
