@@ -77,6 +77,7 @@ def test_the_installed_modal_is_the_pinned_one_and_the_stand_in_serves_every_rpc
 
     async def scenario() -> None:
         sandbox = await started(profile(gpu="T4"))          # the V1 family
+        await collect(await sandbox.exec(0, ExecRequest("r0", ("sh",), stdin="echo v1")))
         await sandbox.heartbeat({"extra": "1"})
         await sandbox.terminate()
         sandbox = await started(profile())                   # the V2 family

@@ -103,6 +103,24 @@ def test_three_sandboxes_of_four_slots_serve_thirty_runs(kernel: Kernel, standin
     assert len({out.split()[1] for _, _, out in rows}) == 12, "runs did not spread over the 12 slots"
 
 
+def test_uploads_sessions_and_artifacts_work_on_modal(kernel: Kernel, tmp_path: Path) -> None:
+    local = tmp_path / "input.txt"
+    local.write_text("uploaded\n")
+    first = kernel.execute(f"""
+        %%sandbox bash --profile m --session keep --name arts --upload {local}:in/input.txt
+        cat in/input.txt; echo 42 > answer.txt; mkdir -p out; echo made > out/made.txt
+    """)
+    assert first.stdout == "uploaded\n", first.error
+    arts = kernel.execute(f"r = {CLIENT}.get_run('arts'); "
+                          "print(sorted((a.path, a.read_bytes().decode()) for a in r.artifacts))")
+    assert arts.stdout.strip() == "[('answer.txt', '42\\n'), ('out/made.txt', 'made\\n')]"
+    second = kernel.execute("%%sandbox bash --profile m --session keep\ncat answer.txt")
+    assert second.stdout == "42\n"
+    assert kernel.execute("%sandbox end-session keep").status == "ok"
+    fresh = kernel.execute("%%sandbox bash --profile m --session keep\nls")
+    assert fresh.status == "ok" and fresh.stdout == ""
+
+
 def test_an_interrupt_kills_the_remote_process_group(kernel: Kernel, tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
 

@@ -53,6 +53,8 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                       secrets_={"canary": {"CANARY_SECRET": CANARY_VALUE}})
     yield running
     running.stop()
+    unserved = sorted(set(running.standin.unserved))
+    assert not unserved, f"the modal client called RPCs the stand-in does not serve: {', '.join(unserved)}"
 
 
 @pytest.fixture
