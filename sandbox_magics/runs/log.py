@@ -113,7 +113,8 @@ class _SpillFile:
     a reader that opened it keeps a consistent view."""
 
     def __init__(self, directory: str | None, budget: SpillBudget, limit: int) -> None:
-        self._fd, self.path = tempfile.mkstemp(prefix="sandbox-log-", suffix=".bin", dir=directory)
+        fd, self.path = tempfile.mkstemp(prefix="sandbox-log-", suffix=".bin", dir=directory)
+        self._fd: int | None = fd
         self._budget = budget
         self.limit = limit
         self.size = 0
@@ -132,11 +133,14 @@ class _SpillFile:
         if not self._budget.reserve(len(record)):
             return False
         try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             _write_all(self._fd, record)
         except OSError:
             self._budget.release(len(record))
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self.size)
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self.size)
             raise
         self.size += len(record)
         self.payload += len(data)
@@ -146,10 +150,17 @@ class _SpillFile:
         """The records written so far; the file is opened now, into ``files``."""
         return _read_records(files.enter_context(open(self.path, "rb")), self.size)
 
+    def close_writer(self) -> None:
+        """Let go of the write descriptor (a sealed log writes no more); the file stays,
+        readers open it by path, and a later `append` opens it again."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def remove(self) -> None:
         """Close and delete the file and give its bytes back to the budget; never raises."""
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        self.close_writer()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         self._budget.release(self.size)
@@ -301,11 +312,14 @@ class LogBuffer:
                 yield from part
 
     def seal(self, keep: int = SEALED_TAIL) -> None:
-        """The run has ended: keep at most ``keep`` bytes in memory, the rest on disk."""
+        """The run has ended: keep at most ``keep`` bytes in memory, the rest on disk, and
+        hold no open descriptor for it (readers open its spill files by path)."""
         with self._lock:
             if not self._spilled and self._tail_bytes > keep:
                 self._start_spill()
             self._trim_tail(keep)
+            for spill in ([self._head] if self._head else []) + self._ring:
+                spill.close_writer()
 
     def read(self, stream: str | None = None) -> bytes:
         """The full bytes of one stream, or of both interleaved as produced."""

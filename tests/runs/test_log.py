@@ -170,3 +170,30 @@ def test_readers_on_other_threads_see_head_marker_then_consecutive_chunks_while_
     for reader in readers:
         reader.join()
     assert not failures and reads
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_sealed_spilled_logs_hold_no_descriptor_and_stay_readable_and_writable(
+        tmp_path: Path) -> None:
+    before = open_descriptors()
+    logs = []
+    for i in range(50):
+        log = LogBuffer(memory_limit=1_000, spill_dir=str(tmp_path), disk_limit=4_000,
+                        budget=SpillBudget(UNLIMITED))
+        for j in range(20):
+            log.append(*chunk(i * 20 + j, 300))
+        log.seal(keep=500)
+        logs.append(log)
+    assert all(log.spilled for log in logs) and len(list(tmp_path.iterdir())) >= 100
+    assert open_descriptors() == before
+    whole = [chunk(j, 300) for j in range(20)]
+    first = list(logs[0].chunks_iter())
+    assert first[:6] == whole[:6] and first[-1] == whole[-1]
+    logs[0].append("stdout", b"after the seal\n")
+    assert logs[0].read().endswith(b"after the seal\n")
+    for log in logs:
+        log.close()
+    assert open_descriptors() == before and list(tmp_path.iterdir()) == []
