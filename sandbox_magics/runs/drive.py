@@ -61,6 +61,7 @@ async def drive(run: Run, profile: Profile, pool: Pool, artifacts_dir: Path,
         except SandboxError as exc:
             run._finish(RunState.ERROR, error=str(exc))
             return
+        lease.slot.run_id = run.id  # status views name the run holding each slot
         try:
             await _attempt(run, profile, pool, lease, artifacts_dir, grace)
             return
