@@ -4,11 +4,15 @@ a real ``nomad agent -dev`` when there is one: see `tests.nomad_standin.cluster`
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import os
+import re
 import secrets
+import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,12 @@ from sandbox_magics import identity
 from sandbox_magics.backends import make_backend
 from sandbox_magics.backends.base import ExecRequest, Exited, Output, Started
 from sandbox_magics.backends.nomad import Backend, NomadSandbox
+from sandbox_magics.backends.nomad._api import decode_frames
+from sandbox_magics.exceptions import SandboxLostError, SandboxStartError
 from sandbox_magics.identity import Identity
 from sandbox_magics.profiles import Profile
-from tests.nomad_standin.cluster import Cluster, cluster  # noqa: F401
+from tests.kernel_driver import wait_until
+from tests.nomad_standin.cluster import Cluster, cluster, start_standin  # noqa: F401
 
 
 def run(coro_fn: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 60) -> Any:
@@ -132,3 +139,215 @@ def test_a_sandbox_is_one_batch_job_running_the_agent_and_streams_a_run_through_
         assert backend.secrets.get(sandbox.id) is None
 
     run(scenario)
+
+
+def start_failure(p: Profile) -> tuple[str, float]:
+    """The sentence a failed start raised, and how long it took."""
+
+    async def scenario() -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        backend = make_backend(p, Identity())
+        try:
+            with pytest.raises(SandboxStartError) as info:
+                await backend.create(p, {**backend.identity.tags(p.name),  # type: ignore[attr-defined]
+                                         identity.NAME: "cluster-1"})
+        finally:
+            await backend.aclose()
+        return str(info.value), loop.time() - began
+    return run(scenario)  # type: ignore[no-any-return]
+
+
+FAST = 8.0  # seconds: well within start_timeout (60 s below), not after it
+
+
+def test_no_node_with_enough_memory_is_one_sentence_from_the_evaluation(
+        cluster: Cluster, prefix: str) -> None:
+    message, took = start_failure(profile(cluster, prefix, memory_mb=10_000_000, start_timeout=60))
+    assert took < FAST, took
+    assert re.fullmatch(rf"Nomad job {prefix}\w+-cluster-1 cannot be "
+                        r"placed: no node can run it: .*memory exhausted on 1 node\(s\).*\.",
+                        message), message
+    assert cluster.jobs(prefix) == [], "the unplaceable job was left registered"
+
+
+def test_a_gpu_the_cluster_lacks_is_one_sentence(cluster: Cluster, prefix: str) -> None:
+    message, took = start_failure(profile(cluster, prefix, gpu="H100:2", start_timeout=60))
+    assert took < FAST
+    assert "cannot be placed: no node can run it: devices" in message, message
+
+
+def test_a_driver_that_cannot_start_the_task_is_one_sentence(
+        cluster: Cluster, prefix: str, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-python"
+    message, took = start_failure(profile(cluster, prefix, start_timeout=60,
+                                          nomad={"python": str(missing)}))
+    assert took < FAST
+    assert re.fullmatch(rf"Nomad job {prefix}\S+ did not start: its "
+                        r"allocation [0-9a-f]{8} failed: its task could not be started by the "
+                        r"driver: .*no-such-python.*\.", message), message
+    assert cluster.jobs(prefix) == []
+
+
+def test_an_agent_that_dies_at_start_says_so_with_the_end_of_its_log(
+        cluster: Cluster, prefix: str, tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'aiohttp'\" >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    message, took = start_failure(profile(cluster, prefix, start_timeout=60,
+                                          nomad={"python": str(fake)}))
+    assert took < FAST
+    assert message.endswith("failed: its agent exited with code 1; its log ends with: "
+                            "ModuleNotFoundError: No module named 'aiohttp'."), message
+
+
+def test_an_agent_oom_killed_at_start_is_one_sentence(cluster: Cluster, prefix: str) -> None:
+    if not cluster.standin:
+        pytest.skip("raw_exec on a dev agent does not enforce memory limits")
+    message, took = start_failure(profile(cluster, prefix, memory_mb=8, start_timeout=60))
+    assert took < FAST
+    assert "failed: its task was OOM killed (its memory limit is 8 MB)" in message, message
+
+
+def test_an_image_that_cannot_be_pulled_is_one_sentence(cluster: Cluster, prefix: str) -> None:
+    cluster.faults(pull_fail=["ghcr.io/acme/missing:1"])
+    try:
+        message, took = start_failure(profile(cluster, prefix, image="ghcr.io/acme/missing:1",
+                                              start_timeout=60,
+                                              nomad={"driver": "docker"}))
+    finally:
+        cluster.faults(pull_fail=[])
+    assert took < FAST
+    assert re.search(r"did not start: its allocation [0-9a-f]{8} failed: its image could not "
+                     r"be pulled: Failed to pull `ghcr.io/acme/missing:1`", message), message
+
+
+def test_a_nomad_that_cannot_be_reached_is_one_sentence(prefix: str) -> None:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    closed = Cluster(f"http://127.0.0.1:{port}")
+    message, took = start_failure(profile(closed, prefix))
+    assert took < FAST
+    assert message == (f"Nomad at http://127.0.0.1:{port} cannot be reached (connection refused); "
+                       "check the profile's nomad address (or $NOMAD_ADDR) and that Nomad runs.")
+
+
+def test_a_nomad_that_answers_too_slowly_is_one_sentence(cluster: Cluster, prefix: str) -> None:
+    cluster.faults(delay=1.0)
+    try:
+        message, took = start_failure(profile(cluster, prefix, memory_mb=10_000_000,
+                                              nomad={"api_timeout": 0.3}))
+    finally:
+        cluster.faults(delay=0.0)
+    assert took < FAST
+    assert re.fullmatch(rf"Nomad at {cluster.address} did not answer the submission of job {prefix}\S+ "
+                        r"within 0.3 s\.", message), message
+
+    def withdrawn() -> bool:   # the submission may have landed after we gave up: it is purged
+        return any(e["JobID"].startswith(prefix) and e["TriggeredBy"] == "job-deregister"
+                   for e in cluster.api.evaluations.get_evaluations())
+    assert wait_until(withdrawn, 10), "a submission that got no answer was not withdrawn"
+    assert cluster.jobs(prefix) == []
+
+
+@pytest.fixture(scope="module")
+def acl_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    running = start_standin(tmp_path_factory.mktemp("nomad-acl"), token="s3cret-acl-token")
+    yield running
+    running.stop()
+
+
+def test_a_token_nomad_refuses_is_one_sentence_that_names_the_variable_not_the_token(
+        acl_cluster: Cluster, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAM_NOMAD_TOKEN", "wrong-token-value")
+    monkeypatch.setenv("NOMAD_TOKEN", "s3cret-acl-token")   # not the variable the profile names
+    message, _ = start_failure(profile(acl_cluster, prefix,
+                                       nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
+    assert "refused the submission of job" in message and "with the token in $TEAM_NOMAD_TOKEN (403 Permission " \
+        "denied); set $TEAM_NOMAD_TOKEN to a token whose policy" in message, message
+    assert "wrong-token-value" not in message
+    monkeypatch.delenv("TEAM_NOMAD_TOKEN")
+    message, _ = start_failure(profile(acl_cluster, prefix, nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
+    assert "with no token ($TEAM_NOMAD_TOKEN is not set)" in message, message
+
+    monkeypatch.setenv("TEAM_NOMAD_TOKEN", "s3cret-acl-token")
+
+    async def scenario() -> None:
+        backend, sandbox = await started(profile(acl_cluster, prefix,
+                                                 nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
+        events, exited = await collect(await sandbox.exec(0, ExecRequest("r", ("sh",), {}, "echo ok")))
+        assert text(events) == "ok\n" and exited.exit_code == 0
+        await sandbox.terminate()
+        await backend.aclose()
+    run(scenario)
+
+
+def test_an_allocation_killed_mid_run_fails_the_run_with_a_sentence(
+        cluster: Cluster, prefix: str) -> None:
+    async def scenario() -> None:
+        backend, sandbox = await started(profile(cluster, prefix))
+        try:
+            process = await sandbox.exec(0, ExecRequest("r", ("bash",), {}, "echo up; sleep 60"))
+            with pytest.raises(SandboxLostError) as info:
+                async for event in process:
+                    if isinstance(event, Output):
+                        (task,) = [t for t in cluster.task_pids() if t["job"] == sandbox.id]
+                        os.kill(task["pid"], signal.SIGKILL)
+            await process.aclose()
+            assert re.fullmatch(
+                rf"Nomad allocation [0-9a-f]{{8}} of job {sandbox.id} failed: its agent was killed by signal 9 \(exit code 137\)\.",
+                str(info.value)), str(info.value)
+            health = await sandbox.health()
+            assert not health.ok and "its agent was killed by signal 9" in health.reason
+        finally:
+            await sandbox.terminate()
+            await backend.aclose()
+    run(scenario)
+
+
+def test_an_allocation_stopped_through_nomad_mid_run_fails_the_run_with_a_sentence(
+        cluster: Cluster, prefix: str) -> None:
+    async def scenario() -> None:
+        backend, sandbox = await started(profile(cluster, prefix))
+        try:
+            process = await sandbox.exec(0, ExecRequest("r", ("bash",), {}, "echo up; sleep 60"))
+            with pytest.raises(SandboxLostError) as info:
+                async for event in process:
+                    if isinstance(event, Output):
+                        cluster.api.allocation.stop_allocation(sandbox.alloc_id)
+            await process.aclose()
+            assert re.fullmatch(
+                rf"Nomad allocation [0-9a-f]{{8}} of job {sandbox.id} was stopped by Nomad \(alloc is being migrated\)\.",
+                str(info.value)), str(info.value)
+        finally:
+            await sandbox.terminate()
+            await backend.aclose()
+        assert cluster.running(prefix) == [], "the replacement Nomad placed was left running"
+    run(scenario)
+
+
+def test_the_task_log_of_a_dead_sandbox_is_read_from_nomads_log_frames(
+        cluster: Cluster, prefix: str) -> None:
+    async def scenario() -> None:
+        backend, sandbox = await started(profile(cluster, prefix))
+        try:
+            await sandbox.shutdown()
+            assert await sandbox.ended(wait=5.0, budget=10.0)
+            log = await sandbox.log("stdout")
+            assert json.loads(log.splitlines()[0])["port"] == int(sandbox.base_url.rsplit(":", 1)[1].split("/")[0])
+        finally:
+            await sandbox.terminate()
+            await backend.aclose()
+    run(scenario)
+
+
+def test_log_frames_are_decoded_when_split_anywhere() -> None:
+    frames = b"".join(json.dumps({"Data": base64.b64encode(part).decode(), "File": "x",
+                                  "Offset": i}).encode() + (b"{}" if i % 2 else b"")
+                      for i, part in enumerate([b"line one\n", "€uro\n".encode(), b"end"]))
+    for size in (1, 3, 7, len(frames)):
+        chunks = [frames[i:i + size] for i in range(0, len(frames), size)]
+        assert b"".join(decode_frames(iter(chunks))) == "line one\n€uro\nend".encode()

@@ -31,6 +31,17 @@ address = "{address}"
 driver = "raw_exec"
 python = "{python}"
 job_prefix = "{prefix}"
+
+[profiles.huge]
+backend = "nomad"
+memory_mb = 10000000
+max_sandboxes = 1
+
+[profiles.huge.nomad]
+address = "{address}"
+driver = "raw_exec"
+python = "{python}"
+job_prefix = "{prefix}"
 """
 
 
@@ -153,3 +164,35 @@ def test_status_shows_the_job_and_allocation_of_each_sandbox(
         "for b in p['sandboxes']])").stdout
     assert alloc[:8] in status and prefix in status
     assert re.search(rf"'{prefix}[0-9a-f]+-cluster-\d+'", status)
+
+
+def test_an_allocation_stopped_mid_run_fails_the_cell_with_a_sentence_and_is_replaced(
+        kernel: Kernel, cluster: Cluster, prefix: str) -> None:
+    seen: list[str] = []
+
+    def on_stream(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 1:
+            cluster.api.allocation.stop_allocation(text.strip())
+    reply = kernel.execute("%%sandbox bash --profile cluster\necho $NOMAD_ALLOC_ID; sleep 60",
+                           on_stream=on_stream, timeout=60)
+    assert reply.status == "error"
+    alloc = seen[0].strip()
+    message = reply.error["evalue"] if reply.error else ""
+    assert re.search(rf"failed: sandbox lost \(Nomad allocation {alloc[:8]} of job {prefix}\S+ "
+                     r"was stopped by Nomad \(alloc is being migrated\)\.?\)", message), message
+    again = kernel.execute("%%sandbox bash --profile cluster\necho $NOMAD_ALLOC_ID")
+    assert again.status == "ok", again.error
+    assert again.stdout.strip() not in (alloc, ""), "the next run went to the stopped allocation"
+    assert wait_until(lambda: alloc not in {a["ID"] for a in cluster.running(prefix)}, 15), \
+        "the stopped allocation kept running"
+
+
+def test_a_cell_on_a_profile_no_node_can_hold_fails_within_seconds_with_the_reason(
+        kernel: Kernel) -> None:
+    reply = kernel.execute("%%sandbox bash --profile huge\necho never", timeout=30)
+    assert reply.status == "error"
+    assert reply.replied - reply.sent < 10
+    message = reply.error["evalue"] if reply.error else ""
+    assert re.search(r"could not run: .*Nomad job \S+ cannot be placed: no node can run it: "
+                     r".*memory exhausted on 1 node\(s\)", message), message

@@ -202,11 +202,22 @@ class StandIn:
 
     @web.middleware
     async def _acl(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
-            if self.faults.get("delay"):
-                await asyncio.sleep(float(self.faults["delay"]))
-            if self.token is not None and request.headers.get("X-Nomad-Token") != self.token:
-                return web.Response(status=403, text="Permission denied")
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        work = asyncio.ensure_future(self._checked(request, handler))
+        if request.method == "GET":
+            return await work
+        # A write goes through even if the client gave up waiting, as a cluster commits it.
+        work.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(work)
+
+    async def _checked(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.can_read_body:
+            await request.read()      # the request as sent, before any delay
+        if self.faults.get("delay"):
+            await asyncio.sleep(float(self.faults["delay"]))
+        if self.token is not None and request.headers.get("X-Nomad-Token") != self.token:
+            return web.Response(status=403, text="Permission denied")
         return await handler(request)
 
     async def _blocking(self, request: web.Request) -> None:
@@ -737,8 +748,10 @@ class StandIn:
     async def _watch_memory(self, task: Task, limit_mb: int) -> None:
         """OOM kill the task's process tree when its resident memory passes its limit."""
         assert task.process is not None
+        began = time.monotonic()
         while task.process.returncode is None:
-            await asyncio.sleep(OOM_CHECK_INTERVAL)
+            # A kernel's OOM killer acts at once: check often while the task starts up.
+            await asyncio.sleep(OOM_CHECK_INTERVAL if time.monotonic() - began > 2 else 0.02)
             if _tree_rss(task.process.pid) > limit_mb * 2**20:
                 task.oom_killed = True
                 with contextlib.suppress(ProcessLookupError):

@@ -132,7 +132,8 @@ class NomadAPI:
 
     def register(self, job: dict[str, Any]) -> str:
         """Register ``job``; return the id of the evaluation it made."""
-        reply = self._do(f"job {job['ID']}", self.client.jobs.register_job, {"Job": job})
+        reply = self._do(f"the submission of job {job['ID']}", self.client.jobs.register_job,
+                         {"Job": job})
         return str(reply.get("EvalID") or "")
 
     def jobs(self, prefix: str, filter_: str) -> list[dict[str, Any]]:

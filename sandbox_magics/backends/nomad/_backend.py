@@ -117,8 +117,7 @@ class NomadSandbox(AgentSandbox):
         if not ended:
             return fallback
         tail = await self.backend.log_tail(self.alloc_id)
-        return (f"Sandbox {self.job_id} was lost during the run: Nomad allocation "
-                f"{_job.short(self.alloc_id)} {ended}{tail}.")
+        return f"Nomad allocation {_job.short(self.alloc_id)} of job {self.job_id} {ended}{tail}."
 
     async def terminate(self) -> None:
         """Deregister and purge the job, wait (briefly) for its allocation to stop, and
@@ -207,9 +206,8 @@ class Backend(BaseBackend):
             try:
                 eval_id = await self._call(self.api.register, spec)
             except NomadAPIError as exc:
-                raise SandboxStartError(
-                    f"Could not submit Nomad job {sandbox_id} for profile {profile.name!r}: "
-                    f"{exc}") from None
+                registered = exc.status is None   # no answer: it may have been registered
+                raise SandboxStartError(str(exc)) from None
             registered = True
             return await self._wait_ready(profile, sandbox_id, eval_id, token, tags)
         except BaseException:
@@ -232,7 +230,7 @@ class Backend(BaseBackend):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + profile.start_timeout
         index, seen = 0, "its evaluation was not processed yet"
-        job = f"Nomad job {sandbox_id} (profile {profile.name!r})"
+        job = f"Nomad job {sandbox_id}"
         while True:
             left = deadline - loop.time()
             if left <= 0:
@@ -289,7 +287,7 @@ class Backend(BaseBackend):
 
     async def purge(self, sandbox_id: str, alloc_id: str | None = None) -> None:
         """Deregister and purge ``sandbox_id``; wait up to the kill timeout for its
-        allocation to stop; forget its token."""
+        allocations (a replacement Nomad placed too) to stop; forget its token."""
         try:
             await self._call(self.api.deregister, sandbox_id)
         except NomadAPIError as exc:
@@ -301,8 +299,8 @@ class Backend(BaseBackend):
         index = 0
         with contextlib.suppress(NomadAPIError):
             while (left := deadline - time.monotonic()) > 0:
-                alloc, index = await self._call(self.api.allocation, alloc_id, index, left)
-                if alloc.get("ClientStatus") in _job.TERMINAL:
+                allocs, index = await self._call(self.api.job_allocations, sandbox_id, index, left)
+                if all(a.get("ClientStatus") in _job.TERMINAL for a in allocs):
                     return
 
     # ------------------------------------------------------------------ discover
