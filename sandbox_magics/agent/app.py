@@ -11,6 +11,7 @@ Routes (all under ``/v1``, all behind the bearer token)::
     GET  /slots/{slot}/files/{path}       download one file
     PUT  /slots/{slot}/files/{path}       upload one file (parents created)
     POST /shutdown                        stop the agent
+    any other path or method              404 or 405, with the reason in JSON
 
 The file routes answer only while the slot runs nothing, and only for regular files inside
 the workspace with a single hard link (workspace.py says why); the listing leaves out
@@ -18,7 +19,8 @@ every other entry.
 
 JSON bodies are checked by `bodies` before anything runs and may be `MAX_JSON_BODY`
 (16 MiB) long; uploads stream to disk and may be ``--max-upload-mb`` long. Refusals are
-JSON ``{"error": "<one sentence>"}`` with a 4xx status (413 past a limit, naming it).
+JSON ``{"error": "<one sentence>"}`` with a 4xx status (413 past a limit, naming it); a
+5xx means the sandbox itself failed (a slot that cannot be emptied, a full disk).
 
 If the client of an exec goes away mid-stream, the run is killed: nobody could read its
 output or its exit code, and a kernel that died must not leave work running.
@@ -40,9 +42,9 @@ from typing import Any, TypeVar
 from aiohttp import HttpVersion11, web
 
 from . import bodies, process, protocol, workspace
-from .auth import bearer_auth
+from .auth import Handler, bearer_auth
 
-SLOTS = web.AppKey("slots", list)
+SLOTS = web.AppKey("slots", list[process.Slot])
 STATE = web.AppKey("state", dict)
 STOP = web.AppKey("stop", asyncio.Event)
 MAX_UPLOAD_MB = web.AppKey("max_upload_mb", int)
@@ -106,11 +108,32 @@ def idle_seconds(app: web.Application) -> float:
     return time.monotonic() - app[STATE]["last_activity"]
 
 
+class Refusal(Exception):
+    """Raised by a handler, before its answer began, to answer ``status`` with
+    ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": str(self)}, status=self.status)
+
+
+@web.middleware
+async def _answer_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Refusal as refusal:
+        return refusal.response()
+
+
 async def _expect(request: web.Request) -> web.StreamResponse | None:
-    """Answer ``Expect: 100-continue`` as aiohttp does; refuse any other expectation."""
+    """Answer ``Expect: 100-continue`` as aiohttp does; refuse any other expectation (this
+    runs before the middlewares)."""
     if request.headers.get("Expect", "").lower() != "100-continue":
-        return web.json_response({"error": "the agent understands only 'Expect: 100-continue'; "
-                                           "send no other Expect header"}, status=417)
+        return Refusal(417, "the agent understands only 'Expect: 100-continue'; "
+                            "send no other Expect header").response()
     if request.version == HttpVersion11:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     return None
@@ -132,28 +155,11 @@ async def no_route(request: web.Request) -> web.StreamResponse:
 
 
 @web.middleware
-async def _activity(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _activity(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     finally:
         request.app[STATE]["last_activity"] = time.monotonic()
-
-
-class Refusal(Exception):
-    """Raised by a handler, before its answer began, to answer ``status`` with
-    ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@web.middleware
-async def _answer_refusals(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Refusal as refusal:
-        return web.json_response({"error": str(refusal)}, status=refusal.status)
 
 
 def _slot(request: web.Request) -> process.Slot:
@@ -176,13 +182,6 @@ def _idle(slot: process.Slot) -> process.Slot:
     return slot
 
 
-def _confined(request: web.Request, slot: process.Slot) -> Path:
-    try:
-        return workspace.confine(slot.path, request.match_info["path"])
-    except workspace.PathEscapeError as exc:
-        raise Refusal(403, str(exc)) from None
-
-
 _FILE_ERRORS = {
     errno.ENOENT: (404, "there is no file {path} in the workspace; list it to see its files"),
     errno.ENOTDIR: (409, "a folder on the way to {path} is a file; pick another path"),
@@ -200,7 +199,7 @@ _FILE_ERRORS = {
 
 @contextlib.contextmanager
 def _file_refusals(request: web.Request) -> Iterator[None]:
-    """Turn what the workspace refuses about ``{path}`` into a `Refusal`."""
+    """Turn what the workspace refuses about the request's ``{path}`` into a `Refusal`."""
     path = workspace.shown(request.match_info["path"])
     try:
         yield
@@ -405,9 +404,10 @@ async def list_files(request: web.Request) -> web.Response:
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
-    path = _confined(request, _idle(_slot(request)))
+    slot = _idle(_slot(request))
+    rel = request.match_info["path"]
     with _file_refusals(request):
-        fd, size = workspace.open_file(path, request.match_info["path"], write=False)
+        fd, size = workspace.open_file(workspace.confine(slot.path, rel), rel, write=False)
     loop = asyncio.get_running_loop()
     with os.fdopen(fd, "rb") as fh:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -431,11 +431,12 @@ async def put_file(request: web.Request) -> web.Response:
                              "its --max-upload-mb); upload less or raise the limit")
     if request.content_length is not None and request.content_length > limit_mb * 2**20:
         raise too_large
-    path = _confined(request, slot)
+    rel = request.match_info["path"]
     with _file_refusals(request):
+        path = workspace.confine(slot.path, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _confined(request, slot)
-        fd, size = workspace.open_file(path, request.match_info["path"], write=True)
+        workspace.confine(slot.path, rel)
+        fd, size = workspace.open_file(path, rel, write=True)
         try:
             with os.fdopen(fd, "wb") as fh, _undecodable_bodies(request):
                 async for chunk in request.content.iter_chunked(protocol.MAX_CHUNK):
@@ -447,7 +448,7 @@ async def put_file(request: web.Request) -> web.Response:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
-    return web.json_response({"path": request.match_info["path"], "size": size})
+    return web.json_response({"path": rel, "size": size})
 
 
 async def shutdown(request: web.Request) -> web.Response:

@@ -144,11 +144,12 @@ class Fuzzed:
     def lure(self) -> None:
         """Put back the ways out of slot 0 that an earlier example removed."""
         slot = self.agent.slot(0)
-        for name, make in [("lure", lambda p: p.symlink_to(self.sentinel)),
-                           ("lure-file", lambda p: p.symlink_to(self.sentinel / "file.txt")),
-                           ("hard", lambda p: os.link(self.sentinel / "file.txt", p))]:
-            if not os.path.lexists(slot / name):
-                make(slot / name)
+        if not os.path.lexists(slot / "lure"):
+            (slot / "lure").symlink_to(self.sentinel)
+        if not os.path.lexists(slot / "lure-file"):
+            (slot / "lure-file").symlink_to(self.sentinel / "file.txt")
+        if not os.path.lexists(slot / "hard"):
+            os.link(self.sentinel / "file.txt", slot / "hard")
 
     def beside_the_workspaces(self) -> dict[str, tuple[Any, ...]]:
         return _snapshot(self.base, self.agent.root)
