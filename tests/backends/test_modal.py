@@ -24,7 +24,7 @@ from sandbox_magics.backends.modal import MODAL_VERSION, ModalSandbox
 from sandbox_magics.exceptions import ProfileError, SandboxLostError, SandboxStartError
 from sandbox_magics.identity import Identity
 from sandbox_magics.profiles import Profile
-from tests.kernel_driver import pid_alive
+from tests.kernel_driver import pid_alive, wait_until
 from tests.modal_standin.fixtures import CANARY_VALUE, Running, modal_env, standin  # noqa: F401,F811
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +143,8 @@ def test_signal_reaches_the_runs_process_group_through_a_second_exec(
     marker = tmp_path / "child.pid"
     body = f"sleep 300 & echo $! > {marker}; echo ready; wait\n"
 
+    groups: list[int] = []
+
     async def scenario() -> tuple[Exited, int, int]:
         sandbox = await started(profile())
         process = await sandbox.exec(0, ExecRequest("r3", ("bash",), stdin=body))
@@ -150,6 +152,7 @@ def test_signal_reaches_the_runs_process_group_through_a_second_exec(
         async for event in process:
             events.append(event)
             if isinstance(event, Output) and b"ready" in event.data:
+                groups.append(os.getpgid(int(marker.read_text())))
                 assert await process.signal(signal.SIGTERM) is True
         await process.aclose()
         assert await process.signal(signal.SIGTERM) is False      # it has ended
@@ -158,8 +161,8 @@ def test_signal_reaches_the_runs_process_group_through_a_second_exec(
         return events[-1], started_event.pgid, int(marker.read_text())
     exited, pgid, child = run(scenario)
     assert (exited.exit_code, exited.signal) == (-signal.SIGTERM, signal.SIGTERM)
-    assert os.getpgid(child) == pgid if pid_alive(child) else True
-    assert not pid_alive(child), "the background child of the run survived the group signal"
+    assert groups == [pgid], "the run's child was not in the recorded process group"
+    assert wait_until(lambda: not pid_alive(child), 5), "the background child survived the group signal"
 
 
 def test_a_missing_interpreter_is_a_not_found_exit(modal_env: Running) -> None:
@@ -197,7 +200,7 @@ def test_a_sandbox_terminated_underneath_a_run_fails_it_with_modals_reason(modal
     assert message == ("Modal sandbox mp-1 ended while run r5 ran: Modal terminated it (the "
                        "container ran out of memory (OOM)).")
     assert health == Health(False, "Modal terminated it (the container ran out of memory (OOM))")
-    assert not pid_alive(int(marker.read_text()))
+    assert wait_until(lambda: not pid_alive(int(marker.read_text())), 5)
 
 
 def test_every_sandbox_has_a_name_tags_timeout_and_idle_timeout(modal_env: Running) -> None:
