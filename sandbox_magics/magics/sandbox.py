@@ -24,6 +24,7 @@ from ..kernel import Client
 from ..kernel.cell import queue_listener, stream_to_cell
 from ..runs import Run, RunState
 from ..widgets import ArtifactsView, Dashboard, RunLogView
+from ..widgets.runs_table import tidy
 from ._args import parse_downloads, parse_env, parse_uploads, run_args, split_line
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ class SandboxMagics(Magics):
     @magic_arguments()
     def _runs(self, line: str) -> pd.DataFrame:
         _parse(self._runs, line)
-        return self.client.runs()
+        return tidy(self.client.runs())
 
     @magic_arguments()
     def _status(self, line: str) -> None:

@@ -9,24 +9,35 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from . import _comm
+
 REFRESH_INTERVAL = 0.5
 FULL_RATE_VIEWS = 8
 
-SLOT_COLORS = {"free": "#d1fae5", "busy": "#2563eb", "session": "#a78bfa",
-               "starting": "#fbbf24", "stopping": "#9ca3af", "dead": "#dc2626"}
+SLOT_COLORS = {"free": "#ecfdf5", "busy": "#2563eb", "session": "#8b5cf6",
+               "starting": "#f59e0b", "stopping": "#9ca3af", "dead": "#dc2626"}
+SLOT_BORDERS = {"free": "#059669", "busy": "#1e40af", "session": "#6d28d9",
+                "starting": "#b45309", "stopping": "#6b7280", "dead": "#991b1b"}
+LEGEND_STATES = ("free", "busy", "session", "starting", "dead")
 RUN_COLORS = {"queued": "#6b7280", "running": "#2563eb", "succeeded": "#059669",
               "failed": "#dc2626", "timed-out": "#d97706", "cancelled": "#6b7280",
               "lost": "#dc2626", "error": "#dc2626"}
 
 CSS = "<style>" + "".join(
-    f".sbx-s-{state}{{background:{color}}}" for state, color in SLOT_COLORS.items()
-) + (".sbx-grid i{display:inline-block;width:9px;height:9px;margin:1px;border-radius:2px}"
-     ".sbx-row{line-height:11px;white-space:nowrap}"
-     ".sbx-id{display:inline-block;min-width:9em;font:11px monospace}"
-     ".sbx-log{max-height:24em;overflow:auto;font:12px monospace;white-space:pre-wrap;margin:0}"
-     ".sbx-err{color:#b91c1c}.sbx-muted{color:#6b7280;font-size:11px}"
+    f".sbx-s-{state}{{background:{color};border-color:{SLOT_BORDERS[state]}}}"
+    for state, color in SLOT_COLORS.items()
+) + (".sbx-grid i,.sbx-legend i{display:inline-block;box-sizing:border-box;width:16px;height:16px;"
+     "margin:1px 2px 1px 0;border:2px solid;border-radius:3px;vertical-align:middle}"
+     ".sbx-row{line-height:20px;white-space:nowrap}"
+     ".sbx-legend{font-size:12px;color:#374151;margin:2px 0 4px}"
+     ".sbx-legend span{margin-right:10px;white-space:nowrap}"
+     ".sbx-id{display:inline-block;min-width:10em;font:12px monospace;color:#374151}"
+     ".sbx-logbox{max-height:24em;overflow:auto;display:flex;flex-direction:column-reverse;"
+     "border:1px solid #e5e7eb;border-radius:3px}"
+     ".sbx-log{flex:none;overflow:visible;font:12px monospace;white-space:pre-wrap;margin:0;padding:2px 4px}"
+     ".sbx-err{color:#b91c1c}.sbx-muted{color:#4b5563;font-size:12px}"
+     ".sbx-events{color:#4b5563;font-size:12px;margin-top:2px}"
      "</style>")
-
 
 def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
@@ -38,6 +49,32 @@ def size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def output(obj: Any) -> dict[str, Any]:
+    """``obj`` as one ``display_data`` output, for an Output widget's ``outputs``: setting
+    them whole replaces a preview in one message (clear_output followed by an append
+    raced with it in the browser, leaving every second preview empty)."""
+    from IPython.core.formatters import format_display_data
+    data, metadata = format_display_data(obj)
+    return {"output_type": "display_data", "data": data, "metadata": metadata}
+
+
+def file_link(path: Any, note: str = "") -> Any:
+    """A download link to ``path`` as an IPython HTML object, for an Output widget.
+
+    The link is relative to the kernel's working folder (the notebook's), so JupyterLab
+    resolves it to the server's file URL and, as it has ``download``, the browser saves the
+    file itself (a link in a widget's HTML would point at JupyterLab's own page).
+    """
+    import os
+    import urllib.parse
+    from IPython.display import HTML
+    relative = os.path.relpath(os.path.abspath(path), os.getcwd())
+    href = urllib.parse.quote(relative.replace(os.sep, "/"))
+    name = os.path.basename(path)
+    extra = f' <span class="sbx-muted">{esc(note)}</span>' if note else ""
+    return HTML(f'Saved <a href="{esc(href)}" download="{esc(name)}">{esc(name)}</a>{extra}')
 
 
 def badge(state: str) -> str:
@@ -64,6 +101,7 @@ class PolledView(abc.ABC):
         self._every = every
         self._widget: Any = None
         self._poller: concurrent.futures.Future[None] | None = None
+        self._detached = False
 
     @classmethod
     def interval(cls) -> float:
@@ -78,12 +116,18 @@ class PolledView(abc.ABC):
                 return None
             self._widget = self._build()
             self.refresh()
+            _comm.unpin(self._widget)
             PolledView._live.add(self)
             self._poller = self._every(PolledView.interval, self._poll)
         return self._widget
 
     def _poll(self) -> bool:
+        if not self._detached:
+            _comm.detach()
+            self._detached = True
         going = self.refresh()
+        if self._widget is not None:
+            _comm.unpin(self._widget)
         if not going:
             PolledView._live.discard(self)
         return going

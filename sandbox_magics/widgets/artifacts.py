@@ -6,6 +6,7 @@ are local copies taken at release, so this works after the slot has been reused.
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..runs import Artifact, Run
 from ..runs.artifacts import to_frame
-from ._html import CSS, PolledView, esc, size
+from ._html import CSS, PolledView, esc, file_link, output, size
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,8 +35,10 @@ def preview(artifact: Artifact) -> Any:
     if suffix in IMAGE_SUFFIXES:
         return Image(filename=str(artifact.local), format=IMAGE_SUFFIXES[suffix])
     if suffix in CSV_SUFFIXES:
+        sep = "\t" if suffix == ".tsv" else ","
         try:
-            return pd.read_csv(artifact.local, nrows=CSV_ROWS, sep="\t" if suffix == ".tsv" else ",")
+            header = 0 if has_header(artifact.read_bytes(TEXT_PREVIEW), sep) else None
+            return pd.read_csv(artifact.local, nrows=CSV_ROWS, sep=sep, header=header)
         except (ValueError, pd.errors.ParserError) as exc:
             return Pretty(f"{artifact.path} is not readable as CSV: {exc}")
     data = artifact.read_bytes(TEXT_PREVIEW)
@@ -43,6 +46,18 @@ def preview(artifact: Artifact) -> Any:
         return Pretty(f"{artifact.path}: binary file of {size(artifact.size)}; download it to open it.")
     more = "\n[…]" if artifact.size > TEXT_PREVIEW else ""
     return Pretty(data.decode("utf-8", errors="replace") + more)
+
+
+def has_header(data: bytes, sep: str) -> bool:
+    """Whether a CSV's first row names its columns (a guess, as `csv.Sniffer` makes it:
+    a file whose rows are all numbers has none)."""
+    sample = data.decode("utf-8", errors="replace")
+    if "\n" in sample and len(data) >= TEXT_PREVIEW:
+        sample = sample[:sample.rindex("\n")]
+    try:
+        return csv.Sniffer().has_header(sample)
+    except csv.Error:
+        return True
 
 
 def download(artifact: Artifact, directory: Path | None = None) -> Path:
@@ -68,8 +83,9 @@ class ArtifactsView(PolledView):
         self._header = w.HTML()
         self._files = w.Select(options=[], rows=8, layout=w.Layout(width="40em"))
         self._download = w.Button(description="Download", icon="download")
-        self._status = w.HTML()
+        self._status = w.Output()
         self._preview = w.Output()
+        self._preview.add_class("sbx-preview")
         self._files.observe(lambda change: self._show(change["new"]), "value")
         self._download.on_click(lambda _: self._save())
         return w.VBox([self._header, w.HBox([self._files, w.VBox([self._download, self._status])]),
@@ -81,21 +97,20 @@ class ArtifactsView(PolledView):
 
     def _show(self, _: Any) -> None:
         artifact = self._selected()
-        self._preview.clear_output()
-        if artifact is not None:
-            self._preview.append_display_data(preview(artifact))
+        self._preview.outputs = () if artifact is None else (output(preview(artifact)),)
 
     def _save(self) -> None:
+        from IPython.display import HTML
         artifact = self._selected()
         if artifact is None:
-            self._status.value = "Select a file first."
+            self._status.outputs = (output(HTML("Select a file first.")),)
             return
         try:
             target = download(artifact, self.directory)
         except OSError as exc:
-            self._status.value = f'<span class="sbx-err">{esc(exc)}</span>'
+            self._status.outputs = (output(HTML(f'<span class="sbx-err">{esc(exc)}</span>')),)
             return
-        self._status.value = f'Saved <a href="{esc(target.name)}" download>{esc(target.name)}</a>'
+        self._status.outputs = (output(file_link(target)),)
 
     def refresh(self) -> bool:
         if self._widget is None:

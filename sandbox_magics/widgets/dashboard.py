@@ -8,13 +8,26 @@ decisions. Each pool's ``<div>`` carries its counts as ``data-`` attributes.
 from __future__ import annotations
 
 import collections
+import re
+import time
 from typing import Any
 
 from ..kernel import Client
-from ._html import CSS, PolledView, esc
+from ._html import CSS, LEGEND_STATES, PolledView, esc
 
 TITLE_LIMIT = 256
 EVENTS_SHOWN = 4
+URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+LEGEND = ('<div class="sbx-legend">' + "".join(
+    f'<span><i class="sbx-s-{state}"></i> {state}</span>' for state in LEGEND_STATES) + "</div>")
+
+
+def event_text(event: dict[str, Any]) -> str:
+    """One scaling event for people: its kind, sandbox and detail, without addresses."""
+    detail = " ".join(URL.sub("", str(event.get("detail") or "")).split()).strip(" :;,-")
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["time"])) if event.get("time") else ""
+    return " ".join(p for p in (stamp, event["kind"], event.get("sandbox") or "", detail) if p)
 
 
 def pool_counts(pool: dict[str, Any], runs: collections.Counter[str]) -> dict[str, int]:
@@ -30,11 +43,14 @@ def pool_counts(pool: dict[str, Any], runs: collections.Counter[str]) -> dict[st
     }
 
 
-def render(status: list[dict[str, Any]], run_states: dict[str, collections.Counter[str]]) -> str:
-    """The dashboard's HTML for ``Manager.status()`` and run states counted per profile."""
+def render(status: list[dict[str, Any]], run_states: dict[str, collections.Counter[str]],
+           run_names: dict[str, str] | None = None) -> str:
+    """The dashboard's HTML for ``Manager.status()``, run states counted per profile and
+    (for slot tooltips) each run id's label."""
     if not status:
         return CSS + '<div class="sbx-muted">No pool has started yet: run a %%sandbox cell.</div>'
-    parts = [CSS]
+    names = run_names or {}
+    parts = [CSS, LEGEND]
     for pool in status:
         counts = pool_counts(pool, run_states.get(pool["profile"], collections.Counter()))
         attrs = " ".join(f'data-{k}="{v}"' for k, v in counts.items())
@@ -50,15 +66,15 @@ def render(status: list[dict[str, Any]], run_states: dict[str, collections.Count
         for box in pool["sandboxes"]:
             runs = box.get("runs") or [None] * len(box["slots"])
             cells = "".join(
-                f'<i class="sbx-s-{state}" title="slot {i}: {esc(run or state)}"></i>' if titles
+                f'<i class="sbx-s-{state}" title="{esc(box["id"])} slot {i}: {esc(state)}'
+                f'{" · " + esc(names.get(run, run)) if run else ""}"></i>' if titles
                 else f'<i class="sbx-s-{state}"></i>'
                 for i, (state, run) in enumerate(zip(box["slots"], runs)))
             parts.append(f'<div class="sbx-row"><span class="sbx-id">{esc(box["id"])}</span>{cells}</div>')
         events = pool["events"][-EVENTS_SHOWN:]
         if events:
-            parts.append('<div class="sbx-muted">' + " · ".join(
-                f'{esc(e["kind"])} {esc(e["sandbox"] or "")} {esc(e["detail"])}'.strip()
-                for e in events) + "</div>")
+            parts.append('<div class="sbx-events">' + " · ".join(
+                esc(event_text(e)) for e in events) + "</div>")
         parts.append("</div></div>")
     return "".join(parts)
 
@@ -76,6 +92,10 @@ class Dashboard(PolledView):
         self._html = w.HTML()
         return w.VBox([self._html])
 
+    def _names(self) -> dict[str, str]:
+        return {run.id: f"{run.id} {run.name} ({run.state.value})" if run.name != run.id
+                else f"{run.id} ({run.state.value})" for run in self.client.manager.runs}
+
     def _states(self) -> dict[str, collections.Counter[str]]:
         states: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         for run in self.client.manager.runs:
@@ -85,14 +105,14 @@ class Dashboard(PolledView):
     def refresh(self) -> bool:
         if self._widget is None:
             return False
-        value = render(self.client.manager.status(), self._states())
+        value = render(self.client.manager.status(), self._states(), self._names())
         if value != self._last:
             self._last = value
             self._html.value = value
         return True
 
     def html(self) -> str:
-        return render(self.client.status(), self._states())
+        return render(self.client.status(), self._states(), self._names())
 
     def text(self) -> str:
         lines = []

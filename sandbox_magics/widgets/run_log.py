@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 from ..runs import Run
-from ._html import CSS, PolledView, badge, esc, size
+from ._html import CSS, PolledView, badge, esc, file_link, output, size
 
 TAIL_BYTES = 128 * 1024
 TAIL_CHOICES = (50, 200, 1000)
@@ -54,28 +57,61 @@ class RunLogView(PolledView):
         import ipywidgets as w
         self._header = w.HTML()
         self._body = w.HTML()
-        self._follow = w.ToggleButton(value=True, description="Follow", icon="play",
-                                      tooltip="Keep showing the newest output")
+        self._follow = w.ToggleButton(value=True, layout=w.Layout(width="9em"))
         self._lines = w.Dropdown(options=TAIL_CHOICES, value=TAIL_CHOICES[1],
                                  description="Tail lines", layout=w.Layout(width="12em"))
         self._save = w.Button(description="Save full log", icon="download")
-        self._saved = w.HTML()
-        self._follow.observe(lambda _: self.refresh(), "value")
+        self._cancel = w.Button(description="Cancel run", icon="stop", button_style="danger",
+                                tooltip="Stop this run (SIGINT, then SIGTERM, then SIGKILL)")
+        self._saved = w.Output()
+        self._style_follow()
+        self._follow.observe(lambda _: (self._style_follow(), self.refresh()), "value")
         self._lines.observe(lambda _: self.refresh(), "value")
         self._save.on_click(lambda _: self.save())
+        self._cancel.on_click(lambda _: self.cancel())
         return w.VBox([self._header,
-                       w.HBox([self._follow, self._lines, self._save, self._saved]),
+                       w.HBox([self._follow, self._lines, self._save, self._cancel, self._saved]),
                        self._body])
+
+    def _style_follow(self) -> None:
+        on = self._follow.value
+        self._follow.description = "Follow: on" if on else "Follow: off"
+        self._follow.icon = "arrow-down" if on else "pause"
+        self._follow.button_style = "success" if on else ""
+        self._follow.tooltip = ("Showing the newest output as it comes; click to hold the view"
+                                if on else "The view is held; click to follow the newest output")
+
+    def cancel(self) -> None:
+        """Cancel the run from the panel without blocking the thread that handles the click
+        (the escalation can take seconds)."""
+        if self.run.done:
+            return
+        if self._widget is not None:
+            self._cancel.disabled = True
+            self._cancel.description = "Cancelling…"
+
+        def stop() -> None:
+            try:
+                self.run.cancel()
+            except Exception:
+                logging.getLogger(__name__).exception("cancel of run %s failed", self.run.id)
+        threading.Thread(target=stop, name=f"cancel-{self.run.id}", daemon=True).start()
 
     def _header_html(self) -> str:
         run = self.run
         where = f"{run.sandbox}/slot-{run.slot}" if run.sandbox else "waiting for a slot"
         code = f" exit {run.exit_code}" if run.exit_code is not None else ""
         error = f' <span class="sbx-err">{esc(run.error)}</span>' if run.error and run.done else ""
-        return (f"{CSS}<b>{esc(run.name)}</b> <span class='sbx-muted'>{esc(run.id)} · "
-                f"{esc(run.spec.interpreter)} · {esc(run.profile)} · {esc(where)}</span> "
-                f"{badge(run.state.value)}{esc(code)} <span class='sbx-muted'>"
-                f"{size(run.log.total_bytes)} of output</span>{error}")
+        return (f"{CSS}<div class='sbx-head'><b>{esc(run.name)}</b> <span class='sbx-muted'>"
+                f"{esc(run.id)} · {esc(run.spec.interpreter)} · {esc(run.profile)} · {esc(where)}"
+                f"</span> {badge(run.state.value)}{esc(code)} <span class='sbx-muted'>"
+                f"{size(run.log.total_bytes)} of output</span>{error}</div>")
+
+    def _body_html(self) -> str:
+        body = "".join(
+            f'<span class="sbx-err">{esc(text)}</span>' if stream == "stderr" else esc(text)
+            for stream, text in tail_lines(self.run, self._lines.value))
+        return f'<div class="sbx-logbox"><pre class="sbx-log">{body}</pre></div>'
 
     def refresh(self) -> bool:
         if self._widget is None:
@@ -83,15 +119,19 @@ class RunLogView(PolledView):
         run = self.run
         key = (run.state, run.sandbox, run.log.chunks, self._follow.value, self._lines.value)
         if key != self._seen:
+            lines_changed = self._seen is not None and self._seen[4] != key[4]
             self._seen = key
             self._header.value = self._header_html()
-            if self._follow.value:
-                body = "".join(
-                    f'<span class="sbx-err">{esc(text)}</span>' if stream == "stderr" else esc(text)
-                    for stream, text in tail_lines(run, self._lines.value))
-                self._body.value = f'<pre class="sbx-log">{body}</pre>'
+            if self._follow.value or lines_changed:
+                self._body.value = self._body_html()
+            if run.done:
+                self._cancel.disabled = True
+                self._cancel.description = "Cancel run"
+                self._cancel.layout.display = "none"
         if run.done and self.display_handle is not None:
-            self.display_handle.update(self)
+            # In an empty context, as the poller's own publishes no parent (see _comm):
+            # the final display goes to the kernel's current request, as before.
+            contextvars.Context().run(self.display_handle.update, self)
         return not run.done
 
     def save(self) -> Path:
@@ -102,8 +142,7 @@ class RunLogView(PolledView):
             for _, data in self.run.log.chunks_iter():
                 fh.write(data)
         if self._widget is not None:
-            self._saved.value = (f'<a href="{esc(path.name)}" download>{esc(path.name)}</a> '
-                                 f'<span class="sbx-muted">{size(path.stat().st_size)}</span>')
+            self._saved.outputs = (output(file_link(path, size(path.stat().st_size))),)
         return path
 
     def text(self) -> str:

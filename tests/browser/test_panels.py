@@ -48,13 +48,12 @@ def wait_text(locator: Any, needle: str, timeout: float = 20) -> str:
     raise AssertionError(f"{needle!r} never appeared; the text is {text[-2000:]!r}")
 
 
-@defect(1)
 def test_artifacts_previews_show_every_selection(notebook: Notebook, screenshots: Path) -> None:
     notebook.run(PNG_AND_FRIENDS)
     cell = notebook.cell(notebook.run("%sandbox artifacts files"))
     select = cell.locator(".widget-select select")
     select.wait_for()
-    preview = cell.locator(".widget-output")
+    preview = cell.locator(".sbx-preview")
     labels = {name: next(o for o in select.locator("option").all_inner_texts() if o.startswith(name))
               for name in ("a.png", "b.csv", "c.txt", "d.csv")}
     for name in ("a.png", "b.csv", "c.txt", "a.png", "b.csv", "c.txt", "d.csv"):
@@ -74,7 +73,6 @@ def test_artifacts_previews_show_every_selection(notebook: Notebook, screenshots
     notebook.screenshot(screenshots / "artifacts.png", cell)
 
 
-@defect(2)
 def test_saved_links_download_the_file_itself(notebook: Notebook) -> None:
     notebook.run("%%sandbox bash --name saver\necho first line; echo second line; "
                  "echo 'a,b' > table.csv; echo '1,2' >> table.csv")
@@ -103,7 +101,6 @@ def body_text(cell: Any) -> str:
     return cell.locator(".sbx-log").inner_text()
 
 
-@defect(3)
 def test_controls_answer_while_a_blocking_cell_runs(notebook: Notebook) -> None:
     index = notebook.run("%%sandbox bash --bg --name chatty --no-raise-error\n"
                          "for i in $(seq 2000); do echo line $i; sleep 0.05; done")
@@ -120,19 +117,23 @@ def test_controls_answer_while_a_blocking_cell_runs(notebook: Notebook) -> None:
     assert body_text(cell) == frozen, "Follow off did not stop the log while the kernel was busy"
     cell.get_by_role("button", name="Cancel run").click()
     wait_text(cell.locator(".sbx-head"), "cancelled", 3)
-    assert notebook.page.evaluate("() => window.sbxTest.kernelStatus()") == "busy"
+    # (The kernel's status is no guide: a subshell publishes idle after each message.)
+    assert notebook.page.evaluate("i => window.sbxTest.state(i).count", blocking) is None, \
+        "the blocking cell had already ended"
     notebook.wait_cell(blocking, 60)
+    assert "woke" in notebook.cell(blocking).inner_text()
 
 
-@defect(5)
 def test_follow_scrolls_shows_its_state_and_tail_lines_apply_when_off(notebook: Notebook) -> None:
     index = notebook.run("%%sandbox bash --bg --name scroller\n"
                          "for i in $(seq 400); do echo row $i; done; sleep 30")
     cell = notebook.cell(index)
     wait_text(cell.locator(".sbx-log"), "row 400")
-    log = cell.locator(".sbx-log")
-    gap = log.evaluate("e => e.scrollHeight - e.scrollTop - e.clientHeight")
-    assert gap < 4, f"the newest lines are not in view ({gap} px below)"
+    gap = cell.locator(".sbx-log").evaluate(
+        "e => { const r = document.createRange(); r.selectNodeContents(e);"
+        " const box = e.parentElement.getBoundingClientRect();"
+        " return r.getBoundingClientRect().bottom - box.bottom; }")
+    assert gap < 8, f"the newest lines are not in view ({gap} px below)"
     follow = cell.get_by_role("button", name=re.compile("Follow"))
     assert "on" in follow.inner_text().lower()
     follow.click()
@@ -146,7 +147,6 @@ def test_follow_scrolls_shows_its_state_and_tail_lines_apply_when_off(notebook: 
     notebook.run("%sandbox cancel scroller")
 
 
-@defect(6)
 def test_dashboard_is_readable(notebook: Notebook, screenshots: Path) -> None:
     cell = notebook.cell(notebook.run("%sandbox status"))
     notebook.run("%%sandbox bash --bg --name hold-1 --no-raise-error\nsleep 30")
@@ -179,7 +179,6 @@ def contrast_with_white(css: str) -> float:
     return 1.05 / (luminance + 0.05)
 
 
-@defect(7)
 def test_runs_table_is_clean(notebook: Notebook, screenshots: Path) -> None:
     notebook.run("%%sandbox bash\necho unnamed")
     cell = notebook.cell(notebook.run("%sandbox runs"))
@@ -191,11 +190,16 @@ def test_runs_table_is_clean(notebook: Notebook, screenshots: Path) -> None:
     rows = table.locator("tbody tr")
     heights = {round(rows.nth(i).bounding_box()["height"]) for i in range(rows.count())}
     assert max(heights) < 30, f"rows wrap: {heights}"
+    # Wider than the notebook: it scrolls sideways instead of being cut off.
+    scrolls = table.evaluate(
+        "t => { for (let e = t.parentElement; e && !e.classList.contains('jp-Cell');"
+        " e = e.parentElement) { const o = getComputedStyle(e).overflowX;"
+        " if ((o === 'auto' || o === 'scroll') && e.scrollWidth > e.clientWidth) return true; }"
+        " return false; }")
     area = cell.locator(".jp-OutputArea-output")
-    scroll, client = area.evaluate("e => [e.scrollWidth, e.clientWidth]")
-    table_right = table.bounding_box()["x"] + table.bounding_box()["width"]
-    area_right = area.bounding_box()["x"] + area.bounding_box()["width"]
-    assert table_right <= area_right + 1 or scroll > client, "the table is cut off with no scroll"
+    fits = table.bounding_box()["x"] + table.bounding_box()["width"] <= (
+        area.bounding_box()["x"] + area.bounding_box()["width"] + 1)
+    assert fits or scrolls, "the table is cut off with no scroll"
     notebook.screenshot(screenshots / "runs.png", cell)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from sandbox_magics.runs import Run, RunSpec, RunState
 from sandbox_magics.widgets import RunLogView
+from sandbox_magics.widgets._html import LEGEND_STATES
 from sandbox_magics.widgets.dashboard import render
 from sandbox_magics.widgets.run_log import tail_lines
 
@@ -41,7 +42,7 @@ def test_dashboard_renders_ten_thousand_slots_as_one_compact_string() -> None:
                               "slots": ["busy" if j % 2 else "free" for j in range(10)],
                               "runs": [None] * 10} for i in range(1000)]}]
     html = render(status, {})
-    assert html.count("<i ") == 10_000
+    assert html.count("<i ") == 10_000 + len(LEGEND_STATES)  # the slots and the legend
     assert len(html) < 400_000 and "title=" not in html
     assert 'data-busy="5000"' in html and 'data-free="5000"' in html and 'data-queued="3"' in html
 
