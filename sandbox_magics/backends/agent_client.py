@@ -53,7 +53,7 @@ class AgentSandbox(Sandbox):
                 await _raise_for_status(resp, self.id)
                 return await resp.json()
         except _LOST as exc:
-            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({exc!s}).") from None
+            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({_broken(exc)}).") from None
 
     async def exec(self, slot: int, request: ExecRequest) -> AgentProcess:
         body = {"run_id": request.run_id, "argv": list(request.argv), "env": dict(request.env),
@@ -62,7 +62,7 @@ class AgentSandbox(Sandbox):
             resp = await self._session.post(f"{self.base_url}/slots/{slot}/exec", json=body,
                                             headers=self._headers, timeout=STREAM_TIMEOUT)
         except _LOST as exc:
-            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({exc!s}).") from None
+            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({_broken(exc)}).") from None
         try:
             await _raise_for_status(resp, self.id)
         except BaseException:
@@ -96,7 +96,7 @@ class AgentSandbox(Sandbox):
                     async for chunk in resp.content.iter_chunked(protocol.MAX_CHUNK):
                         fh.write(chunk)
         except _LOST as exc:
-            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({exc!s}).") from None
+            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({_broken(exc)}).") from None
 
     async def reset(self, slot: int) -> None:
         await self._request("POST", f"/slots/{slot}/reset")
@@ -147,7 +147,7 @@ class AgentProcess(Process):
                     return
         except _LOST as exc:
             raise SandboxLostError(
-                f"Sandbox {self._sandbox.id} was lost during the run ({type(exc).__name__}: {exc!s})."
+                f"Sandbox {self._sandbox.id} was lost during the run ({_broken(exc)})."
             ) from None
 
     async def signal(self, sig: int) -> bool:
@@ -155,6 +155,19 @@ class AgentProcess(Process):
 
     async def aclose(self) -> None:
         self._resp.release()
+
+
+def _broken(exc: BaseException) -> str:
+    """What went wrong with a connection to the agent, as a clause (aiohttp's own message
+    can be the repr of a half-read HTTP answer)."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the connection was closed before the answer was complete"
+    if isinstance(exc, (aiohttp.ClientPayloadError, asyncio.IncompleteReadError)):
+        return "the answer broke off before its end"
+    if isinstance(exc, ConnectionResetError):
+        return "the connection was reset"
+    text = str(exc)
+    return text if text and not text.startswith("<") else type(exc).__name__
 
 
 def _quote(path: str) -> str:
