@@ -6,8 +6,9 @@ decides otherwise, with the odds in `Faults`:
 ``refused``
     closed as soon as it is accepted, before a byte reaches the agent;
 ``exec-cut``
-    an exec request is read and the connection closed before the agent sees it, so the
-    run's process never starts (the pool must re-queue the run);
+    one exec request in ``exec_cut_every`` (counted over every proxy sharing the `Faults`)
+    is read and its connection closed before the agent sees it, so the run's process never
+    starts (the pool must re-queue the run);
 ``response-cut``
     closed after part of an answer was forwarded (mid-stream for an exec);
 ``slow``
@@ -32,12 +33,12 @@ CHUNK = 65536
 
 @dataclass
 class Faults:
-    """The odds of each fault per connection (``exec_cut`` per exec request), and what
-    the proxies sharing it did so far."""
+    """The odds of each fault per connection, how often an exec is cut, and what the
+    proxies sharing it did so far."""
 
     seed: int = 12
     refused: float = 0.02
-    exec_cut: float = 0.06
+    exec_cut_every: int = 15
     response_cut: float = 0.02
     slow: float = 0.15
     slow_chunks: int = 3
@@ -47,6 +48,7 @@ class Faults:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self.execs = 0
 
     def roll(self, odds: float) -> bool:
         return self.enabled and self.rng.random() < odds
@@ -118,10 +120,11 @@ class FaultProxy:
         faults = self.faults
         while data := await source.read(CHUNK):
             line = data.split(b"\r\n", 1)[0]
-            if line.startswith(b"POST ") and line.endswith(b"/exec HTTP/1.1") \
-                    and faults.roll(faults.exec_cut):
-                faults.counts["exec-cut"] += 1
-                return
+            if line.startswith(b"POST ") and line.endswith(b"/exec HTTP/1.1") and faults.enabled:
+                faults.execs += 1
+                if faults.execs % faults.exec_cut_every == faults.exec_cut_every // 2:
+                    faults.counts["exec-cut"] += 1
+                    return
             sink.write(data)
             await sink.drain()
 

@@ -170,6 +170,9 @@ def chaos(client: Client, runs: int, kill_every: tuple[float, float], wait: floa
     profile = client.profile("chaos")
     client.manager.backends[(profile.backend, settings_of(profile))] = ChaosBackend(
         settings_of(profile), client.identity, faults)
+    retired: list[str] = []
+    client.manager.listeners.append(
+        lambda event: retired.append(event.detail) if event.kind == "lost" else None)
     rng = random.Random(3)
     started = time.monotonic()
     with HealWatch(client) as watch:
@@ -189,17 +192,20 @@ def chaos(client: Client, runs: int, kill_every: tuple[float, float], wait: floa
     failed = [run for run in submitted if run.state is not RunState.SUCCEEDED]
     requeued = [run for run in submitted if any(REQUEUED in n for n in run.notices)]
     by_fault = collections.Counter(fault_named(run) for run in failed)
+    killed = sum("killed by SIGKILL" in reason for reason in retired)
     print(f"\nchaos: {runs} runs on {SANDBOXES} sandboxes x {SLOTS} slots in "
           f"{calm - started:.1f} s; faults injected: {killer.kills} agent kills, "
           + ", ".join(f"{n} {kind}" for kind, n in sorted(faults.counts.items()))
           + f"; runs re-queued before starting: {len(requeued)}; runs failed by faults: "
           f"{len(failed)} ({', '.join(f'{n} {k}' for k, n in by_fault.items())}); "
-          f"runs lost: {states[RunState.LOST]}; hung: 0; time to heal after a fault: "
+          f"runs lost: {states[RunState.LOST]}; sandboxes retired: {len(retired)} ({killed} "
+          f"with their agent killed, {len(retired) - killed} after a dropped connection); "
+          f"hung: 0; time to heal after a fault: "
           f"median {statistics.median(watch.outages or [0]):.1f} s, max "
           f"{max(watch.outages or [0]):.1f} s over {len(watch.outages)} outages; "
           f"after the chaos: {heal:.1f} s")
-    for run in failed:
-        print("  ", run.id, run.state.value, run.failure_message())
+    for fault in by_fault:
+        print(f"  {fault}, e.g.:", next(r for r in failed if fault_named(r) == fault).failure_message())
 
     for i, run in enumerate(submitted):
         if run.state is RunState.SUCCEEDED:
