@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import re
 import signal as signals
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,6 +41,9 @@ MODAL_VERSION = "1.6.4"
 MARK = b"\x1esandbox-magics:"
 STDIN_CHUNK = 1024 * 1024
 HEALTH_TIMEOUT = 2.5
+HEALTH_INTERVAL = 5.0
+"""Seconds a good health answer is reused: the pool asks every tick, and a run whose sandbox
+ends learns it at once from its own exec, so Modal is polled at most this often."""
 RUNS = ".runs"
 
 WRAPPER = r"""
@@ -143,6 +147,7 @@ class ModalSandbox(Sandbox):
         self.tags = dict(tags)
         self.workdir = PurePosixPath(workdir)
         self.terminated = False
+        self._healthy_at = -HEALTH_INTERVAL
 
     def __repr__(self) -> str:
         return f"<ModalSandbox {self.id} {self.sb.object_id} slots={self.slots}>"
@@ -243,13 +248,19 @@ class ModalSandbox(Sandbox):
         await self._fs(f"emptying slot {slot}", self.sb.filesystem.make_directory, folder)
 
     async def health(self) -> Health:
+        now = time.monotonic()
+        if now - self._healthy_at < HEALTH_INTERVAL:
+            return Health(True)
         try:
             reason = await asyncio.wait_for(self.gone(), HEALTH_TIMEOUT)
         except asyncio.TimeoutError:
             return Health(False, f"Modal did not answer a health check within {HEALTH_TIMEOUT:g} s")
         except Exception as exc:  # noqa: BLE001 - health never raises
             return Health(False, f"Modal did not answer a health check ({_one_line(exc)})")
-        return Health(False, reason) if reason else Health(True)
+        if reason:
+            return Health(False, reason)
+        self._healthy_at = now
+        return Health(True)
 
     async def heartbeat(self, tags: Mapping[str, str]) -> None:
         new = {**self.tags, **tags}
