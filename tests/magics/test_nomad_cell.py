@@ -3,9 +3,13 @@ HTTP → the Nomad stand-in (or a real Nomad) → a real agent → the command."
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import secrets
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +51,7 @@ job_prefix = "{prefix}"
 
 def nomad_kernel(cluster: Cluster, root: Path, prefix: str, window: float = 600) -> Kernel:
     """A kernel whose profile ``cluster`` runs on ``cluster``, tokens kept below ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
     profiles = root / "profiles.toml"
     profiles.write_text(PROFILES.format(address=cluster.address, python=sys.executable,
                                         prefix=prefix, window=window))
@@ -196,3 +201,75 @@ def test_a_cell_on_a_profile_no_node_can_hold_fails_within_seconds_with_the_reas
     message = reply.error["evalue"] if reply.error else ""
     assert re.search(r"could not run: .*Nomad job \S+ cannot be placed: no node can run it: "
                      r".*memory exhausted on 1 node\(s\)", message), message
+
+
+def test_a_restarted_kernel_adopts_its_predecessors_jobs_instead_of_starting_new_ones(
+        cluster: Cluster, tmp_path: Path) -> None:
+    prefix = f"a{secrets.token_hex(3)}-"
+    k = nomad_kernel(cluster, tmp_path, prefix)
+    try:
+        first = k.execute("%%sandbox bash --profile cluster\necho $NOMAD_JOB_ID $NOMAD_ALLOC_ID")
+        job, alloc = first.stdout.split()
+        k.manager.restart_kernel(now=True)       # killed: no atexit, no shutdown
+        k.client.wait_for_ready(timeout=60)
+        assert k.execute("%load_ext sandbox_magics").status == "ok"
+        again = k.execute("%%sandbox bash --profile cluster\necho $NOMAD_JOB_ID $NOMAD_ALLOC_ID")
+        assert again.status == "ok", again.error
+        assert again.stdout.split() == [job, alloc], "the restarted kernel started a new sandbox"
+        assert created(cluster, prefix) == {job}
+        events = k.execute(
+            "c = get_ipython().magics_manager.registry['SandboxMagics'].client\n"
+            "print([e['kind'] for p in c.status() for e in p['events']])").stdout
+        assert "'adopted'" in events, events
+    finally:
+        k.execute("%sandbox shutdown", timeout=120)
+        k.shutdown()
+    assert cluster.jobs(prefix) == []
+
+
+def test_a_sigkilled_kernel_leaves_no_running_allocation_after_the_window_and_the_next_reaps_its_job(
+        cluster: Cluster, tmp_path: Path) -> None:
+    prefix = f"w{secrets.token_hex(3)}-"
+    window = 3.0
+    k = nomad_kernel(cluster, tmp_path / "one", prefix, window=window)
+    try:
+        reply = k.execute("%%sandbox bash --profile cluster\necho $NOMAD_JOB_ID")
+        job = reply.stdout.strip()
+        assert wait_until(lambda: len(cluster.running(prefix)) == 1, 10)
+        os.kill(k.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert wait_until(lambda: cluster.running(prefix) == [], window + 15), \
+            "an allocation outlived its dead kernel's heartbeat window"
+        assert time.monotonic() - killed >= window - 1, "the agent did not wait for the window"
+    finally:
+        k.shutdown()
+    assert [j["ID"] for j in cluster.jobs(prefix)] == [job]     # dead, not yet purged
+    other = nomad_kernel(cluster, tmp_path / "two", prefix, window=window)
+    try:
+        reply = other.execute("%%sandbox bash --profile cluster\necho $NOMAD_JOB_ID")
+        assert reply.status == "ok", reply.error
+        assert wait_until(lambda: [j["ID"] for j in cluster.jobs(prefix)] == [reply.stdout.strip()],
+                          15), "the dead kernel's job was not reaped"
+    finally:
+        other.execute("%sandbox shutdown", timeout=120)
+        other.shutdown()
+
+
+def test_shutdown_purge_leaves_no_job_and_no_running_allocation(
+        cluster: Cluster, tmp_path: Path) -> None:
+    prefix = f"p{secrets.token_hex(3)}-"
+    k = nomad_kernel(cluster, tmp_path, prefix)
+    try:
+        assert k.execute("%sandbox scale cluster 2").status == "ok"
+        assert k.execute("%%sandbox bash --profile cluster\ntrue").status == "ok"
+        assert wait_until(lambda: len(cluster.running(prefix)) == 2, 30), cluster.running(prefix)
+        assert len(cluster.jobs(prefix)) == 2, cluster.jobs(prefix)
+        reply = k.execute("%sandbox shutdown --purge", timeout=120)
+        assert reply.status == "ok", reply.error
+        assert cluster.jobs(prefix) == []
+        assert cluster.running(prefix) == [], [
+            (a["ID"], a["ClientStatus"], a["DesiredStatus"]) for a in cluster.running(prefix)]
+        tokens = list((tmp_path / "state" / "sandbox_magics").glob("*.json"))
+        assert all(json.loads(t.read_text()) == {} for t in tokens), "tokens outlived their jobs"
+    finally:
+        k.shutdown()
