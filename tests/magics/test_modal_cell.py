@@ -238,3 +238,22 @@ def test_the_modal_notebook_runs_against_the_stand_in(standin: Running, tmp_path
     assert "Stopped" in outputs[7]
     assert not [b for b in standin.standin.running() if b.app_id == standin.standin.apps.get(
         ("main", "sandbox-magics-demo"))]
+
+
+def test_no_modal_credentials_fail_a_cell_with_one_sentence_within_seconds(
+        standin: Running, tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(PROFILES)
+    env = {**kernel_env(profiles, tmp_path / "ws"), **modal_environment(standin.url, tmp_path / "m.toml")}
+    del env["MODAL_TOKEN_ID"], env["MODAL_TOKEN_SECRET"]
+    k = Kernel(env)
+    try:
+        assert k.execute("%load_ext sandbox_magics").status == "ok"
+        reply = k.execute("%%sandbox bash --profile m\necho never")
+        assert reply.replied - reply.sent < 10
+        assert reply.error is not None and len(reply.error["traceback"]) == 1
+        assert reply.error["evalue"].endswith(
+            "No Modal credentials were found: run `modal token new` (or set MODAL_TOKEN_ID and "
+            "MODAL_TOKEN_SECRET) and try again.")
+    finally:
+        k.shutdown()

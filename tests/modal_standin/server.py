@@ -53,6 +53,7 @@ GPU_TYPES = ("T4", "L4", "A10G", "A10", "A100", "A100-40GB", "A100-80GB", "L40S"
 BUILD_FAILS = "does-not-exist"
 READ_CHUNK = 64 * 1024
 SEND_CHUNK = 1024 * 1024
+KEEP_FINISHED = 120.0
 _V1_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _RESULT = api_pb2.GenericResult
 
@@ -76,6 +77,7 @@ class Exec:
     stdin_offset: int = 0
     stdin_closed: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    ended_at: float | None = None
 
     def notify(self) -> None:
         self.changed.set()
@@ -237,6 +239,9 @@ class StandIn:
         while box.result is None:
             await asyncio.sleep(0.2)
             now = time.monotonic()
+            for key in [k for k, e in box.execs.items()
+                        if e.ended_at is not None and now - e.ended_at > KEEP_FINISHED and k != "entrypoint"]:
+                del box.execs[key]          # its output was read long ago; free the memory
             entry = box.execs.get("entrypoint")
             if entry is not None and entry.done.is_set():
                 code = entry.process.returncode or 0
@@ -296,7 +301,7 @@ class StandIn:
             ex.notify()
         await asyncio.gather(read(1, process.stdout), read(2, process.stderr))
         await process.wait()
-        box.last_active = time.monotonic()
+        box.last_active = ex.ended_at = time.monotonic()
         ex.done.set()
         ex.notify()
 
