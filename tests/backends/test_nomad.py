@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 
 from sandbox_magics import identity
-from sandbox_magics.backends import make_backend
+from sandbox_magics.backends import make_backend, settings_of
 from sandbox_magics.backends.base import ExecRequest, Exited, Output, Started
 from sandbox_magics.backends.nomad import Backend, NomadSandbox
-from sandbox_magics.backends.nomad._api import decode_frames
-from sandbox_magics.exceptions import SandboxLostError, SandboxStartError
+from sandbox_magics.backends.nomad import _job
+from sandbox_magics.backends.nomad._api import NomadAPI, decode_frames
+from sandbox_magics.exceptions import ProfileError, SandboxLostError, SandboxStartError
 from sandbox_magics.identity import Identity
 from sandbox_magics.profiles import Profile
 from tests.kernel_driver import wait_until
@@ -351,3 +352,73 @@ def test_log_frames_are_decoded_when_split_anywhere() -> None:
     for size in (1, 3, 7, len(frames)):
         chunks = [frames[i:i + size] for i in range(0, len(frames), size)]
         assert b"".join(decode_frames(iter(chunks))) == "line one\n€uro\nend".encode()
+
+
+def test_settings_are_checked_and_a_bad_key_is_one_profile_error_sentence() -> None:
+    def settings(**table: Any) -> Any:
+        return settings_of(Profile(name="c", backend="nomad", engine_tables={"nomad": table},
+                                   source="profiles file 'p.toml'"))
+    assert settings().driver == "docker" and settings().datacenters == ("*",)
+    for table, problem in [
+        ({"driver": "exec"}, "key 'nomad.driver' must be one of docker, raw_exec, got 'exec'"),
+        ({"address": "nomad:4646"}, "key 'nomad.address' must be an http:// or https://"),
+        ({"token_env": "MY TOKEN"}, "key 'nomad.token_env' must be the name of an environment"),
+        ({"job_prefix": "-x"}, "key 'nomad.job_prefix' must be 1 to 41 letters"),
+        ({"datacenters": []}, "key 'nomad.datacenters' must list one or more"),
+        ({"constraints": [{"attribute": "${attr.kernel.name}", "operator": "~"}]},
+         "item 1 has operator '~'"),
+        ({"token": "abc"}, "key 'nomad.token' is not a nomad setting; valid keys are: address,"),
+    ]:
+        with pytest.raises(ProfileError) as info:
+            settings(**table)
+        assert str(info.value).startswith("In the profiles file 'p.toml', profile 'c' ")
+        assert problem in str(info.value), str(info.value)
+
+
+def test_the_job_spec_for_docker_carries_image_port_resources_gpu_and_constraints(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOMAD_ADDR", raising=False)
+    p = Profile(name="gpu", backend="nomad", image="ghcr.io/acme/sbx:1", cpu=2.5,
+                memory_mb=4096, gpu="A100:2", slots_per_sandbox=3, heartbeat_window=120,
+                engine_tables={"nomad": {
+                    "datacenters": ["eu-1", "eu-2"], "node_pool": "gpus", "namespace": "ml",
+                    "constraints": [{"attribute": "${node.class}", "value": "gpu"}]}})
+    settings = settings_of(p)
+    assert settings.resolved_address() == "http://127.0.0.1:4646"
+    me = Identity()
+    tags = {**me.tags("gpu"), identity.NAME: "gpu 1/x"}
+    sandbox_id = _job.job_id(settings, me.client_id, "gpu 1/x")
+    assert sandbox_id == f"sandbox-magics-{me.client_id}-gpu-1-x"
+    job = _job.job_spec(settings, p, sandbox_id, tags, "ab" * 32, "ml", None)
+    assert job["Type"] == "batch" and job["Namespace"] == "ml" and job["NodePool"] == "gpus"
+    assert job["Datacenters"] == ["eu-1", "eu-2"] and "Region" not in job
+    assert job["Constraints"] == [{"LTarget": "${node.class}", "Operand": "=", "RTarget": "gpu"}]
+    task = job["TaskGroups"][0]["Tasks"][0]
+    assert task["Driver"] == "docker"
+    assert task["Config"]["image"] == "ghcr.io/acme/sbx:1" and task["Config"]["ports"] == ["agent"]
+    args = task["Config"]["args"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    assert args[args.index("--port") + 1] == "${NOMAD_PORT_agent}"
+    assert args[args.index("--slots") + 1] == "3"
+    assert args[args.index("--idle-timeout") + 1] == "120"
+    assert task["Resources"]["CPU"] == 2500 and task["Resources"]["MemoryMB"] == 4096
+    assert task["Resources"]["Devices"] == [{"Name": "nvidia/gpu", "Count": 2, "Constraints": [
+        {"LTarget": "${device.model}", "Operand": "regexp", "RTarget": "A100"}]}]
+    assert task["Env"] == {"SANDBOX_AGENT_TOKEN_SHA256": "ab" * 32, "PYTHONUNBUFFERED": "1"}
+    assert _job.tags_of(job["Meta"]) == {**tags, "sandbox_magics.slots": "3"}
+    assert all("." not in key for key in job["Meta"])
+
+
+def test_python_nomad_quirks_are_wrapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No token and a user agent (a TypeError in python-nomad), no fallback to $NOMAD_TOKEN
+    when the profile names another variable, and https checked."""
+    monkeypatch.setenv("NOMAD_TOKEN", "not-this-one")
+    monkeypatch.delenv("OTHER_TOKEN", raising=False)
+    api = NomadAPI(settings_of(Profile(name="c", backend="nomad", engine_tables={
+        "nomad": {"address": "https://nomad.example:4646", "token_env": "OTHER_TOKEN"}})))
+    client = api.client
+    assert client.jobs.token is None and client.client.stream_logs.token is None
+    assert api._session.headers["User-Agent"].startswith("sandbox_magics/")
+    assert api._session.verify is True and client.jobs.verify is True
+    monkeypatch.setenv("OTHER_TOKEN", "mine")
+    assert api.client.job.token == "mine"

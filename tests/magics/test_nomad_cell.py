@@ -171,6 +171,40 @@ def test_status_shows_the_job_and_allocation_of_each_sandbox(
     assert re.search(rf"'{prefix}[0-9a-f]+-cluster-\d+'", status)
 
 
+def test_sessions_transfers_and_artifacts_work_on_nomad_as_they_do_locally(
+        kernel: Kernel, tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_text("input data\n")
+    first = kernel.execute(
+        f"%%sandbox bash --profile cluster --session prep --upload {tmp_path}/data.txt:in/d.txt "
+        f"--download out.txt:{tmp_path}/result.txt\n"
+        "tr a-z A-Z < in/d.txt > out.txt; echo 42 > answer.txt; echo $NOMAD_JOB_ID")
+    assert first.status == "ok", first.error
+    assert (tmp_path / "result.txt").read_text() == "INPUT DATA\n"
+    second = kernel.execute("%%sandbox bash --profile cluster --session prep\n"
+                            "cat answer.txt; echo $NOMAD_JOB_ID")
+    assert second.stdout.splitlines() == ["42", first.stdout.strip()]
+    arts = kernel.execute(
+        "r = get_ipython().magics_manager.registry['SandboxMagics'].client.manager.runs\n"
+        "print(sorted(a.path for a in list(r)[-2].artifacts))").stdout
+    assert "'answer.txt'" in arts and "'out.txt'" in arts, arts
+    assert kernel.execute("%sandbox end-session prep").status == "ok"
+
+
+def test_interrupt_stops_the_remote_process_group_and_frees_the_slot(kernel: Kernel) -> None:
+    seen: list[str] = []
+
+    def on_stream(text: str) -> None:
+        seen.append(text)
+        if "pids" in text:
+            kernel.manager.interrupt_kernel()
+    reply = kernel.execute("%%sandbox bash --profile cluster\nsleep 300 & echo pids $$ $!; wait",
+                           on_stream=on_stream)
+    assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
+    assert "process group was stopped" in reply.stderr, reply.stderr
+    after = kernel.execute("%%sandbox bash --profile cluster\necho slot free")
+    assert after.stdout == "slot free\n", after.error
+
+
 def test_an_allocation_stopped_mid_run_fails_the_cell_with_a_sentence_and_is_replaced(
         kernel: Kernel, cluster: Cluster, prefix: str) -> None:
     seen: list[str] = []
