@@ -132,7 +132,7 @@ class Sandbox(abc.ABC):
         """Start ``request`` in ``slot`` and return its `Process`.
 
         Raises:
-            AgentRequestError: the sandbox refused the request (busy slot, bad argv).
+            SandboxError: the sandbox refused the request (busy slot, bad argv).
             SandboxLostError: the sandbox could not be reached.
         """
 

@@ -22,6 +22,9 @@ Environment overrides: ``SANDBOX_MAGICS__<PROFILE>__<KEY>=value`` and
 ``SANDBOX_MAGICS__DEFAULT__LOCAL__WORKSPACE_BASE=/tmp/ws``. A value is taken as it is
 for a common string key, else read as JSON, and kept as it is when it is not JSON.
 
+``SANDBOX_MAGICS_BACKEND=modal`` (or ``nomad``) moves every built-in profile to that engine
+at once, before the file and the other variables apply.
+
 The file comes from the ``profiles_file`` argument or ``SANDBOX_MAGICS_PROFILES``. Every
 error is one sentence naming the file (or variable), the profile and the key.
 """
@@ -48,6 +51,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 PROFILES_FILE_ENV = "SANDBOX_MAGICS_PROFILES"
+BACKEND_ENV = "SANDBOX_MAGICS_BACKEND"
 ENV_PREFIX = "SANDBOX_MAGICS__"
 MAX_NESTING = 8
 _BUILTIN = "builtin.toml"
@@ -74,7 +78,8 @@ class ProfileCache:
             stat = None
         key = (os.fspath(path) if path else None,
                (stat.st_mtime_ns, stat.st_size, stat.st_ino) if stat else None,
-               tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX))))
+               tuple(sorted((k, v) for k, v in os.environ.items()
+                            if k.startswith(ENV_PREFIX) or k == BACKEND_ENV)))
         if key != self._key:
             self._profiles = load_profiles(profiles_file)
             self._key = key
@@ -98,7 +103,11 @@ def load_profiles(
     environ = os.environ if environ is None else environ
     raw: Tables = {}
     sources: dict[str, str] = {}
-    _merge(raw, sources, _parse_toml(_builtin_text(), _BUILTIN_SOURCE), _BUILTIN_SOURCE)
+    builtin = _parse_toml(_builtin_text(), _BUILTIN_SOURCE)
+    _merge(raw, sources, builtin, _BUILTIN_SOURCE)
+    if environ.get(BACKEND_ENV):
+        source = f"environment variable {BACKEND_ENV!r}"
+        _merge(raw, sources, {name: {"backend": environ[BACKEND_ENV]} for name in builtin}, source)
     path = profiles_file or environ.get(PROFILES_FILE_ENV) or None
     if path:
         source = f"profiles file {os.fspath(path)!r}"

@@ -175,3 +175,13 @@ def test_environment_override_error_says_environment_once() -> None:
     assert "the the" not in message
     assert message.startswith("In the environment variable 'SANDBOX_MAGICS__DEFAULT__CPU', "
                               "profile 'default' key 'cpu' must be greater than zero")
+
+
+def test_one_variable_moves_every_builtin_profile_to_another_engine(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('[profiles.mine]\nslots_per_sandbox = 2\n\n[profiles.high-memory]\nbackend = "local"\n')
+    profiles = load_profiles(path, environ={"SANDBOX_MAGICS_BACKEND": "modal"})
+    assert profiles["default"].backend == profiles["pytorch-gpu"].backend == "modal"
+    assert profiles["high-memory"].backend == "local" and profiles["mine"].backend == "local"
+    with pytest.raises(ProfileError, match="SANDBOX_MAGICS_BACKEND.*must be one of"):
+        load_profiles(environ={"SANDBOX_MAGICS_BACKEND": "k8s"})
