@@ -43,7 +43,7 @@ from ._settings import Settings
 
 T = TypeVar("T")
 
-READY_POLL = 0.1
+READY_POLL = 0.03
 ALLOC_WAIT = 0.5
 LOSS_WAIT = 3.0
 STOP_WAIT = _job.KILL_TIMEOUT + 3.0
