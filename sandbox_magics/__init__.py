@@ -57,6 +57,8 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(magics)
     ipython.configurables.append(magics)
     ipython.display_formatter.ipython_display_formatter.for_type(Run, magics.display_run)
+    from .widgets.lab import LabBridge
+    magics.lab = LabBridge.register(magics)  # the JupyterLab sidebar's comm; None outside a kernel
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -65,6 +67,8 @@ def unload_ipython_extension(ipython: Any) -> None:
     from .runs import Run
     for magics in list(ipython.magics_manager.registry.values()):
         if isinstance(magics, SandboxMagics):
+            if getattr(magics, "lab", None) is not None:
+                magics.lab.close()
             magics.close()
     ipython.display_formatter.ipython_display_formatter.pop(Run, None)
     ipython.magics_manager.registry.pop("SandboxMagics", None)

@@ -50,12 +50,15 @@ class SandboxMagics(Magics):
         self._client: Client | None = None
         self._log_views: weakref.WeakKeyDictionary[Run, RunLogView] = weakref.WeakKeyDictionary()
         self._dashboard: Dashboard | None = None
+        self.on_client: list[Callable[[Client], None]] = []  # called with each new client
 
     @property
     def client(self) -> Client:
         """The kernel's client, created on first use (loading the extension stays cheap)."""
         if self._client is None:
             self._client = Client(self.profiles_file or None)
+            for hook in self.on_client:
+                hook(self._client)
         return self._client
 
     @observe("profiles_file")

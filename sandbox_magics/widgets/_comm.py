@@ -39,7 +39,8 @@ def detach() -> None:
 
 
 def unpin(widget: Any) -> None:
-    """Forget which subshell the comms of ``widget`` and its children were last used from."""
+    """Forget which subshell the comms of ``widget`` and its children (or the comm
+    ``widget`` itself) were last used from."""
     seen: set[int] = set()
     stack = [widget]
     while stack:
@@ -47,7 +48,7 @@ def unpin(widget: Any) -> None:
         if w is None or id(w) in seen:
             continue
         seen.add(id(w))
-        comm = getattr(w, "comm", None)
+        comm = w if hasattr(w, "_reply_subshell_lock") else getattr(w, "comm", None)
         lock = getattr(comm, "_reply_subshell_lock", None)
         if lock is not None:
             with lock:

@@ -149,7 +149,9 @@ def write_notebook(path: Path, cells: list[str] = ()) -> None:  # type: ignore[a
 # JavaScript run in the page. `nb()` is the open notebook panel.
 JS_HELPERS = """
 window.sbxTest = {
-  nb() { return window.jupyterapp.shell.currentWidget; },
+  // The notebook opened last (other panels may take the main area's focus later).
+  panel: window.jupyterapp.shell.currentWidget,
+  nb() { return this.panel; },
   kernelStatus() { const k = this.nb().sessionContext.session?.kernel; return k ? k.status : 'none'; },
   cellCount() { return this.nb().content.widgets.length; },
   addCell(source) {

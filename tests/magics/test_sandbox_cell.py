@@ -139,8 +139,9 @@ def test_profiles_and_runs_are_dataframes(kernel: Kernel) -> None:
     reply = kernel.execute("%sandbox profiles")
     html = reply.data[0]["text/html"]
     assert "pytorch-gpu" in html and "slots_per_sandbox" in html
-    reply = kernel.execute("runs = %sandbox runs\nprint(type(runs).__name__, list(runs.columns)[:4], len(runs) > 3)")
-    assert reply.stdout == "DataFrame ['name', 'profile', 'backend', 'interpreter'] True\n"
+    reply = kernel.execute("import pandas\nruns = %sandbox runs\n"
+                           "print(isinstance(runs, pandas.DataFrame), list(runs.columns)[:4], len(runs) > 3)")
+    assert reply.stdout == "True ['name', 'profile', 'backend', 'interpreter'] True\n", reply.error
 
 
 def test_unknown_subcommand_lists_the_valid_ones(kernel: Kernel) -> None:

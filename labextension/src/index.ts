@@ -1,0 +1,83 @@
+// sandbox-magics: a "Sandboxes" sidebar and a `sandbox 5/8` status-bar item for the
+// active notebook's kernel, fed by the `sandbox_magics` comm that `%load_ext
+// sandbox_magics` registers in the kernel.
+import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { MainAreaWidget } from '@jupyterlab/apputils';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { LabIcon } from '@jupyterlab/ui-components';
+
+import { IRun, ModelRegistry, SandboxModel } from './model';
+import { LogPanel, SandboxPanel, StatusItem } from './views';
+
+const ICON_SVG =
+  '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 16 16">' +
+  '<g class="jp-icon3" fill="#616161">' +
+  '<rect x="1" y="2" width="6" height="5" rx="1"/><rect x="9" y="2" width="6" height="5" rx="1"/>' +
+  '<rect x="1" y="9" width="6" height="5" rx="1"/><rect x="9" y="9" width="6" height="5" rx="1" opacity="0.4"/>' +
+  '</g></svg>';
+
+export const sandboxIcon = new LabIcon({ name: 'sandbox-magics:sandboxes', svgstr: ICON_SVG });
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'sandbox-magics:plugin',
+  description: 'Sandboxes sidebar and status-bar item for sandbox_magics.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  optional: [ILabShell, IStatusBar],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    labShell: ILabShell | null,
+    statusBar: IStatusBar | null
+  ) => {
+    const models = new ModelRegistry();
+    const openLog = (model: SandboxModel, run: IRun) => {
+      const content = new LogPanel(model, run);
+      const widget = new MainAreaWidget({ content });
+      widget.id = content.id;
+      widget.title.label = content.title.label;
+      widget.title.icon = sandboxIcon;
+      app.shell.add(widget, 'main', { mode: 'split-right' });
+      app.shell.activateById(widget.id);
+    };
+    const panel = new SandboxPanel(openLog);
+    panel.title.icon = sandboxIcon;
+    app.shell.add(panel, 'left', { rank: 600 });
+
+    const item = new StatusItem();
+    if (statusBar) {
+      statusBar.registerStatusItem('sandbox-magics:status', {
+        item,
+        align: 'left',
+        rank: 4
+      });
+    }
+
+    // Every notebook's kernel gets a model as soon as it connects, so its state is
+    // there when the notebook becomes active.
+    const watch = (notebook: NotebookPanel) => {
+      const context = notebook.sessionContext;
+      const connect = () => {
+        models.get(context.session?.kernel);
+        if (tracker.currentWidget === notebook) {
+          follow(notebook);
+        }
+      };
+      context.kernelChanged.connect(connect);
+      void context.ready.then(connect);
+    };
+    const follow = (notebook: NotebookPanel | null) => {
+      const model = notebook ? models.get(notebook.sessionContext.session?.kernel) : null;
+      panel.model = model;
+      panel.notebookName = notebook ? notebook.context.path : '';
+      item.model = model;
+    };
+    tracker.widgetAdded.connect((_, notebook) => watch(notebook));
+    tracker.forEach(watch);
+    tracker.currentChanged.connect((_, notebook) => follow(notebook));
+    follow(tracker.currentWidget);
+  }
+};
+
+export default plugin;

@@ -1,0 +1,262 @@
+"""The kernel's end of the JupyterLab extension: one comm target, ``sandbox_magics``.
+
+The frontend opens a comm to this target when it connects to a kernel, so a reload or a
+second tab gets the current state at once; ``%load_ext sandbox_magics`` also opens one
+towards the frontend, so a page connected before the extension was loaded lights up.
+A frontend without the extension ignores it; a kernel without this target closes the
+frontend's comm, and the frontend shows nothing.
+
+Over every comm the kernel sends the pools and runs of this kernel's client as one JSON
+message (``{"type": "state", ...}``), only when something changed and at most every
+`INTERVAL` seconds, from a poller on the manager's loop (as the panels refresh). The
+frontend sends actions: ``cancel`` a run, ``scale`` a pool (``sandboxes`` a number or
+null for auto), ``shutdown`` a pool (scale to 0), and ``log`` to follow one run's tail.
+
+JupyterLab 4.6 delivers comm messages to a kernel subshell (see `_comm`), so actions are
+handled while a blocking cell holds the main shell; each is handed to a thread so that
+the handler returns at once, and its outcome comes back as ``{"type": "notice"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from . import _comm
+
+if TYPE_CHECKING:
+    from ..kernel import Client
+
+TARGET = "sandbox_magics"
+INTERVAL = 1.0
+FINISHED_SHOWN = 20
+LOG_LINES = 200
+log = logging.getLogger(__name__)
+
+
+def pool_state(pool: dict[str, Any]) -> dict[str, Any]:
+    slots = [s for box in pool["sandboxes"] for s in box["slots"]]
+    return {
+        "profile": pool["profile"], "backend": pool["backend"],
+        "busy": sum(s in ("busy", "session") for s in slots), "total": len(slots),
+        "queued": pool["queued"], "starting": pool["starting"], "target": pool.get("target"),
+        "max_sandboxes": pool["max_sandboxes"],
+        "sandboxes": [{"id": box["id"], "state": box["state"], "slots": list(box["slots"]),
+                       "runs": list(box.get("runs") or [None] * len(box["slots"]))}
+                      for box in pool["sandboxes"]],
+    }
+
+
+def run_state(run: Any) -> dict[str, Any]:
+    return {"id": run.id, "name": run.name, "profile": run.profile, "state": run.state.value,
+            "queued": run.queued_at, "started": run.started_at, "ended": run.ended_at,
+            "sandbox": run.sandbox, "slot": run.slot, "exit_code": run.exit_code,
+            "done": run.done}
+
+
+class LabBridge:
+    """Serves the ``sandbox_magics`` comm target for one `SandboxMagics`."""
+
+    def __init__(self, magics: Any) -> None:
+        self._magics = weakref.ref(magics)
+        self._comms: dict[str, Any] = {}
+        self._follow: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._last: str | None = None
+        self._last_logs: dict[str, str] = {}
+        self._polling: Any = None
+        self._polled: Any = None
+        self._manager: Any = None
+
+    # -- registration -------------------------------------------------------------------
+
+    @classmethod
+    def register(cls, magics: Any) -> LabBridge | None:
+        """Register the target in the running kernel and announce it; None outside one."""
+        manager = _comm_manager()
+        if manager is None:
+            return None
+        bridge = cls(magics)
+        bridge._manager = manager
+        manager.register_target(TARGET, bridge._opened)
+        magics.on_client.append(bridge._client_started)
+        try:
+            from comm import create_comm
+            comm = create_comm(target_name=TARGET, data=bridge._empty_state())
+        except Exception:  # a frontend that cannot take comms: nothing to announce
+            log.debug("could not announce the sandbox_magics comm", exc_info=True)
+        else:
+            _comm.unpin(comm)  # opened by a cell: its replies must not wait for the main shell
+            bridge._add(comm)
+        if magics._client is not None:
+            bridge._client_started(magics._client)
+        return bridge
+
+    def close(self) -> None:
+        """Unregister the target and close every comm (extension unloaded)."""
+        if self._manager is not None:
+            self._manager.unregister_target(TARGET, self._opened)
+        for comm in list(self._comms.values()):
+            try:
+                comm.close()
+            except Exception:
+                pass
+        self._comms.clear()
+        if self._polling is not None:
+            self._polling.cancel()
+
+    def _opened(self, comm: Any, msg: dict[str, Any]) -> None:
+        self._add(comm)
+        client = self._client()
+        if client is None:
+            comm.send(self._empty_state())
+        else:
+            self._last = None  # the next tick sends everyone the whole state
+
+    def _add(self, comm: Any) -> None:
+        with self._lock:
+            self._comms[comm.comm_id] = comm
+        comm.on_msg(self._received)
+        comm.on_close(lambda msg, cid=comm.comm_id: self._closed(cid))
+
+    def _closed(self, comm_id: str) -> None:
+        with self._lock:
+            self._comms.pop(comm_id, None)
+            self._follow.pop(comm_id, None)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _client(self) -> Client | None:
+        magics = self._magics()
+        return None if magics is None else magics._client
+
+    def _client_started(self, client: Client) -> None:
+        self._last = None
+        self._polled = client
+        self._polling = client.every(lambda: INTERVAL, self._tick)
+
+    def _empty_state(self) -> dict[str, Any]:
+        return {"type": "state", "now": time.time(), "busy": 0, "total": 0, "pools": [],
+                "runs": []}
+
+    def state(self, client: Client) -> dict[str, Any]:
+        """The pools and runs of ``client`` as plain data (call on its loop)."""
+        pools = [pool_state(p) for p in client.manager.status()]
+        runs = list(client.manager.runs)
+        shown = [r for r in runs if not r.done] + [r for r in runs if r.done][-FINISHED_SHOWN:]
+        return {"type": "state", "now": time.time(),
+                "busy": sum(p["busy"] for p in pools), "total": sum(p["total"] for p in pools),
+                "pools": pools, "runs": [run_state(r) for r in shown]}
+
+    def _tick(self) -> bool:
+        _comm.detach()
+        client = self._client()
+        if client is None or client is not self._polled:
+            return False  # the client was shut down; a new one starts its own poller
+        with self._lock:
+            comms = dict(self._comms)
+            follow = dict(self._follow)
+        if not comms:
+            return True
+        state = self.state(client)
+        text = json.dumps({k: v for k, v in state.items() if k != "now"}, sort_keys=True)
+        if text != self._last:
+            self._last = text
+            self._broadcast(comms.values(), state)
+        for comm_id, run_id in follow.items():
+            message = self._log_message(client, run_id)
+            key = json.dumps(message, sort_keys=True)
+            if key != self._last_logs.get(comm_id) and comm_id in comms:
+                self._last_logs[comm_id] = key
+                self._send(comms[comm_id], message)
+        return True
+
+    def _log_message(self, client: Client, run_id: str) -> dict[str, Any]:
+        from .run_log import tail_lines
+        try:
+            run = client.get_run(run_id)
+        except KeyError:
+            return {"type": "log", "run": run_id, "text": "", "state": "unknown"}
+        text = "".join(t for _, t in tail_lines(run, LOG_LINES))
+        return {"type": "log", "run": run.id, "name": run.name, "state": run.state.value,
+                "text": text}
+
+    def _broadcast(self, comms: Any, message: dict[str, Any]) -> None:
+        for comm in list(comms):
+            self._send(comm, message)
+
+    def _send(self, comm: Any, message: dict[str, Any]) -> None:
+        try:
+            comm.send(message)
+        except Exception:
+            log.debug("a sandbox_magics comm could not send", exc_info=True)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _received(self, msg: dict[str, Any]) -> None:
+        data = msg["content"]["data"] or {}
+        comm_id = msg["content"]["comm_id"]
+        action = data.get("action")
+        client = self._client()
+        comm = self._comms.get(comm_id)
+        if action == "log":
+            with self._lock:
+                if data.get("run"):
+                    self._follow[comm_id] = str(data["run"])
+                else:
+                    self._follow.pop(comm_id, None)
+                self._last_logs.pop(comm_id, None)
+            return
+        if action == "refresh":
+            self._last = None
+            if client is None and comm is not None:
+                comm.send(self._empty_state())
+            return
+        if client is None:
+            self._notice(comm, "No sandbox has been used in this kernel yet.")
+            return
+        if action == "cancel":
+            run_id = str(data.get("run"))
+            self._in_thread(comm, f"cancel {run_id}",
+                            lambda: f"Run {run_id}: {client.cancel(run_id)}.")
+        elif action in ("scale", "shutdown"):
+            profile = str(data.get("profile"))
+            target = 0 if action == "shutdown" else data.get("sandboxes")
+            if target is not None:
+                target = int(target)
+
+            def scale() -> str:
+                client.scale(profile, target)
+                return (f"Profile {profile}: " +
+                        ("autoscaling." if target is None else f"{target} sandbox(es)."))
+            self._in_thread(comm, f"scale {profile}", scale)
+        else:
+            self._notice(comm, f"Unknown action {action!r}.")
+
+    def _in_thread(self, comm: Any, what: str, work: Any) -> None:
+        def run() -> None:
+            _comm.detach()
+            try:
+                self._notice(comm, work())
+            except Exception as exc:
+                self._notice(comm, f"{what} failed: {exc}", error=True)
+            self._last = None
+        threading.Thread(target=run, name=f"sandbox-lab-{what}", daemon=True).start()
+
+    def _notice(self, comm: Any, text: str, error: bool = False) -> None:
+        if comm is not None:
+            self._send(comm, {"type": "notice", "text": text, "error": error})
+
+
+def _comm_manager() -> Any:
+    """The running kernel's comm manager, or None outside a kernel."""
+    import sys
+    module = sys.modules.get("ipykernel.kernelbase")
+    if module is None or not module.Kernel.initialized():
+        return None
+    kernel = module.Kernel.instance()
+    return getattr(kernel, "comm_manager", None)

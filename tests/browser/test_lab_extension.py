@@ -1,0 +1,79 @@
+"""The JupyterLab extension: the `sandbox N/M` status-bar item and the "Sandboxes" sidebar,
+fed by the comm that ``%load_ext sandbox_magics`` registers, in Chromium."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.browser.lab import JupyterLab, Notebook
+from tests.browser.test_panels import wait_text
+
+
+def status_text(page: Any) -> str:
+    item = page.locator(".sbx-lab-status")
+    return item.inner_text() if item.count() and item.is_visible() else ""
+
+
+def wait_for(predicate: Any, timeout: float = 15, message: str = "") -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(message or "condition never held")
+
+
+def test_labextension_is_enabled(lab: JupyterLab) -> None:
+    status, _, body = lab.fetch("/lab/api/extensions")
+    names = {e["name"]: e for e in __import__("json").loads(body)}
+    assert "sandbox-magics" in names and names["sandbox-magics"]["enabled"], list(names)
+
+
+def test_status_bar_and_sidebar_follow_the_kernel_and_answer_while_busy(
+        lab: JupyterLab, page: Any, screenshots: Path) -> None:
+    plain = Notebook(lab, page, "without_extension.ipynb")
+    plain.run("1 + 1")
+    time.sleep(1.5)
+    assert status_text(page) == "", "the status bar shows sandboxes for a kernel without them"
+
+    nb = Notebook(lab, page, "with_extension.ipynb")
+    nb.run("%load_ext sandbox_magics")
+    wait_for(lambda: status_text(page) == "sandbox 0/0", 10, "no status-bar item after %load_ext")
+    nb.run("%%sandbox bash --bg --name sidebar-a --no-raise-error\nsleep 60")
+    nb.run("%%sandbox bash --bg --name sidebar-b --no-raise-error\nsleep 60")
+    wait_for(lambda: re.fullmatch(r"sandbox 2/\d+", status_text(page)) is not None, 20,
+             f"status bar says {status_text(page)!r}")
+
+    page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
+    panel = page.locator("#sandbox-magics-sidebar")
+    wait_text(panel, "sidebar-b", 10)
+    assert panel.locator('.sbx-lab-pool[data-profile="default"]').count() == 1
+    assert panel.locator(".sbx-lab-slot-busy").count() == 2
+    row = panel.locator('.sbx-lab-run[data-run]', has_text="sidebar-a")
+    wait_for(lambda: re.search(r"\d+:\d\d", row.locator(".sbx-lab-elapsed").inner_text()) is not None,
+             5, "no elapsed time")
+
+    blocking = nb.run("%%sandbox bash\nsleep 15; echo woke", wait=False)
+    wait_for(lambda: status_text(page) == "sandbox 3/8" or "3/" in status_text(page), 15,
+             f"status bar says {status_text(page)!r}")
+    page.screenshot(path=str(screenshots / "sidebar.png"))
+    started = time.monotonic()
+    row.locator(".sbx-lab-cancel").click()
+    wait_text(row.locator(".sbx-lab-state"), "cancelled", 5)
+    assert time.monotonic() - started < 5
+    assert page.evaluate("i => window.sbxTest.state(i).count", blocking) is None, \
+        "the blocking cell had ended before the cancel"
+
+    panel.locator(".sbx-lab-run-name", has_text="sidebar-a").click()
+    log = page.locator(".sbx-lab-log")
+    wait_text(log, "cancelled", 10)
+    nb.wait_cell(blocking, 60)
+    nb.run("%sandbox cancel sidebar-b")
+
+    pool = panel.locator('.sbx-lab-pool[data-profile="default"]')
+    pool.get_by_role("button", name="Shut down").click()
+    wait_for(lambda: panel.locator(".sbx-lab-box").count() == 0, 20, "the pool did not shut down")
+    assert status_text(page) == "sandbox 0/0"
