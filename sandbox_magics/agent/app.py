@@ -4,7 +4,6 @@ Routes (all under ``/v1``, all behind the bearer token)::
 
     GET  /health                          slots, running runs, pid
     POST /slots/{slot}/exec               run argv in the slot; stream frames (protocol.py)
-    POST /slots/{slot}/cancel             stop the slot's run: SIGINT, SIGTERM, SIGKILL
     POST /slots/{slot}/signal             deliver one signal to the run's process group
     POST /slots/{slot}/reset              empty the slot's workspace
     GET  /slots/{slot}/files              list files  (?path= is not taken: whole workspace)
@@ -89,7 +88,6 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
     app.router.add_routes([
         get(f"{p}/health", health),
         post(f"{p}/slots/{{slot}}/exec", exec_run),
-        post(f"{p}/slots/{{slot}}/cancel", cancel),
         post(f"{p}/slots/{{slot}}/signal", signal_run),
         post(f"{p}/slots/{{slot}}/reset", reset),
         get(f"{p}/slots/{{slot}}/files", list_files),
@@ -266,7 +264,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
             return await _not_started(request, response, body.argv, exc)
         slot.job = job
         try:
-            return await _stream(request, response, job, slot, body.timeout)
+            return await _stream(request, response, job, slot)
         finally:
             if not job.finished.is_set():
                 job.stop_reason = job.stop_reason or "client-gone"
@@ -297,12 +295,12 @@ async def _not_started(request: web.Request, response: web.StreamResponse, argv:
 
 
 async def _stream(request: web.Request, response: web.StreamResponse, job: process.Job,
-                  slot: process.Slot, timeout: float | None) -> web.StreamResponse:
+                  slot: process.Slot) -> web.StreamResponse:
     """Send START, the output as it comes, then EXIT."""
     await response.prepare(request)
     await response.write(protocol.json_frame(protocol.START, {"pid": job.pgid, "pgid": job.pgid}))
     out = process.OutputBuffer()
-    pumper = asyncio.ensure_future(_pump_then_close(job, out, timeout))
+    pumper = asyncio.ensure_future(_pump_then_close(job, out))
     watchdog = asyncio.ensure_future(_watch_client(request, job))
     try:
         await _forward(response, out)
@@ -319,10 +317,9 @@ async def _stream(request: web.Request, response: web.StreamResponse, job: proce
     return response
 
 
-async def _pump_then_close(job: process.Job, out: process.OutputBuffer,
-                           timeout: float | None) -> dict[str, Any]:
+async def _pump_then_close(job: process.Job, out: process.OutputBuffer) -> dict[str, Any]:
     try:
-        return await process.pump(job, out, timeout)
+        return await process.pump(job, out)
     finally:
         out.close()
 
@@ -356,16 +353,6 @@ async def _watch_client(request: web.Request, job: process.Job) -> None:
             job.stop_reason = "client-gone"
             process.killpg(job.pgid, signal.SIGKILL)
             return
-
-
-async def cancel(request: web.Request) -> web.Response:
-    slot = _slot(request)
-    body = await _body(request, bodies.cancel_body)
-    job = slot.job
-    if job is None or (body.run_id and body.run_id != slot.run_id):
-        return web.json_response({"step": "not-running"})
-    job.stop_reason = "cancelled"
-    return web.json_response({"step": await process.stop(job, body.grace)})
 
 
 async def signal_run(request: web.Request) -> web.Response:

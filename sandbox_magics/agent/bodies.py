@@ -1,7 +1,6 @@
 """The JSON bodies of the agent's routes, read and checked before anything runs (stdlib only).
 
-Each route that takes a body reads it with one function here (`exec_body`, `cancel_body`,
-`signal_body`): from the raw bytes to a typed record, or `BadBody` with one sentence that
+Each route that takes a body reads it with one function here (`exec_body`, `signal_body`): from the raw bytes to a typed record, or `BadBody` with one sentence that
 names the field, shows what was sent and says what it should be. Fields a route does not
 know are ignored.
 """
@@ -9,7 +8,6 @@ know are ignored.
 from __future__ import annotations
 
 import json
-import math
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +17,6 @@ from typing import Any
 STOPPING = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGHUP,
                       signal.SIGQUIT})
 SIGNALS = STOPPING | {signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGSTOP}
-DEFAULT_GRACE = 2.0
 _SHOWN = 60
 
 
@@ -35,15 +32,6 @@ class ExecBody:
     argv: list[str]
     env: dict[str, str]
     stdin: bytes | None
-    timeout: float | None
-
-
-@dataclass(frozen=True)
-class CancelBody:
-    """``POST /slots/{slot}/cancel``: stop ``run_id`` (whatever runs, if None)."""
-
-    run_id: str | None
-    grace: float
 
 
 @dataclass(frozen=True)
@@ -75,17 +63,7 @@ def exec_body(raw: bytes) -> ExecBody:
         env={_os_text(name, "env names"): _os_text(value, "env values")
              for name, value in env.items()},
         stdin=None if stdin is None else _utf8(stdin, "stdin"),
-        timeout=_seconds(body, "timeout", positive=True),
     )
-
-
-def cancel_body(raw: bytes) -> CancelBody:
-    body = _object(raw)
-    run_id = body.get("run_id")
-    if run_id is not None and not isinstance(run_id, str):
-        raise BadBody(f"run_id must be a string or null, got: {_shown(run_id)}")
-    grace = _seconds(body, "grace", positive=False)
-    return CancelBody(run_id=run_id, grace=DEFAULT_GRACE if grace is None else grace)
 
 
 def signal_body(raw: bytes) -> SignalBody:
@@ -113,18 +91,6 @@ def _run_id(body: dict[str, Any]) -> str:
     if not isinstance(run_id, str) or not run_id:
         raise BadBody(f"run_id must be a non-empty string, got: {_shown(run_id)}")
     return run_id
-
-
-def _seconds(body: dict[str, Any], field: str, positive: bool) -> float | None:
-    """A finite number of seconds (above 0 if ``positive``), or None if absent or null."""
-    value = body.get(field)
-    if value is None:
-        return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or value < 0 or (positive and value == 0)):
-        what = "a positive number of seconds" if positive else "a number of seconds, 0 or more"
-        raise BadBody(f"{field} must be {what} or null, got: {_shown(value)}")
-    return float(value)
 
 
 def _os_text(value: Any, field: str) -> str:

@@ -39,7 +39,6 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 READ_PAUSE = 0.02
 RATE_WINDOW = 0.1
 FLOOD_RATE = 1024 * 1024
-_ESCALATION = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
 
 class RateMeter:
@@ -200,7 +199,7 @@ def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: bytes | None) 
     return job
 
 
-async def pump(job: Job, out: OutputBuffer, timeout: float | None) -> dict[str, Any]:
+async def pump(job: Job, out: OutputBuffer) -> dict[str, Any]:
     """Put the job's output into ``out`` until it ends; return the EXIT payload."""
     popen = job.popen
     assert popen.stdout is not None and popen.stderr is not None
@@ -208,13 +207,7 @@ async def pump(job: Job, out: OutputBuffer, timeout: float | None) -> dict[str, 
     feeders = [asyncio.ensure_future(_read(popen.stdout.fileno(), protocol.STDOUT, out)),
                asyncio.ensure_future(_read(popen.stderr.fileno(), protocol.STDERR, out))]
     try:
-        try:
-            await asyncio.wait_for(job.exited.wait(), timeout)
-        except asyncio.TimeoutError:
-            job.stop_reason = "timeout"
-            killpg(job.pgid, signal.SIGTERM)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(job.exited.wait(), 2.0)
+        await job.exited.wait()
         _, pending = await asyncio.wait(feeders, timeout=STRAGGLER_GRACE)
         if pending:
             killpg(job.pgid, signal.SIGKILL)
@@ -234,21 +227,6 @@ async def pump(job: Job, out: OutputBuffer, timeout: float | None) -> dict[str, 
         "reason": job.stop_reason,
         "seconds": round(time.monotonic() - started, 6),
     }
-
-
-async def stop(job: Job, grace: float) -> str:
-    """Escalate SIGINT, SIGTERM, SIGKILL on the process group until the job has finished.
-
-    Returns the signal that ended it, or "already-exited".
-    """
-    for sig in _ESCALATION:
-        if job.finished.is_set():
-            break
-        killpg(job.pgid, sig)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(job.finished.wait(), grace)
-            return sig.name
-    return "already-exited" if job.finished.is_set() else "SIGKILL"
 
 
 def _watch_exit(loop: asyncio.AbstractEventLoop, job: Job) -> None:

@@ -64,9 +64,7 @@ exec_body = _json_object(
                 json_values.filter(lambda v: not _runnable(v))),
     env=_field(st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=3)),
     stdin=_field(st.none() | st.text(max_size=100)),
-    timeout=_field(st.none() | seconds),
 )
-cancel_body = _json_object(run_id=_field(run_id), grace=_field(seconds))
 signal_body = _json_object(run_id=_field(run_id), signal=_field(st.integers(-1, 70)))
 raw_body = st.none() | st.binary(max_size=200)
 
@@ -87,7 +85,6 @@ def _slot_url(route: str) -> st.SearchStrategy[str]:
 execs = st.tuples(st.just("POST"), _slot_url("exec"), _mostly(exec_body, raw_body))
 aimed = st.one_of(
     execs,
-    st.tuples(st.just("POST"), _slot_url("cancel"), _mostly(cancel_body, raw_body)),
     st.tuples(st.just("POST"), _slot_url("signal"), _mostly(signal_body, raw_body)),
     st.tuples(st.just("POST"), _slot_url("reset"), raw_body),
     st.tuples(st.sampled_from(["GET", "HEAD"]), _slot_url("files"), st.none()),

@@ -54,20 +54,6 @@ BAD_EXEC = [
     P(_body(RUNS, stdin=5), id="stdin-number"),
     P(_body(RUNS, stdin=["x"]), id="stdin-list"),
     P(_body(RUNS, stdin="\ud800"), id="stdin-lone-surrogate"),
-    P(_body(RUNS, timeout="abc"), id="timeout-string"),
-    P(_body(RUNS, timeout=-1), id="timeout-negative"),
-    P(_body(RUNS, timeout=0), id="timeout-zero"),
-    P(_body(RUNS, timeout=True), id="timeout-bool"),
-    P(_body(RUNS, timeout=float("nan")), id="timeout-nan"),
-    P(_body(RUNS, timeout=float("inf")), id="timeout-inf"),
-]
-BAD_CANCEL = [
-    P(_body({}, grace="abc"), id="grace-string"),
-    P(_body({}, grace=-1), id="grace-negative"),
-    P(_body({}, grace=float("nan")), id="grace-nan"),
-    P(_body({}, grace=float("inf")), id="grace-inf"),
-    P(_body({}, grace=True), id="grace-bool"),
-    P(_body({}, run_id=5), id="run_id-number"),
 ]
 
 
@@ -78,14 +64,9 @@ def test_a_malformed_exec_is_refused_before_anything_runs(agent: Agent, body: by
     assert agent.request("GET", "/health").json()["running"] == []
 
 
-@pytest.mark.parametrize("body", NOT_AN_OBJECT + BAD_CANCEL)
-def test_a_malformed_cancel_is_refused(agent: Agent, body: bytes | None) -> None:
-    _assert_refused(agent.request("POST", "/slots/0/cancel", body))
-
-
 def test_a_refusal_says_which_field_was_wrong_and_what_it_should_be(agent: Agent) -> None:
-    error = _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS, timeout="abc")))
-    assert error == 'timeout must be a positive number of seconds or null, got: "abc"'
+    error = _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS, stdin=5)))
+    assert error == "stdin must be a string or null, got: 5"
     error = _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS, env={"A=B": "x"})))
     assert error == "env names must be non-empty and without '=', got: \"A=B\""
 
