@@ -150,9 +150,9 @@ def start_failure(p: Profile) -> tuple[str, float]:
         began = loop.time()
         backend = make_backend(p, Identity())
         try:
+            me: Identity = backend.identity  # type: ignore[attr-defined]
             with pytest.raises(SandboxStartError) as info:
-                await backend.create(p, {**backend.identity.tags(p.name),  # type: ignore[attr-defined]
-                                         identity.NAME: "cluster-1"})
+                await backend.create(p, {**me.tags(p.name), identity.NAME: "cluster-1"})
         finally:
             await backend.aclose()
         return str(info.value), loop.time() - began
@@ -244,7 +244,8 @@ def test_a_nomad_that_answers_too_slowly_is_one_sentence(cluster: Cluster, prefi
     finally:
         cluster.faults(delay=0.0)
     assert took < FAST
-    assert re.fullmatch(rf"Nomad at {cluster.address} did not answer the submission of job {prefix}\S+ "
+    assert re.fullmatch(rf"Nomad at {cluster.address} did not answer the submission of job "
+                        rf"{prefix}\S+ "
                         r"within 0.3 s\.", message), message
 
     def withdrawn() -> bool:   # the submission may have landed after we gave up: it is purged
@@ -267,11 +268,13 @@ def test_a_token_nomad_refuses_is_one_sentence_that_names_the_variable_not_the_t
     monkeypatch.setenv("NOMAD_TOKEN", "s3cret-acl-token")   # not the variable the profile names
     message, _ = start_failure(profile(acl_cluster, prefix,
                                        nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
-    assert "refused the submission of job" in message and "with the token in $TEAM_NOMAD_TOKEN (403 Permission " \
-        "denied); set $TEAM_NOMAD_TOKEN to a token whose policy" in message, message
+    assert "refused the submission of job" in message, message
+    assert ("with the token in $TEAM_NOMAD_TOKEN (403 Permission denied); set "
+            "$TEAM_NOMAD_TOKEN to a token whose policy") in message, message
     assert "wrong-token-value" not in message
     monkeypatch.delenv("TEAM_NOMAD_TOKEN")
-    message, _ = start_failure(profile(acl_cluster, prefix, nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
+    message, _ = start_failure(profile(acl_cluster, prefix,
+                                       nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
     assert "with no token ($TEAM_NOMAD_TOKEN is not set)" in message, message
 
     monkeypatch.setenv("TEAM_NOMAD_TOKEN", "s3cret-acl-token")
@@ -279,7 +282,8 @@ def test_a_token_nomad_refuses_is_one_sentence_that_names_the_variable_not_the_t
     async def scenario() -> None:
         backend, sandbox = await started(profile(acl_cluster, prefix,
                                                  nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
-        events, exited = await collect(await sandbox.exec(0, ExecRequest("r", ("sh",), {}, "echo ok")))
+        process = await sandbox.exec(0, ExecRequest("r", ("sh",), {}, "echo ok"))
+        events, exited = await collect(process)
         assert text(events) == "ok\n" and exited.exit_code == 0
         await sandbox.terminate()
         await backend.aclose()
@@ -299,7 +303,8 @@ def test_an_allocation_killed_mid_run_fails_the_run_with_a_sentence(
                         os.kill(task["pid"], signal.SIGKILL)
             await process.aclose()
             assert re.fullmatch(
-                rf"Nomad allocation [0-9a-f]{{8}} of job {sandbox.id} failed: its agent was killed by signal 9 \(exit code 137\)\.",
+                rf"Nomad allocation [0-9a-f]{{8}} of job {sandbox.id} failed: its agent "
+                r"was killed by signal 9 \(exit code 137\)\.",
                 str(info.value)), str(info.value)
             health = await sandbox.health()
             assert not health.ok and "its agent was killed by signal 9" in health.reason
@@ -321,7 +326,8 @@ def test_an_allocation_stopped_through_nomad_mid_run_fails_the_run_with_a_senten
                         cluster.api.allocation.stop_allocation(sandbox.alloc_id)
             await process.aclose()
             assert re.fullmatch(
-                rf"Nomad allocation [0-9a-f]{{8}} of job {sandbox.id} was stopped by Nomad \(alloc is being migrated\)\.",
+                rf"Nomad allocation [0-9a-f]{{8}} of job {sandbox.id} was stopped by Nomad "
+                r"\(alloc is being migrated\)\.",
                 str(info.value)), str(info.value)
         finally:
             await sandbox.terminate()
@@ -338,7 +344,8 @@ def test_the_task_log_of_a_dead_sandbox_is_read_from_nomads_log_frames(
             await sandbox.shutdown()
             assert await sandbox.ended(wait=5.0, budget=10.0)
             log = await sandbox.log("stdout")
-            assert json.loads(log.splitlines()[0])["port"] == int(sandbox.base_url.rsplit(":", 1)[1].split("/")[0])
+            port = int(sandbox.base_url.rsplit(":", 1)[1].split("/")[0])
+            assert json.loads(log.splitlines()[0])["port"] == port
         finally:
             await sandbox.terminate()
             await backend.aclose()

@@ -261,7 +261,7 @@ def test_a_restarted_kernel_adopts_its_predecessors_jobs_instead_of_starting_new
     assert cluster.jobs(prefix) == []
 
 
-def test_a_sigkilled_kernel_leaves_no_running_allocation_after_the_window_and_the_next_reaps_its_job(
+def test_a_sigkilled_kernel_leaves_no_allocation_running_past_the_window_and_the_next_reaps_it(
         cluster: Cluster, tmp_path: Path) -> None:
     prefix = f"w{secrets.token_hex(3)}-"
     window = 3.0

@@ -15,7 +15,8 @@ from tests.nomad_standin.cluster import Cluster, cluster  # noqa: F401
 from tests.test_notebooks import NOTEBOOKS, _environ, text
 
 
-def test_the_nomad_notebook_runs_headless_and_leaves_no_job(cluster: Cluster, tmp_path: Path) -> None:
+def test_the_nomad_notebook_runs_headless_and_leaves_no_job(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
     shutil.copy(NOTEBOOKS / "nomad.ipynb", tmp_path / "nomad.ipynb")
     nb = nbformat.read(tmp_path / "nomad.ipynb", as_version=4)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDBOX_MAGICS", "NOMAD_"))}

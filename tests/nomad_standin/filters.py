@@ -31,7 +31,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             break
         match = _TOKEN.match(text, pos)
         if not match:
-            raise FilterError(f"failed to read filter expression: unexpected text at {text[pos:]!r}")
+            raise FilterError("failed to read filter expression: unexpected text at "
+                              f"{text[pos:]!r}")
         kind = match.lastgroup or ""
         out.append((kind, match.group(kind)))
         pos = match.end()

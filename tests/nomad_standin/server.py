@@ -367,7 +367,8 @@ class StandIn:
     def _refresh_job(self, job: dict[str, Any]) -> None:
         """A batch job is running while any allocation is, dead once none is left to run."""
         allocs = self._allocs_of(job)
-        blocked = any(e["JobID"] == job["ID"] and e["Status"] == "blocked" for e in self.evals.values())
+        blocked = any(e["JobID"] == job["ID"] and e["Status"] == "blocked"
+                      for e in self.evals.values())
         if any(a.data["ClientStatus"] == "running" for a in allocs):
             status = "running"
         elif job["Stop"] or (allocs and all(a.data["ClientStatus"] in ("complete", "failed", "lost")
@@ -456,8 +457,9 @@ class StandIn:
                 metric.update(NodesFiltered=1, ConstraintFiltered={text: 1})
                 return metric
         cpu, memory = self._used()
-        want_cpu = sum(int((t.get("Resources") or {}).get("CPU") or 100) for t in group["Tasks"])
-        want_mem = sum(int((t.get("Resources") or {}).get("MemoryMB") or 300) for t in group["Tasks"])
+        asked = [t.get("Resources") or {} for t in group["Tasks"]]
+        want_cpu = sum(int(r.get("CPU") or 100) for r in asked)
+        want_mem = sum(int(r.get("MemoryMB") or 300) for r in asked)
         exhausted = {}
         if cpu + want_cpu > self.cpu_mhz:
             exhausted["cpu"] = 1
@@ -595,7 +597,8 @@ class StandIn:
         alloc.data["ModifyTime"] = _now_ns()
         alloc.data["ModifyIndex"] = self._bump()
 
-    def _env(self, alloc: Alloc, task: Task, group: dict[str, Any], task_dir: Path) -> dict[str, str]:
+    def _env(self, alloc: Alloc, task: Task, group: dict[str, Any],
+             task_dir: Path) -> dict[str, str]:
         data, job = alloc.data, alloc.job
         env = {
             "NOMAD_ALLOC_DIR": str(alloc.root / "alloc"), "NOMAD_TASK_DIR": str(task_dir / "local"),
@@ -616,7 +619,8 @@ class StandIn:
                         f"NOMAD_ADDR_{label}": f"{ip}:{value}",
                         f"NOMAD_HOST_ADDR_{label}": f"{ip}:{value}",
                         f"NOMAD_ALLOC_PORT_{label}": value})
-        meta = {**(job.get("Meta") or {}), **(group.get("Meta") or {}), **(task.spec.get("Meta") or {})}
+        meta = {**(job.get("Meta") or {}), **(group.get("Meta") or {}),
+                **(task.spec.get("Meta") or {})}
         for key, value in meta.items():
             env[f"NOMAD_META_{key}"] = value
             env[f"NOMAD_META_{re.sub(r'[^A-Za-z0-9_]', '_', key)}"] = value
@@ -672,7 +676,8 @@ class StandIn:
                 alloc, task, "failed to launch command with executor: rpc error: code = Unknown "
                              "desc = the stand-in was told to fail this start")
         env = self._env(alloc, task, group, task_dir)
-        task_env = {k: self._interpolate(str(v), env, alloc) for k, v in (task.spec.get("Env") or {}).items()}
+        task_env = {k: self._interpolate(str(v), env, alloc)
+                    for k, v in (task.spec.get("Env") or {}).items()}
         command = self._interpolate(str(config.get("command", "")), env, alloc)
         args = [self._interpolate(str(a), env, alloc) for a in config.get("args") or []]
         logs = alloc.root / "alloc" / "logs"
@@ -684,9 +689,10 @@ class StandIn:
                     command, *args, cwd=task_dir, env=full_env, stdin=asyncio.subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True)
             except OSError as exc:
+                reason = exc.strerror.lower() if exc.strerror else str(exc)
                 return self._driver_failure(
                     alloc, task, f"failed to launch command with executor: rpc error: code = "
-                                 f"Unknown desc = exec: \"{command}\": {exc.strerror.lower() if exc.strerror else exc}")
+                                 f"Unknown desc = exec: \"{command}\": {reason}")
         task.state.update(State="running", StartedAt=_rfc3339(_now_ns()))
         self._event(alloc, task, "Started", "Task started by client")
         self._settle(alloc)
@@ -774,7 +780,8 @@ class StandIn:
         timeout = _duration(task.spec.get("KillTimeout"), DEFAULT_KILL_TIMEOUT)
         name = task.spec.get("KillSignal") or "SIGINT"
         task.killing = True
-        self._event(alloc, task, "Killing", f"Sent interrupt. Waiting {timeout:g}s before force killing",
+        self._event(alloc, task, "Killing",
+                    f"Sent interrupt. Waiting {timeout:g}s before force killing",
                     {"kill_timeout": f"{timeout:g}s"}, KillTimeout=int(timeout * 1e9))
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(getattr(signal, name, signal.SIGINT))
@@ -877,7 +884,8 @@ class StandIn:
         relative = f"alloc/logs/{name}.{kind}.0"
         size = path.stat().st_size if path.exists() else 0
         position = max(0, size - offset) if origin == "end" else min(offset, size)
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain" if plain else "application/json"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/plain" if plain else "application/json"})
         await resp.prepare(request)
         last_beat = time.monotonic()
         while True:

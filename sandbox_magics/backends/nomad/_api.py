@@ -100,7 +100,8 @@ class NomadAPI:
             return NomadAPIError(f"Nomad at {self.address} refused {what} "
                                  f"({resp.status_code} {body}).", resp.status_code)
         cause = resp if isinstance(resp, BaseException) else exc
-        if isinstance(cause, requests.Timeout) or isinstance(exc, nomad_errors.TimeoutNomadException):
+        if isinstance(cause, requests.Timeout) or isinstance(
+                exc, nomad_errors.TimeoutNomadException):
             return NomadAPIError(f"Nomad at {self.address} did not answer {what} within "
                                  f"{self.settings.api_timeout:g} s.")
         reason = _reason(cause)

@@ -103,8 +103,9 @@ class NomadSandbox(AgentSandbox):
         try:
             while True:
                 left = deadline - time.monotonic()
-                alloc, index = await asyncio.wait_for(self.backend._call(
-                    self.backend.api.allocation, self.alloc_id, index, max(0.05, left)), budget + max(0.0, left))
+                lookup = self.backend._call(self.backend.api.allocation, self.alloc_id, index,
+                                            max(0.05, left))
+                alloc, index = await asyncio.wait_for(lookup, budget + max(0.0, left))
                 self._ended = _job.alloc_ended(alloc, self.memory_mb)
                 if self._ended or left <= 0:
                     return self._ended
@@ -326,7 +327,8 @@ class Backend(BaseBackend):
                 tags[identity.HEARTBEAT] = now
             slots = (stub.get("Meta") or {}).get(_job.SLOTS_META, "")
             sandbox = NomadSandbox(
-                self, sandbox_id, alloc, int(slots) if slots.isdigit() else profile.slots_per_sandbox,
+                self, sandbox_id, alloc,
+                int(slots) if slots.isdigit() else profile.slots_per_sandbox,
                 (_job.address(alloc) if running else None) or "http://127.0.0.1:9",
                 self.secrets.get(sandbox_id) or "", tags, profile.memory_mb)
             found.append(sandbox)

@@ -185,7 +185,8 @@ def alloc_ended(alloc: Mapping[str, Any], memory_mb: int | None = None) -> str |
     if status == "lost":
         return f"was lost with its node ({alloc.get('ClientDescription') or 'node down'})"
     if status in ("failed", "complete"):
-        return f"{'failed' if status == 'failed' else 'ended'}: {cause or alloc.get('ClientDescription') or status}"
+        verb = "failed" if status == "failed" else "ended"
+        return f"{verb}: {cause or alloc.get('ClientDescription') or status}"
     state = ((alloc.get("TaskStates") or {}).get(TASK) or {})
     if state.get("State") == "dead":
         return f"ended: {cause or 'its task is dead'}"
