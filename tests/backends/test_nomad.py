@@ -201,6 +201,16 @@ def test_an_agent_that_dies_at_start_says_so_with_the_end_of_its_log(
     assert took < FAST
     assert message.endswith("failed: its agent exited with code 1; its log ends with: "
                             "ModuleNotFoundError: No module named 'aiohttp'."), message
+    job = message.split()[2]
+
+    async def dead_log() -> str:
+        backend = make_backend(profile(cluster, prefix), Identity())
+        assert isinstance(backend, Backend)
+        try:
+            return await backend.task_log(job)
+        finally:
+            await backend.aclose()
+    assert run(dead_log) == "ModuleNotFoundError: No module named 'aiohttp'\n"
 
 
 def test_an_agent_oom_killed_at_start_is_one_sentence(cluster: Cluster, prefix: str) -> None:

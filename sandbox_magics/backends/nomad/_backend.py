@@ -284,6 +284,24 @@ class Backend(BaseBackend):
                  if line.strip()]
         return f"; its log ends with: {lines[-1][:300]}" if lines else ""
 
+    async def task_log(self, sandbox_id: str, kind: str = "stderr", tail: int = 64 * 1024) -> str:
+        """The end of the agent task's ``kind`` log in the newest allocation of job
+        ``sandbox_id``, also after the sandbox died or was purged (until Nomad's garbage
+        collection): what a status view shows for a dead sandbox.
+
+        Raises:
+            SandboxError: Nomad has no allocation of that job, or cannot be asked.
+        """
+        try:
+            allocs, _ = await self._call(self.api.job_allocations, sandbox_id)
+            alloc = _job.latest(allocs)
+            if alloc is None:
+                raise SandboxError(f"Nomad has no allocation of job {sandbox_id} (any more).")
+            data = await self._call(self.api.log, alloc["ID"], _job.TASK, kind, tail)
+        except NomadAPIError as exc:
+            raise SandboxError(f"Could not read the log of job {sandbox_id}: {exc}") from None
+        return data.decode("utf-8", errors="replace")
+
     # ------------------------------------------------------------------ stop
 
     async def purge(self, sandbox_id: str, alloc_id: str | None = None) -> None:
