@@ -9,13 +9,17 @@ later live only in a 0600 state file of this user (`SecretStore`), never in tags
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import secrets
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +79,10 @@ def heartbeat_of(tags: Mapping[str, str]) -> float | None:
 
 class SecretStore:
     """Secrets to adopt this kernel's sandboxes after a restart, in one JSON file that only
-    this user can read (mode 0600, folder 0700), keyed by sandbox id."""
+    this user can read (mode 0600, folder 0700), keyed by sandbox id. Changes are made under
+    a lock, so two clients of one kernel (two threads, or two processes) lose none."""
+
+    _thread_lock = threading.Lock()
 
     def __init__(self, kernel: str, root: Path | None = None) -> None:
         base = root or Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
@@ -101,13 +108,26 @@ class SecretStore:
         os.chmod(temp, 0o600)
         os.replace(temp, self.path)
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._thread_lock:
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
     def get(self, sandbox_id: str) -> str | None:
         return self._read().get(sandbox_id)
 
     def put(self, sandbox_id: str, secret: str) -> None:
-        self._write({**self._read(), sandbox_id: secret})
+        with self._locked():
+            self._write({**self._read(), sandbox_id: secret})
 
     def drop(self, sandbox_id: str) -> None:
-        data = self._read()
-        if data.pop(sandbox_id, None) is not None:
-            self._write(data)
+        with self._locked():
+            data = self._read()
+            if data.pop(sandbox_id, None) is not None:
+                self._write(data)

@@ -54,6 +54,7 @@ class Manager:
         self.listeners: list[Callable[[PoolEvent], None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._folders: dict[str, Path] = {}
+        self._noticed: set[str] = set()
 
     def _check_open(self) -> None:
         if self.state is ManagerState.CLOSED:
@@ -115,8 +116,10 @@ class Manager:
         if listener is not None:
             run.add_listener(listener)
         self.runs.add(run)
-        for notice in pool.backend.notices(profile):
-            run._notice(notice)
+        if profile.name not in self._noticed:
+            self._noticed.add(profile.name)
+            for notice in pool.backend.notices(profile):
+                run._notice(notice)
         task = asyncio.ensure_future(
             drive(run, profile, pool, self.client_folder("artifacts"), self.grace))
         self._tasks[run.id] = task

@@ -32,3 +32,19 @@ def test_secret_store_is_private_to_the_user_and_keeps_secrets_out_of_its_repr(t
     assert store.get("sbx-1") is None and store.get("sbx-2") == "other"
     store.path.write_text("{not json")
     assert store.get("sbx-2") is None
+
+
+def test_secret_store_loses_no_update_when_two_clients_write_at_once(tmp_path: Path) -> None:
+    import threading
+    stores = [SecretStore("k", root=tmp_path) for _ in range(4)]
+
+    def put_many(store: SecretStore, offset: int) -> None:
+        for i in range(25):
+            store.put(f"sbx-{offset + i}", "x")
+
+    threads = [threading.Thread(target=put_many, args=(s, 100 * n)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(stores[0]._read()) == 100

@@ -178,6 +178,9 @@ class Backend(abc.ABC):
     async def create(self, profile: Profile, tags: Mapping[str, str]) -> Sandbox:
         """Start a sandbox for ``profile`` labelled with ``tags``; its ``id`` is the engine's.
 
+        The pool bounds this with the profile's ``start_timeout`` and may cancel it (on
+        shutdown too): a cancelled ``create`` must stop whatever it had started.
+
         Raises:
             SandboxStartError: with a readable reason.
         """

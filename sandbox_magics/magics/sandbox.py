@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import shlex
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -29,6 +30,16 @@ from ._args import parse_downloads, parse_env, parse_uploads, run_args, split_li
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+def _scale_target(text: str) -> int | None:
+    """A number of sandboxes, or ``auto`` (None)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"%sandbox scale takes a number of sandboxes or auto, got {text!r}.") from None
 
 
 @magics_class
@@ -160,6 +171,8 @@ class SandboxMagics(Magics):
             self.shell.user_ns.update({var: run.log.text(s) for var, s in captures.items()})
         if raise_error:
             run.check()
+        elif run.state not in (RunState.SUCCEEDED, RunState.FAILED):
+            print(f"[sandbox] {run.failure_message()}", file=sys.stderr)
         return None
 
     def log_view(self, run: Run) -> RunLogView:
@@ -274,7 +287,9 @@ class SandboxMagics(Magics):
 
     @magic_arguments()
     @argument("profile", help="profile name")
-    @argument("sandboxes", type=int, help="number of sandboxes to keep running")
+    @argument("sandboxes", type=_scale_target,
+              help="sandboxes to keep running (at most the profile's max_sandboxes; 0 stops "
+                   "them all), or auto to autoscale between the profile's bounds again")
     def _scale(self, line: str) -> None:
         args = _parse(self._scale, line)
         self._check_profile(args.profile)
@@ -282,6 +297,8 @@ class SandboxMagics(Magics):
             self.client.scale(args.profile, args.sandboxes)
         except ProfileError as exc:
             raise UsageError(str(exc)) from None
+        print(f"Profile {args.profile!r}: " + ("autoscaling." if args.sandboxes is None
+                                               else f"{args.sandboxes} sandbox(es)."))
 
     @magic_arguments()
     @argument("--purge", action="store_true",

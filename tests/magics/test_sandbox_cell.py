@@ -65,6 +65,12 @@ def test_no_raise_error_keeps_going(kernel: Kernel) -> None:
     assert reply.status == "ok" and reply.error is None
 
 
+def test_no_raise_error_still_says_why_a_run_could_not_run(kernel: Kernel) -> None:
+    reply = kernel.execute("%%sandbox no-such-interpreter --no-raise-error\necho hi")
+    assert reply.status == "ok" and reply.error is None
+    assert "[sandbox] Run r" in reply.stderr and "cannot be run in the sandbox" in reply.stderr
+
+
 def test_unknown_profile_is_a_usage_error_listing_profiles(kernel: Kernel) -> None:
     reply = kernel.execute("%%sandbox bash --profile nope\necho hi")
     assert reply.usage_error == ("Unknown profile 'nope'; valid profiles are: "
@@ -99,10 +105,12 @@ def test_missing_interpreter_says_so(kernel: Kernel) -> None:
     assert "'no-such-interpreter' cannot be run in the sandbox" in reply.error["evalue"]
 
 
-def test_gpu_profile_runs_and_says_no_gpu_is_reserved(kernel: Kernel) -> None:
+def test_gpu_profile_runs_and_says_no_gpu_is_reserved_once(kernel: Kernel) -> None:
     reply = kernel.execute("%%sandbox bash --profile pytorch-gpu\necho ran")
     assert reply.status == "ok" and reply.stdout == "ran\n"
     assert "reserves no GPU" in reply.stderr
+    again = kernel.execute("%%sandbox bash --profile pytorch-gpu\necho again")
+    assert again.stdout == "again\n" and "reserves no GPU" not in again.stderr
 
 
 def test_utf8_split_across_chunks_prints_whole(kernel: Kernel) -> None:
