@@ -161,6 +161,18 @@ class Manager:
         self._check_open()
         return [name for name, pool in self.pools.items() if await pool.end_session(session)]
 
+    async def sandbox_log(self, name: str) -> str:
+        """The engine's log of sandbox ``name`` (live or recently retired) in any pool.
+
+        Raises:
+            KeyError: no pool has a sandbox of that name.
+        """
+        self._check_open()
+        for pool in self.pools.values():
+            with contextlib.suppress(KeyError):
+                return await pool.sandbox_log(name)
+        raise KeyError(f"No sandbox {name!r} in this client's pools; %sandbox status lists them.")
+
     def status(self) -> list[dict[str, Any]]:
         self._check_open()
         return [pool.snapshot() for pool in self.pools.values()]

@@ -156,6 +156,16 @@ class Sandbox(abc.ABC):
     async def health(self) -> Health:
         """Whether the sandbox serves, and if not why; never raises, bounded in time."""
 
+    async def log(self) -> str:
+        """The engine's own log of this sandbox (what its agent or container printed), also
+        after it ended where the engine keeps it: for the status of a dead sandbox. Empty
+        where the engine keeps none.
+
+        Raises:
+            SandboxError: the engine could not be asked.
+        """
+        return ""
+
     async def heartbeat(self, tags: Mapping[str, str]) -> None:
         """Record ``tags`` (a fresh heartbeat) where the engine keeps them; by default the
         engine has no such place and the owner's liveness is seen another way."""

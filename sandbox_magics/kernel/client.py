@@ -190,6 +190,16 @@ class Client:
         self._check_open()
         return self._loop.run(self._status(), CALL_TIMEOUT)
 
+    def sandbox_log(self, name: str) -> str:
+        """The engine's own log of sandbox ``name`` (as in `status`), also for one that died
+        lately: what its agent printed before it went.
+
+        Raises:
+            KeyError: no such sandbox; SandboxError: the engine could not be asked.
+        """
+        self._check_open()
+        return self._loop.run(self._manager.sandbox_log(name), CALL_TIMEOUT)
+
     def scale(self, profile: str, sandboxes: int | None) -> None:
         """Keep exactly ``sandboxes`` sandboxes of ``profile`` running (at most its
         ``max_sandboxes``); None: autoscale between the profile's bounds again.

@@ -123,6 +123,7 @@ class SandboxMagics(Magics):
             %sandbox wait [RUN ...]       wait for runs (default: all); raise if one failed
             %sandbox cancel RUN           stop a run
             %sandbox end-session NAME     free a --session's slot (its files are deleted)
+            %sandbox sandbox-log NAME     the engine's log of a sandbox, also of a dead one
             %sandbox scale PROFILE N      keep N sandboxes of PROFILE running
             %sandbox shutdown             stop every sandbox and run of this kernel
 
@@ -268,6 +269,18 @@ class SandboxMagics(Magics):
         print(f"{len(runs)} run(s) finished.")
 
     @magic_arguments()
+    @argument("sandbox", help="sandbox name, as %%sandbox status shows it")
+    def _sandbox_log(self, line: str) -> None:
+        """Print what the engine kept of a sandbox's own log (its agent's output), also for
+        one that died lately: the first place to look when a sandbox was lost."""
+        args = _parse(self._sandbox_log, line)
+        try:
+            text = self.client.sandbox_log(args.sandbox)
+        except KeyError as exc:
+            raise UsageError(exc.args[0]) from None
+        print(text or f"The engine kept no log of sandbox {args.sandbox!r}.")
+
+    @magic_arguments()
     @argument("session", help="session name, as given to --session")
     def _end_session(self, line: str) -> None:
         args = _parse(self._end_session, line)
@@ -312,7 +325,7 @@ class SandboxMagics(Magics):
     _commands: dict[str, Callable[[SandboxMagics, str], Any]] = {
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
         "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "end-session": _end_session,
-        "scale": _scale, "shutdown": _shutdown,
+        "scale": _scale, "shutdown": _shutdown, "sandbox-log": _sandbox_log,
     }
 
 

@@ -37,6 +37,7 @@ STOP_TIMEOUT = 15.0
 DISCOVER_TIMEOUT = 30.0
 HEARTBEAT_INTERVAL = 60.0
 EVENT_HISTORY = 200
+RETIRED_HISTORY = 20
 logger = logging.getLogger(__name__)
 
 
@@ -59,6 +60,7 @@ class Pool:
         self.target: int | None = None
         self.sandboxes: list[SandboxRecord] = []
         self.events: collections.deque[PoolEvent] = collections.deque(maxlen=EVENT_HISTORY)
+        self.retired: collections.deque[SandboxRecord] = collections.deque(maxlen=RETIRED_HISTORY)
         self._on_event = on_event
         self._tick = tick
         self._cooldown = cooldown
@@ -281,6 +283,7 @@ class Pool:
                     self._start_sandbox()
             elif isinstance(action, policy.Stop):
                 record = next(r for r in self.sandboxes if r.id == action.sandbox)
+                record.reason = action.reason
                 self._withdraw(record, SandboxState.STOPPING)
                 self._emit("scale-down", record.id, action.reason)
                 self._spawn(self._retire(record))
@@ -378,6 +381,7 @@ class Pool:
         """Retire a dead sandbox: fail its runs' leases, drop its sessions, clean it up."""
         if record.state in (SandboxState.DEAD, SandboxState.STOPPING):
             return
+        record.reason = reason
         self._withdraw(record, SandboxState.DEAD)
         for slot in record.slots:
             if slot.busy:
@@ -397,7 +401,21 @@ class Pool:
             await self._stop(record.sandbox)
         with contextlib.suppress(ValueError):
             self.sandboxes.remove(record)
+            self.retired.append(record)
         self.reconcile()
+
+    async def sandbox_log(self, name: str) -> str:
+        """The engine's log of sandbox ``name``, live or among the recently retired.
+
+        Raises:
+            KeyError: no such sandbox in this pool (the sentence lists those it has).
+            SandboxError: the engine could not be asked.
+        """
+        for record in [*self.sandboxes, *self.retired]:
+            if record.id == name and record.sandbox is not None:
+                return await asyncio.wait_for(record.sandbox.log(), HEALTH_TIMEOUT * 5)
+        known = ", ".join(r.id for r in [*self.sandboxes, *self.retired]) or "none"
+        raise KeyError(f"Profile {self.profile.name!r} has no sandbox {name!r}; it has: {known}.")
 
     @staticmethod
     async def _stop(sandbox: Sandbox) -> None:
@@ -484,6 +502,8 @@ class Pool:
                  **(r.sandbox.describe() if r.sandbox else {})}
                 for r in self.sandboxes
             ],
+            "retired": [{"id": r.id, "state": r.state.value, "reason": r.reason or ""}
+                        for r in self.retired],
             "events": [e.as_dict() for e in list(self.events)[-20:]],
         }
 

@@ -45,6 +45,7 @@ class SandboxRecord:
     sandbox: Sandbox | None = None
     slots: list[SlotRecord] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
+    reason: str | None = None
     idle_since: float | None = field(default_factory=time.monotonic)
     health_failures: int = 0
 

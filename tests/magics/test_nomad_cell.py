@@ -225,6 +225,14 @@ def test_an_allocation_stopped_mid_run_fails_the_cell_with_a_sentence_and_is_rep
     assert again.stdout.strip() not in (alloc, ""), "the next run went to the stopped allocation"
     assert wait_until(lambda: alloc not in {a["ID"] for a in cluster.running(prefix)}, 15), \
         "the stopped allocation kept running"
+    lost = kernel.execute("print([(r['id'], r['reason']) for p in "
+                          "get_ipython().magics_manager.registry['SandboxMagics'].client.status() "
+                          "for r in p['retired']])").stdout
+    name = re.search(r"\('(cluster-\d+)', 'Nomad allocation", lost)
+    assert name, lost
+    log = kernel.execute(f"%sandbox sandbox-log {name.group(1)}")
+    assert log.status == "ok" and log.stdout.strip(), log.stdout
+    assert "kept no log" not in log.stdout and "127.0.0.1" in log.stdout
 
 
 def test_a_cell_on_a_profile_no_node_can_hold_fails_within_seconds_with_the_reason(

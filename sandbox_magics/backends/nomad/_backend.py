@@ -70,6 +70,9 @@ class NomadSandbox(AgentSandbox):
     def __repr__(self) -> str:
         return f"<NomadSandbox {self.job_id} alloc={_job.short(self.alloc_id)} {self.base_url}>"
 
+    async def log(self) -> str:
+        return await self.backend.task_log(self.job_id)
+
     def describe(self) -> dict[str, object]:
         return {"address": self.base_url, "job": self.job_id,
                 "allocation": _job.short(self.alloc_id), "node": self.node}
