@@ -53,4 +53,8 @@ def unpin(widget: Any) -> None:
         if lock is not None:
             with lock:
                 comm.__dict__.pop("_reply_subshell_id", None)
-        stack.extend(getattr(w, "children", ()) or ())
+        for name in getattr(w, "keys", ()) or ():  # children, layout, style: every model
+            value = getattr(w, name, None)
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(item, "comm") and hasattr(item, "keys"):
+                    stack.append(item)

@@ -203,22 +203,29 @@ def test_runs_table_is_clean(notebook: Notebook, screenshots: Path) -> None:
     notebook.screenshot(screenshots / "runs.png", cell)
 
 
-@defect(4)
-def test_reload_while_busy_and_reopen_after_restart_show_the_last_state(
-        notebook: Notebook) -> None:
-    cell_index = notebook.run("%%sandbox bash --bg --name kept\necho kept-line-1; echo kept-line-2")
-    wait_text(notebook.cell(cell_index), "succeeded")
+def kept_run(notebook: Notebook) -> int:
+    index = notebook.run("%%sandbox bash --bg --name kept\necho kept-line-1; echo kept-line-2")
+    wait_text(notebook.output(index), "succeeded")
+    wait_text(notebook.output(index), "kept-line-2")
     notebook.save()
+    return index
+
+
+def test_reopen_after_a_kernel_restart_shows_the_last_state(notebook: Notebook) -> None:
+    index = kept_run(notebook)
+    notebook.page.evaluate("() => window.sbxTest.nb().sessionContext.session.kernel.restart()")
+    notebook.wait_idle(60)
+    notebook.open()
+    text = wait_text(notebook.output(index), "kept-line-2", 10)
+    assert "Error displaying widget" not in text and "succeeded" in text
+
+
+@defect(4)
+def test_reload_while_the_kernel_is_busy_shows_the_last_state(notebook: Notebook) -> None:
+    index = kept_run(notebook)
     notebook.run("%%sandbox bash\nsleep 25", wait=False)
     notebook.page.wait_for_function("() => window.sbxTest.kernelStatus() === 'busy'")
     notebook.save()
     notebook.open(wait_idle=False)
-    cell = notebook.cell(cell_index)
-    text = wait_text(cell, "kept-line-2", 8)
+    text = wait_text(notebook.output(index), "kept-line-2", 8)
     assert "Loading widget" not in text
-    notebook.page.evaluate("() => window.sbxTest.nb().sessionContext.session.kernel.restart()")
-    notebook.wait_idle(60)
-    notebook.open()
-    cell = notebook.cell(cell_index)
-    text = wait_text(cell, "kept-line-2", 10)
-    assert "Error displaying widget" not in text and "succeeded" in text
