@@ -155,4 +155,5 @@ def test_profiles_and_runs_are_dataframes(kernel: Kernel) -> None:
 def test_unknown_subcommand_lists_the_valid_ones(kernel: Kernel) -> None:
     reply = kernel.execute("%sandbox frobnicate")
     assert reply.usage_error is not None
-    assert "cancel, end-session, logs, profiles, runs, scale, shutdown, status" in reply.usage_error
+    assert ("cancel, end-session, logs, profiles, runs, sandbox-log, scale, shutdown, status"
+            in reply.usage_error)
