@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 class _Waiter:
     future: asyncio.Future[Lease]
     session: str | None
+    holder: str | None = None
     granted: bool = False
 
 
@@ -113,9 +114,10 @@ class Pool:
         return [r for r in self.sandboxes if r.state in (SandboxState.STARTING, SandboxState.READY)]
 
     async def acquire(self, session: str | None = None, timeout: float | None = None,
-                      first: bool = False) -> Lease:
+                      first: bool = False, holder: str | None = None) -> Lease:
         """Wait for a free slot (the session's own slot if it has one) and lease it;
-        ``first`` puts the request at the head of the queue (a run being re-queued).
+        ``first`` puts the request at the head of the queue (a run being re-queued);
+        ``holder`` names the run for status views.
 
         Raises:
             AcquireTimeoutError: no slot came free within ``timeout`` seconds.
@@ -125,7 +127,7 @@ class Pool:
         if self._closed:
             raise ClosedError(f"The pool of profile {self.profile.name!r} has been shut down.")
         slot = self._sessions.get(session) if session else None
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), session)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), session, holder)
         queue = (self._session_waiters.setdefault(slot, collections.deque())
                  if slot is not None else self._waiters)
         if first:
@@ -245,7 +247,7 @@ class Pool:
             self._grant(self._waiters.popleft(), free)
 
     def _grant(self, waiter: _Waiter, slot: SlotRecord) -> None:
-        slot.busy = True
+        slot.busy, slot.run_id = True, waiter.holder
         self._free_slots.pop(slot, None)
         slot.lost = asyncio.Event()
         slot.lost_reason = None

@@ -54,14 +54,13 @@ async def drive(run: Run, profile: Profile, pool: Pool, artifacts_dir: Path,
         run._stage(Stage.QUEUED)
         try:
             lease = await pool.acquire(run.spec.session, timeout=profile.acquire_timeout,
-                                       first=attempt > 0)
+                                       first=attempt > 0, holder=run.id)
         except asyncio.CancelledError:
             run._finish(RunState.CANCELLED, error=f"cancelled while {_queued(pool)}")
             return
         except SandboxError as exc:
             run._finish(RunState.ERROR, error=str(exc))
             return
-        lease.slot.run_id = run.id  # status views name the run holding each slot
         try:
             await _attempt(run, profile, pool, lease, artifacts_dir, grace)
             return

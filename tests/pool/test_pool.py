@@ -308,3 +308,15 @@ def test_start_adopts_its_kernels_leftovers_reaps_silent_ones_and_leaves_the_res
         return names, used, alive_other.alive, silent.alive, len(backend.created)
     names, used, other_alive, silent_alive, created = run(scenario)
     assert names == ["p-1"] and used and other_alive and not silent_alive and created == 0
+
+
+def test_a_leased_slot_names_its_holder_in_the_snapshot() -> None:
+    async def scenario() -> list[list[str | None]]:
+        pool = make_pool(slots_per_sandbox=2, max_sandboxes=1)
+        lease = await pool.acquire(holder="r7")
+        runs = [box["runs"] for box in pool.snapshot()["sandboxes"]]
+        await pool.release(lease)
+        runs += [box["runs"] for box in pool.snapshot()["sandboxes"]]
+        await pool.aclose()
+        return runs
+    assert run(scenario) == [["r7", None], [None, None]]
