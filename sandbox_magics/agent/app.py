@@ -91,10 +91,10 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
         post(f"{p}/slots/{{slot}}/signal", signal_run),
         post(f"{p}/slots/{{slot}}/reset", reset),
         get(f"{p}/slots/{{slot}}/files", list_files),
-        get(f"{p}/slots/{{slot}}/files/{{path:.+}}", get_file),
-        put(f"{p}/slots/{{slot}}/files/{{path:.+}}", put_file),
+        get(f"{p}/slots/{{slot}}/files/{{path:[\\s\\S]+}}", get_file),
+        put(f"{p}/slots/{{slot}}/files/{{path:[\\s\\S]+}}", put_file),
         post(f"{p}/shutdown", shutdown),
-        any_method("*", "/{tail:.*}", no_route),
+        any_method("*", "/{tail:[\\s\\S]*}", no_route),
     ])
     return app
 
