@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from ..agent import protocol
 from ..exceptions import AgentAuthError, AgentRequestError, SandboxError, SandboxLostError
@@ -48,7 +49,7 @@ class AgentSandbox(Sandbox):
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", REQUEST_TIMEOUT)
         try:
-            async with self._session.request(method, self.base_url + path,
+            async with self._session.request(method, URL(self.base_url + path, encoded=True),
                                              headers=self._headers, **kwargs) as resp:
                 await _raise_for_status(resp, self.id)
                 return await resp.json()
@@ -86,7 +87,7 @@ class AgentSandbox(Sandbox):
             await self._request("PUT", f"/slots/{slot}/files/{_quote(remote)}", data=fh)
 
     async def download(self, slot: int, remote: str, local: Path) -> None:
-        url = f"{self.base_url}/slots/{slot}/files/{_quote(remote)}"
+        url = URL(f"{self.base_url}/slots/{slot}/files/{_quote(remote)}", encoded=True)
         try:
             async with self._session.get(url, headers=self._headers,
                                          timeout=REQUEST_TIMEOUT) as resp:
@@ -171,8 +172,11 @@ def _broken(exc: BaseException) -> str:
 
 
 def _quote(path: str) -> str:
+    """``path`` for a URL sent as it is (``encoded=True``): each segment percent-encoded,
+    dots included, so that ``..`` reaches the agent as written (which refuses it) instead
+    of being resolved away into another route's URL."""
     from urllib.parse import quote
-    return quote(path, safe="/")
+    return "/".join(quote(part, safe="").replace(".", "%2E") for part in path.split("/"))
 
 
 async def _raise_for_status(resp: aiohttp.ClientResponse, sandbox_id: str) -> None:
