@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import enum
 import shutil
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +120,26 @@ class Manager:
             self._noticed.add(profile.name)
             for notice in pool.backend.notices(profile):
                 run._notice(notice)
+        if problem := env_problem({**profile.env, **spec.env}):
+            run._finish(RunState.ERROR, error=problem)
+            return run
         task = asyncio.ensure_future(
             drive(run, profile, pool, self.client_folder("artifacts"), self.grace))
         self._tasks[run.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(run.id, None))
+        task.add_done_callback(lambda _: self._ended(run, task))
         return run
+
+    def _ended(self, run: Run, task: asyncio.Task[None]) -> None:
+        """Forget a run's task; a run it left unfinished (its task was cancelled before it
+        first ran, or failed) ends now, so nothing waits for it forever."""
+        self._tasks.pop(run.id, None)
+        if run.done:
+            return
+        if task.cancelled():
+            run._finish(RunState.CANCELLED, error="cancelled while queued")
+        else:
+            exc = task.exception()
+            run._finish(RunState.ERROR, error=f"the run's task failed ({type(exc).__name__}: {exc})")
 
     def client_folder(self, name: str) -> Path:
         """This client's folder for ``name`` ("logs", "artifacts")."""
@@ -184,6 +199,8 @@ class Manager:
             return
         self.state = ManagerState.CLOSED
         tasks = list(self._tasks.values())
+        for run_id in self._tasks:
+            self.runs.get(run_id).cancel_requested = True  # kept if asyncio drops a cancel
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -196,3 +213,25 @@ class Manager:
                 run.log.close()
             for folder in self._folders.values():
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def env_problem(env: Mapping[str, object]) -> str | None:
+    """Why ``env`` cannot be given to a process, as a sentence that names the variable but
+    never shows its value (it may be a secret, and a run's error is shown everywhere); None
+    if it can."""
+    for name, value in env.items():
+        if not isinstance(name, str) or not name or "=" in name or "\x00" in name:
+            return (f"environment variable name {name!r} cannot be given to a process: a name "
+                    "must be non-empty text without '=' or a NUL character")
+        if not isinstance(value, str):
+            return (f"the value of environment variable {name!r} must be text, "
+                    f"not {type(value).__name__}")
+        if "\x00" in value:
+            return (f"the value of environment variable {name!r} has a NUL character, which "
+                    "no process can be given (the value is not shown); remove it")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return (f"the value of environment variable {name!r} is not valid Unicode text "
+                    "(the value is not shown); pass text without lone surrogates")
+    return None
