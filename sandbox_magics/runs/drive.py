@@ -15,6 +15,7 @@ import contextlib
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..backends.base import ExecRequest, Exited, FileInfo, Output, Process, Started
 from ..exceptions import SandboxError, SandboxLostError
@@ -52,6 +53,9 @@ async def drive(run: Run, profile: Profile, pool: Pool, artifacts_dir: Path,
     ended). Cancel the task running this to cancel the run."""
     for attempt in range(MAX_REQUEUES + 1):
         run._stage(Stage.QUEUED)
+        if run.cancel_requested:  # a cancel that met the re-queue
+            run._finish(RunState.CANCELLED, error="cancelled while queued")
+            return
         try:
             lease = await pool.acquire(run.spec.session, timeout=profile.acquire_timeout,
                                        first=attempt > 0, holder=run.id)
@@ -60,6 +64,10 @@ async def drive(run: Run, profile: Profile, pool: Pool, artifacts_dir: Path,
             return
         except SandboxError as exc:
             run._finish(RunState.ERROR, error=str(exc))
+            return
+        if run.cancel_requested:  # granted as it was cancelled (wait_for then drops the cancel)
+            await pool.release(lease, reset=False)
+            run._finish(RunState.CANCELLED, error="cancelled while queued")
             return
         try:
             await _attempt(run, profile, pool, lease, artifacts_dir, grace)
@@ -114,8 +122,9 @@ async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifac
         outcome = Outcome(RunState.ERROR, error=f"file transfer failed: {exc or 'it took too long'}",
                           started=outcome.started)
     finally:
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.shield(pool.release(lease, reset=not outcome.workspace_empty))
+        with contextlib.suppress(Exception):
+            if await _despite_cancel(pool.release(lease, reset=not outcome.workspace_empty)):
+                run.cancel_requested = True
         if requeue is None:
             run._finish(outcome.state, outcome.exit_code, outcome.error)
     if requeue is not None:
@@ -143,6 +152,8 @@ async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: 
     lost = asyncio.ensure_future(lease.lost.wait())
     try:
         try:
+            if run.cancel_requested:  # cancelled as the exec answered (wait_for drops that)
+                raise asyncio.CancelledError
             done, _ = await asyncio.wait({consume, lost}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -163,8 +174,10 @@ async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: 
     finally:
         for task in (consume, lost):
             task.cancel()
-        await asyncio.gather(consume, lost, return_exceptions=True)
-        await process.aclose()
+        try:
+            await asyncio.gather(consume, lost, return_exceptions=True)
+        finally:
+            await process.aclose()
 
 
 async def escalate(process: Process, ended: asyncio.Future[Exited], grace: float) -> str:
@@ -185,11 +198,33 @@ async def escalate(process: Process, ended: asyncio.Future[Exited], grace: float
 
 async def _stop(run: Run, process: Process, consume: asyncio.Future[Exited], pool: Pool,
                 lease: Lease, grace: float) -> str:
-    """Escalate; a sandbox that cannot stop the run is retired with everything in it."""
-    step = await escalate(process, consume, grace)
+    """Escalate; a sandbox that cannot stop the run is retired with everything in it.
+
+    A cancel that arrives meanwhile (a second cancel, a shutdown) waits for the escalation
+    to end, then is raised: a cut escalation would leave the command going in a slot about
+    to be reset and handed to another run."""
+    escalation = asyncio.ensure_future(escalate(process, consume, grace))
+    cancelled = await _despite_cancel(escalation)
+    run.stop_step = step = escalation.result()
     if step == "sandbox-unreachable":
         pool.mark_lost(lease.slot.sandbox, f"it did not stop run {run.id} when told to")
+    if cancelled:
+        raise asyncio.CancelledError
     return step
+
+
+async def _despite_cancel(awaitable: Any) -> bool:
+    """Await ``awaitable`` to its end even if this task is cancelled meanwhile (it must be
+    bounded in time); return whether it was. Its own exception is raised."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    return cancelled
 
 
 def _stopped(run: Run, consume: asyncio.Future[Exited], state: RunState,
