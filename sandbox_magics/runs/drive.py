@@ -187,7 +187,7 @@ async def escalate(process: Process, ended: asyncio.Future[Exited], grace: float
     for sig, name in _STEPS:
         try:
             delivered = await process.signal(sig)
-        except SandboxError:
+        except (SandboxError, OSError, asyncio.TimeoutError):  # a request's timeout too
             return "sandbox-unreachable"
         with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(asyncio.shield(ended), grace)

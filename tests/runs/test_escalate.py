@@ -16,8 +16,10 @@ from sandbox_magics.runs.drive import escalate
 class ScriptedProcess(Process):
     """A process that ends on the first signal in ``dies_on``; records what it was sent."""
 
-    def __init__(self, dies_on: set[int], running: bool = True, reachable: bool = True) -> None:
+    def __init__(self, dies_on: set[int], running: bool = True, reachable: bool = True,
+                 answers: bool = True) -> None:
         self.dies_on, self.running, self.reachable = dies_on, running, reachable
+        self.answers = answers
         self.sent: list[int] = []
         self.ended: asyncio.Future[Exited] = asyncio.get_running_loop().create_future()
         if not running:
@@ -29,6 +31,8 @@ class ScriptedProcess(Process):
     async def signal(self, sig: int) -> bool:
         if not self.reachable:
             raise SandboxLostError("the sandbox stopped answering")
+        if not self.answers:  # as aiohttp's total timeout of the signal request raises
+            raise asyncio.TimeoutError
         self.sent.append(sig)
         if not self.running:
             return False
@@ -51,6 +55,7 @@ INT, TERM, KILL = signal.SIGINT, signal.SIGTERM, signal.SIGKILL
     ("had ended already", dict(dies_on=set(), running=False), "already-finished", [INT]),
     ("never ends, even on SIGKILL", dict(dies_on=set()), "sandbox-unreachable", [INT, TERM, KILL]),
     ("sandbox unreachable", dict(dies_on={INT}, reachable=False), "sandbox-unreachable", []),
+    ("signal request timed out", dict(dies_on={INT}, answers=False), "sandbox-unreachable", []),
 ])
 def test_escalate_stops_at_the_first_step_that_works(case: str, process: dict[str, object],
                                                      step: str, sent: list[int]) -> None:
