@@ -39,6 +39,9 @@ HEARTBEAT_INTERVAL = 60.0
 EVENT_HISTORY = 200
 RETIRED_HISTORY = 20
 logger = logging.getLogger(__name__)
+# (backend, sandbox id) adopted by a pool of this process: two clients of one restarted
+# kernel both see their predecessor's sandboxes as theirs, and only one may take each.
+_adopted: set[tuple[str, str]] = set()
 
 
 @dataclass(eq=False)
@@ -357,6 +360,9 @@ class Pool:
         for sandbox in found:
             verdict = policy.classify(sandbox.tags, self.identity, now, self.profile.heartbeat_window)
             if verdict is policy.Found.ADOPT:
+                if (self.backend.name, sandbox.id) in _adopted:
+                    continue
+                _adopted.add((self.backend.name, sandbox.id))
                 health = await self._health(sandbox)
                 if health.ok and not self._closed:
                     record = SandboxRecord(self._adopted_name(sandbox), SandboxState.STARTING,

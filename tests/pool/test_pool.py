@@ -320,3 +320,22 @@ def test_a_leased_slot_names_its_holder_in_the_snapshot() -> None:
         await pool.aclose()
         return runs
     assert run(scenario) == [["r7", None], [None, None]]
+
+
+def test_two_clients_of_a_restarted_kernel_never_both_adopt_one_sandbox() -> None:
+    before_restart = Identity(client_id="old", kernel_id="k7", process="host/1")
+    first, second = (Identity(client_id=c, kernel_id="k7", process="host/2") for c in "ab")
+    left = InstantSandbox("p-41", 2, {**before_restart.tags("p"), identity.NAME: "p-41"})
+
+    async def scenario() -> list[bool]:
+        profile = Profile(name="p", slots_per_sandbox=2, max_sandboxes=2, heartbeat_window=900)
+        pools = [Pool(profile, InstantBackend(left_behind=[left]), me, tick=0.05, cooldown=0.0)
+                 for me in (first, second)]
+        for pool in pools:
+            pool.start()
+        leases = [await pool.acquire(timeout=5) for pool in pools]
+        adopted = [lease.sandbox is left for lease in leases]
+        for pool in pools:
+            await pool.aclose()
+        return adopted
+    assert sorted(run(scenario)) == [False, True]
