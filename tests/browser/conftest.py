@@ -38,8 +38,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module. Playwright's sync API keeps an event loop running in
+    this thread while it is open, so it is stopped after each browser module: tests of
+    other modules call asyncio.run."""
     executable = ensure_chromium()
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
