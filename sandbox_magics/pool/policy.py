@@ -23,7 +23,8 @@ MAX_START_FAILURES = 3
 
 @dataclass(frozen=True)
 class SandboxFacts:
-    """What the policy needs to know of one live sandbox (starting or ready)."""
+    """What the policy needs to know of one live sandbox (starting or ready); ``in_use``:
+    a run uses one of its slots (an idle session's slot does not count)."""
 
     id: str
     starting: bool

@@ -187,11 +187,11 @@ class Pool:
 
     def session_notice(self, session: str) -> str | None:
         """If ``session``'s sandbox was lost, say so once."""
-        reason = self._lost_sessions.pop(session, None)
-        if reason is None:
+        what = self._lost_sessions.pop(session, None)
+        if what is None:
             return None
-        return (f"Session {session!r} started afresh in a new workspace: its sandbox was lost "
-                f"({reason}), and the files in it with it.")
+        return (f"Session {session!r} started afresh in a new workspace: its sandbox {what}, "
+                "and the files in it with it.")
 
     async def release(self, lease: Lease, reset: bool = True) -> None:
         """Give the slot back, emptying its workspace (if ``reset``) unless a session
@@ -214,7 +214,7 @@ class Pool:
         slot.busy, slot.run_id = False, None
         if slot.session is None and slot.sandbox.state is SandboxState.READY:
             self._free_slots[slot] = None
-        if slot.sandbox.idle:
+        if not slot.sandbox.running:
             slot.sandbox.idle_since = time.monotonic()
         self._dispatch()
 
@@ -270,7 +270,7 @@ class Pool:
         return policy.Counts(
             waiting=sum(not w.future.done() for w in self._waiters),
             sandboxes=tuple(policy.SandboxFacts(
-                r.id, r.state is SandboxState.STARTING, not r.idle and r.state is SandboxState.READY,
+                r.id, r.state is SandboxState.STARTING, r.running,
                 r.created, r.idle_since, r.size) for r in live),
             failed_starts=self._failed_starts, last_failure=self._last_failure,
             last_error=self._last_error, last_scale_down=self._last_scale_down)
@@ -290,6 +290,7 @@ class Pool:
                 record = next(r for r in self.sandboxes if r.id == action.sandbox)
                 record.reason = action.reason
                 self._withdraw(record, SandboxState.STOPPING)
+                self._end_sessions(record, f"was stopped ({action.reason})")
                 self._emit("scale-down", record.id, action.reason)
                 self._spawn(self._retire(record))
                 self._last_scale_down = now
@@ -395,14 +396,21 @@ class Pool:
             if slot.busy:
                 slot.lost_reason = reason
                 slot.lost.set()
-            if slot.session is not None:
-                self._sessions.pop(slot.session, None)
-                self._lost_sessions[slot.session] = reason
-            self._waiters.extendleft(reversed(self._session_waiters.pop(slot, ())))
+        self._end_sessions(record, f"was lost ({reason})")
         self._emit("lost", record.id, reason)
         self._spawn(self._retire(record))
         self._dispatch()
         self.reconcile()
+
+    def _end_sessions(self, record: SandboxRecord, what: str) -> None:
+        """The sessions held in ``record`` end: their next run starts afresh elsewhere and
+        is told that its sandbox ``what``."""
+        for slot in record.slots:
+            if slot.session is not None:
+                self._sessions.pop(slot.session, None)
+                self._lost_sessions[slot.session] = what
+                slot.session = None
+            self._waiters.extendleft(reversed(self._session_waiters.pop(slot, ())))
 
     async def _retire(self, record: SandboxRecord) -> None:
         if record.sandbox is not None:

@@ -50,8 +50,10 @@ class SandboxRecord:
     health_failures: int = 0
 
     @property
-    def idle(self) -> bool:
-        return self.state is SandboxState.READY and not any(s.busy or s.session for s in self.slots)
+    def running(self) -> bool:
+        """Whether a run uses one of its slots now (a session's idle slot does not count:
+        an idle session does not keep a sandbox past its idle timeout, lifetime or scale)."""
+        return any(s.busy for s in self.slots)
 
 
 @dataclass(eq=False)

@@ -339,3 +339,24 @@ def test_two_clients_of_a_restarted_kernel_never_both_adopt_one_sandbox() -> Non
             await pool.aclose()
         return adopted
     assert sorted(run(scenario)) == [False, True]
+
+
+def test_scale_zero_stops_a_sandbox_held_only_by_an_idle_session_and_the_session_hears_it() -> None:
+    async def scenario() -> tuple[bool, str | None, bool]:
+        backend = InstantBackend()
+        pool = make_pool(backend, slots_per_sandbox=2, max_sandboxes=1)
+        lease = await pool.acquire(session="s")
+        await pool.release(lease)
+        await pool.scale(0)
+        while backend.created[0].alive:
+            await asyncio.sleep(0.01)
+        await pool.scale(None)
+        again = await pool.acquire(session="s", timeout=5)
+        notice = pool.session_notice("s")
+        fresh = again.sandbox is not backend.created[0]
+        await pool.aclose()
+        return backend.created[0].alive, notice, fresh
+    alive, notice, fresh = run(scenario)
+    assert not alive and fresh
+    assert notice == ("Session 's' started afresh in a new workspace: its sandbox was stopped "
+                      "(the pool is set to at most 0 sandbox(es)), and the files in it with it.")
