@@ -162,6 +162,8 @@ class Manager:
         task.cancel()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), self.grace * 3 + 10)
+        if not run.done:
+            return f"still stopping (it was {stage})"
         if run.stop_step:
             return run.stop_step
         return "dequeued" if stage == "queued" else f"stopped while {stage}"

@@ -250,8 +250,10 @@ class Client:
         if self.state is ClientState.CLOSED:
             return
         self.state = ClientState.CLOSED
-        await self._loop.arun(self._manager.shutdown(purge))
-        self._loop.stop()
+        try:
+            await self._loop.arun(self._manager.shutdown(purge))
+        finally:
+            self._loop.stop()
 
 
 async def _every(interval: Callable[[], float], callback: Callable[[], bool]) -> None:

@@ -443,12 +443,11 @@ class Pool:
             await self._adopt_or_reap()
         finally:
             self._discovered = True
-        self.reconcile()
         while not self._closed:
-            await asyncio.sleep(self._tick)
             try:
-                await self._check_health()
                 self.reconcile()
+                await asyncio.sleep(self._tick)
+                await self._check_health()
             except Exception as exc:
                 logger.exception("pool maintenance of profile %r failed once", self.profile.name)
                 self._emit("maintenance-failed", detail=f"{type(exc).__name__}: {exc}")
