@@ -7,7 +7,7 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
-import { commInfoOverSubshell } from './comminfo';
+import { answerWhileBusy } from './busykernel';
 import { IRun, ModelRegistry, SandboxModel } from './model';
 import { LogPanel, SandboxPanel, StatusItem } from './views';
 
@@ -59,9 +59,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     // there when the notebook becomes active.
     const watch = (notebook: NotebookPanel) => {
       const context = notebook.sessionContext;
-      // Before the widget manager asks for its comms (it waits for `ready`).
-      commInfoOverSubshell(context.session?.kernel);
-      context.kernelChanged.connect((_, change) => commInfoOverSubshell(change.newValue));
+      // As soon as the connection exists, before it connects and the widget manager asks
+      // for its comms: see busykernel.ts.
+      answerWhileBusy(context.session?.kernel);
+      context.kernelChanged.connect((_, change) => answerWhileBusy(change.newValue));
       const connect = () => {
         models.get(context.session?.kernel);
         if (tracker.currentWidget === notebook) {
