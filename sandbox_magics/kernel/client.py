@@ -18,6 +18,7 @@ import concurrent.futures
 import enum
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,13 @@ class Client:
         self._loop = LoopThread()
         self._manager = Manager(self._profiles, self.identity, pool_options)
         atexit.register(_shutdown_at_exit, weakref.ref(self))
+        # Also before any atexit handler: Modal's SDK stops its event loop in one, registered
+        # when a Modal pool first imports it (after this), and no sandbox could be terminated
+        # after that. Threading's exit hooks run first (concurrent.futures uses them).
+        try:
+            threading._register_atexit(_shutdown_at_exit, weakref.ref(self))  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):
+            pass
 
     def __repr__(self) -> str:
         detail = "closed" if self.state is ClientState.CLOSED else f"{len(self._manager.runs)} runs"
