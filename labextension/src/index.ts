@@ -8,6 +8,7 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { answerWhileBusy } from './busykernel';
+import { highlightSandboxCells } from './highlight';
 import { IRun, ModelRegistry, SandboxModel } from './model';
 import { LogPanel, SandboxPanel, StatusItem } from './views';
 
@@ -82,6 +83,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     tracker.forEach(watch);
     tracker.currentChanged.connect((_, notebook) => follow(notebook));
     follow(tracker.currentWidget);
+
+    highlightSandboxCells(tracker);
   }
 };
 

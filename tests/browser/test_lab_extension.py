@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.browser.lab import JupyterLab, Notebook
+from tests.browser.lab import JupyterLab, Notebook, write_notebook
 from tests.browser.test_panels import wait_text
 
 
@@ -77,3 +77,45 @@ def test_status_bar_and_sidebar_follow_the_kernel_and_answer_while_busy(
     pool.get_by_role("button", name="Shut down").click()
     wait_for(lambda: panel.locator(".sbx-lab-box").count() == 0, 20, "the pool did not shut down")
     assert status_text(page) == "sandbox 0/0"
+
+
+HIGHLIGHTED = [
+    "%%sandbox python --name hl-py\nimport os\ndone = [f for f in os.listdir()]",
+    '%%sandbox bash --name hl-sh\nfor f in *.txt; do echo "$f"; done',
+    "%%sandbox --profile default sh\nwhile true; do sleep 1; done",
+    "import os\ndone = 1",
+]
+
+
+def token_classes(page: Any, index: int, word: str) -> list[str]:
+    """The classes of the spans CodeMirror shows for ``word`` in cell ``index``."""
+    return page.evaluate(
+        "([i, w]) => [...window.sbxTest.nb().content.widgets[i].node"
+        ".querySelectorAll('.cm-content span')].filter(s => s.textContent === w)"
+        ".map(s => s.className)", [index, word])
+
+
+def test_sandbox_cells_are_highlighted_in_their_language(lab: JupyterLab, page: Any) -> None:
+    write_notebook(lab.root / "highlighted.ipynb", HIGHLIGHTED)
+    nb = Notebook(lab, page, "highlighted.ipynb")
+    wait_for(lambda: token_classes(page, 0, "import"), 10, "no Python tokens")
+    keyword = token_classes(page, 0, "import")[0]
+    assert token_classes(page, 3, "import") == [keyword]
+
+    def keywords(index: int, word: str) -> bool:
+        return keyword in token_classes(page, index, word)
+    # `done` closes a loop in shell and is a plain name in Python.
+    wait_for(lambda: keywords(1, "done") and keywords(2, "done"), 10,
+             f"no shell keywords: {token_classes(page, 1, 'done')}")
+    assert keywords(1, "do") and not keywords(1, "echo")
+    assert not keywords(0, "done") and not keywords(3, "done")
+    assert page.evaluate("() => window.sbxTest.nb().content.widgets.map(c => c.model.mimeType)") \
+        == ["text/x-python", "text/x-sh", "text/x-sh", nb.page.evaluate(
+            "() => window.sbxTest.nb().content.codeMimetype")]
+
+    # Typing follows: a cell that becomes a bash cell, and one that stops being one.
+    index = nb.add("%%sandbox bash\nuntil false; do :; done")
+    wait_for(lambda: keywords(index, "until"), 10, "a new bash cell is not highlighted")
+    page.evaluate("() => window.sbxTest.nb().content.widgets[1].model.sharedModel"
+                  ".setSource('for f in x: pass\\ndone = 1')")
+    wait_for(lambda: not keywords(1, "done"), 10, "a cell no longer %%sandbox bash stays shell")
