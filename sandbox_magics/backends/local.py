@@ -26,6 +26,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -75,6 +76,12 @@ class LocalSandbox(AgentSandbox):
         if self.process.returncode is not None:
             return Health(False, _agent_ended(self.process.returncode))
         return await super().health()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return await super()._request(method, path, **kwargs)
+        except SandboxLostError as exc:
+            raise SandboxLostError(await self.explain_loss(str(exc))) from None
 
     async def exec(self, slot: int, request: ExecRequest) -> Process:
         try:
