@@ -186,7 +186,6 @@ def chaos(client: Client, runs: int, kill_every: tuple[float, float], wait: floa
         calm = time.monotonic()
         assert not hung, f"{len(hung)} runs never ended: {hung[:5]}"
         assert wait_until(lambda: healed(client), 60), client.status()
-        heal = time.monotonic() - calm
 
     states = collections.Counter(run.state for run in submitted)
     failed = [run for run in submitted if run.state is not RunState.SUCCEEDED]
@@ -202,8 +201,7 @@ def chaos(client: Client, runs: int, kill_every: tuple[float, float], wait: floa
           f"with their agent killed, {len(retired) - killed} after a dropped connection); "
           f"hung: 0; time to heal after a fault: "
           f"median {statistics.median(watch.outages or [0]):.1f} s, max "
-          f"{max(watch.outages or [0]):.1f} s over {len(watch.outages)} outages; "
-          f"after the chaos: {heal:.1f} s")
+          f"{max(watch.outages or [0]):.1f} s over {len(watch.outages)} outages")
     for fault in by_fault:
         print(f"  {fault}, e.g.:", next(r for r in failed if fault_named(r) == fault).failure_message())
 
