@@ -28,6 +28,8 @@ import { TARGET } from './model';
 const TARGETS = new Set(['jupyter.widget', 'jupyter.widget.control', TARGET]);
 /** How long the held queue may wait for the subshell (JupyterLab's own timeout is 3 s). */
 const GATE_MS = 2000;
+/** How long a control answer waits for the shell's before the kernel is taken as busy. */
+const GRACE_MS = 100;
 /** sessionStorage key prefix: the subshell this tab uses in a kernel, so reloads reuse it. */
 const STORE = 'sandbox-magics:subshell:';
 
@@ -136,10 +138,15 @@ class Route {
     const early = control.done.then(
       async (reply: KernelMessage.IInfoReplyMsg) => {
         const status = reply.content.status as string | undefined;
-        if (answered || (status !== undefined && status !== 'ok')) {
+        if (status !== undefined && status !== 'ok') {
           return shell;
         }
+        // An idle kernel's shell answers as fast: then nothing more is needed.
+        await Promise.race([shell.catch(() => undefined), sleep(GRACE_MS)]);
         const features = (reply.content as any).supported_features as string[] | undefined;
+        if (answered) {
+          return shell;
+        }
         if (this.comms && this._wanted() && features?.includes('kernel subshells')) {
           this._use(await this._viaClone()); // the main shell is busy: before the queue goes
         }
@@ -173,16 +180,23 @@ class Route {
   }
 
   /** Our subshell found or created over a clone (this connection's queue is held). */
-  private _viaClone(): Promise<string | null> {
-    const kernel = this.kernel;
-    const clone = kernel.clone({ handleComms: false });
-    new Route(clone, false); // its kernel_info on control too
-    const work = (async () => {
-      await clone.info;
-      return clone.supportsSubshells ? findOrCreate(clone, kernel.id) : null;
-    })().catch(() => null);
-    const timeout = new Promise<null>(resolve => setTimeout(() => resolve(null), GATE_MS));
-    return Promise.race([work, timeout]).finally(() => clone.dispose());
+  private async _viaClone(): Promise<string | null> {
+    let clone: Kernel.IKernelConnection | null = null;
+    try {
+      const kernel = this.kernel;
+      clone = kernel.clone({ handleComms: false });
+      new Route(clone, false); // its kernel_info on control too
+      const conn = clone;
+      const work = (async () => {
+        await conn.info;
+        return conn.supportsSubshells ? findOrCreate(conn, kernel.id) : null;
+      })().catch(() => null); // also when it fails after the timeout (clone disposed)
+      return await Promise.race([work, sleep(GATE_MS).then(() => null)]);
+    } catch {
+      return null;
+    } finally {
+      clone?.dispose();
+    }
   }
 
   private _use(id: string | null): void {
@@ -252,4 +266,8 @@ function forget(kernelId: string): void {
   } catch {
     // storage off
   }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms));
 }
