@@ -317,7 +317,6 @@ def test_a_canary_secret_shows_in_no_log_repr_frame_status_or_error(client: Clie
     shown = everything_shown(client) + agent_logs(client)
     for secret in (CANARY, PROFILE_CANARY):
         assert secret not in shown, re.findall(rf".{{0,80}}{secret}.{{0,20}}", shown)
-    assert "API_TOKEN" not in shown or "PROFILE_TOKEN" in shown   # names may show, not values
 
 
 def test_a_canary_secret_shows_in_no_message_a_kernel_sends(tmp_path: Path) -> None:
@@ -345,8 +344,8 @@ env = {{ PROFILE_TOKEN = "{PROFILE_CANARY}" }}
         replies = [k.execute(cell) for cell in cells]
         assert replies[0].stdout == f"{len(CANARY)} {len(PROFILE_CANARY)}\n"
         assert replies[3].error is not None and replies[3].error["ename"] == "RunFailedError"
-        k.drain_until(lambda: any("bg" in str(s.get("value", "")) or "bg " in json.dumps(s)
-                                  for s in k.widgets().values()), 10)
+        assert k.drain_until(lambda: f"bg {len(CANARY)}" in json.dumps(k.widgets()), 10), \
+            "the --bg run's log view never showed its output"
         sent = json.dumps([msg for _, msg in k.messages], default=str)
         assert CANARY not in sent and PROFILE_CANARY not in sent
         assert "PROFILE_TOKEN" in sent      # the name shows (in %sandbox profiles), not the value
