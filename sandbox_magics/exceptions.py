@@ -8,6 +8,7 @@ The tree::
     ├── SandboxLostError        a sandbox died or stopped answering mid-run
     ├── AgentAuthError          the agent refused the token
     ├── AgentRequestError       the agent refused a request (bad path, busy slot, ...)
+    │   └── SlotBusyError       the slot still runs a command
     ├── AcquireTimeoutError     no slot became free within the acquire timeout
     ├── ClosedError             the client or pool has been shut down
     └── RunFailedError          a run ended with a non-zero exit, a timeout or a cancel
@@ -52,6 +53,11 @@ class AgentRequestError(SandboxError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class SlotBusyError(AgentRequestError):
+    """Raised when a slot still runs a command (a run whose connection broke, until the
+    agent notices and stops it)."""
 
 
 class AcquireTimeoutError(SandboxError, TimeoutError):

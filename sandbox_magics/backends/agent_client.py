@@ -18,7 +18,8 @@ import aiohttp
 from yarl import URL
 
 from ..agent import protocol
-from ..exceptions import AgentAuthError, AgentRequestError, SandboxError, SandboxLostError
+from ..exceptions import (AgentAuthError, AgentRequestError, SandboxError, SandboxLostError,
+                          SlotBusyError)
 from .base import ExecEvent, ExecRequest, Exited, FileInfo, Health, Output, Process, Sandbox, Started
 
 HEALTH_TIMEOUT = 2.0
@@ -191,4 +192,5 @@ async def _raise_for_status(resp: aiohttp.ClientResponse, sandbox_id: str) -> No
             f"The agent of sandbox {sandbox_id} refused the token; the sandbox was started "
             "by another kernel or its token was lost: shut it down and start a new one."
         )
-    raise AgentRequestError(f"Sandbox {sandbox_id} refused the request: {message}.", resp.status)
+    error = SlotBusyError if resp.status == 409 else AgentRequestError
+    raise error(f"Sandbox {sandbox_id} refused the request: {message}.", resp.status)

@@ -24,7 +24,7 @@ from typing import Any
 from .. import identity
 from ..backends.base import Backend, Health, Sandbox
 from ..exceptions import (AcquireTimeoutError, ClosedError, ProfileError, SandboxError,
-                          SandboxStartError)
+                          SandboxStartError, SlotBusyError)
 from ..identity import Identity
 from ..profiles import Profile
 from . import policy
@@ -33,6 +33,7 @@ from .state import Lease, PoolEvent, SandboxRecord, SandboxState, SlotRecord
 HEALTH_TIMEOUT = 3.0
 HEALTH_FAILURES = 2
 RESET_TIMEOUT = 30.0
+BUSY_RETRY = 0.1
 STOP_TIMEOUT = 15.0
 DISCOVER_TIMEOUT = 30.0
 HEARTBEAT_INTERVAL = 60.0
@@ -204,11 +205,36 @@ class Pool:
         try:
             if reset and slot.session is None and record.state is SandboxState.READY and record.sandbox:
                 try:
-                    await asyncio.wait_for(record.sandbox.reset(slot.index), RESET_TIMEOUT)
+                    await asyncio.wait_for(self._reset(record.sandbox, slot.index), RESET_TIMEOUT)
                 except (SandboxError, asyncio.TimeoutError) as exc:
                     self.mark_lost(record, f"could not reset slot {slot.index}: {exc}")
         finally:
             self._free(slot)
+
+    @staticmethod
+    async def _reset(sandbox: Sandbox, slot: int) -> None:
+        """Empty a slot, waiting while it still runs the command of a run whose connection
+        broke (its sandbox stops it when it notices; the caller bounds the wait)."""
+        while True:
+            try:
+                return await sandbox.reset(slot)
+            except SlotBusyError:
+                await asyncio.sleep(BUSY_RETRY)
+
+    async def suspect(self, record: SandboxRecord, reason: str) -> bool:
+        """A run lost its connection to ``record`` (``reason``): retire the sandbox if it
+        fails a health check now; return whether it was retired. One broken connection
+        must not take the other runs of a healthy sandbox with it."""
+        reason = reason.rstrip(".")
+        if record.state is SandboxState.READY and record.sandbox is not None:
+            health = await self._health(record.sandbox)
+            if health.ok and record.state is SandboxState.READY:
+                self._emit("connection-lost", record.id, f"{reason}; the sandbox still answers")
+                return False
+            if health.reason and health.reason not in reason:
+                reason = f"{reason}; {health.reason}"
+        self.mark_lost(record, reason)
+        return True
 
     def _free(self, slot: SlotRecord) -> None:
         slot.busy, slot.run_id = False, None

@@ -116,7 +116,7 @@ async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifac
         if outcome.started:
             outcome = Outcome(RunState.LOST, outcome.exit_code, str(exc))
         else:
-            pool.mark_lost(lease.slot.sandbox, str(exc))
+            await pool.suspect(lease.slot.sandbox, str(exc))
             requeue = str(exc)
     except _TRANSFER_ERRORS as exc:
         outcome = Outcome(RunState.ERROR, error=f"file transfer failed: {exc or 'it took too long'}",
@@ -142,7 +142,7 @@ async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: 
     try:
         process = await asyncio.wait_for(lease.sandbox.exec(lease.index, request), EXEC_START_TIMEOUT)
     except SandboxLostError as exc:
-        pool.mark_lost(lease.slot.sandbox, str(exc))
+        await pool.suspect(lease.slot.sandbox, str(exc))
         return Outcome(RunState.LOST, error=str(exc), started=False)
     except (SandboxError, asyncio.TimeoutError) as exc:
         return Outcome(RunState.ERROR, error=f"the sandbox refused the run: {exc or 'no answer'}",
@@ -163,9 +163,12 @@ async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: 
             try:
                 return _ended(consume.result())
             except SandboxLostError as exc:
-                pool.mark_lost(lease.slot.sandbox, str(exc))
-                return Outcome(RunState.LOST, error=lease.slot.lost_reason or str(exc),
-                               started=started.is_set())
+                retired = await pool.suspect(lease.slot.sandbox, str(exc))
+                error = lease.slot.lost_reason or str(exc)
+                if not retired:
+                    error = (f"{error.rstrip('.')}; the sandbox still answers, so only this "
+                             "run's connection broke")
+                return Outcome(RunState.LOST, error=error, started=started.is_set())
         if lost in done:
             return Outcome(RunState.LOST, error=lease.slot.lost_reason or "sandbox lost",
                            started=started.is_set())

@@ -360,3 +360,20 @@ def test_scale_zero_stops_a_sandbox_held_only_by_an_idle_session_and_the_session
     assert not alive and fresh
     assert notice == ("Session 's' started afresh in a new workspace: its sandbox was stopped "
                       "(the pool is set to at most 0 sandbox(es)), and the files in it with it.")
+
+
+def test_a_broken_connection_retires_its_sandbox_only_if_it_fails_a_health_check() -> None:
+    async def scenario() -> tuple[bool, bool, bool, list[str]]:
+        backend = InstantBackend()
+        pool = make_pool(backend, slots_per_sandbox=2, max_sandboxes=1)
+        first, other = await pool.acquire(), await pool.acquire()
+        kept = not await pool.suspect(first.slot.sandbox, "the answer broke off.")
+        other_ok = not other.lost.is_set()
+        backend.created[0].alive = False
+        retired = await pool.suspect(first.slot.sandbox, "the answer broke off.")
+        kinds = [e.kind for e in pool.events]
+        await pool.aclose()
+        return kept, other_ok, retired, kinds
+    kept, other_ok, retired, kinds = run(scenario)
+    assert kept and other_ok and retired
+    assert kinds.index("connection-lost") < kinds.index("lost")
