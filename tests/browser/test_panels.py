@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from playwright.sync_api import expect
+
 from tests.browser.lab import Notebook
 
 PNG_AND_FRIENDS = r'''%%sandbox python --name files
@@ -145,7 +147,7 @@ def test_dashboard_is_readable(notebook: Notebook, screenshots: Path) -> None:
     notebook.run("%%sandbox bash --bg --name hold-1 --no-raise-error\nsleep 30")
     notebook.run("%%sandbox bash --bg --name hold-2 --no-raise-error\nsleep 30")
     busy = cell.locator(".sbx-grid i.sbx-s-busy")
-    busy.first.wait_for(timeout=20_000)
+    expect(busy).to_have_count(2, timeout=20_000)
     box = busy.first.bounding_box()
     assert box["width"] >= 14 and box["height"] >= 14, box
     titles = [busy.nth(i).get_attribute("title") or "" for i in range(busy.count())]
