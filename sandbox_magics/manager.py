@@ -55,6 +55,7 @@ class Manager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._folders: dict[str, Path] = {}
         self._noticed: set[str] = set()
+        self._checked: dict[str, tuple[Profile, Hashable]] = {}
 
     def _check_open(self) -> None:
         if self.state is ManagerState.CLOSED:
@@ -74,8 +75,16 @@ class Manager:
         if name not in profiles:
             raise UnknownProfileError(
                 f"Unknown profile {name!r}; valid profiles are: {', '.join(sorted(profiles))}.")
-        settings_of(profiles[name])
+        self._settings(profiles[name])
         return profiles[name]
+
+    def _settings(self, profile: Profile) -> Hashable:
+        """``profile``'s checked engine settings, checked once per loaded profile (the
+        profile cache hands out the same object until the file or environment changes)."""
+        cached = self._checked.get(profile.name)
+        if cached is None or cached[0] is not profile:
+            cached = self._checked[profile.name] = (profile, settings_of(profile))
+        return cached[1]
 
     def pool(self, profile: Profile) -> Pool:
         """The pool of ``profile``, started on first use; a changed profile is applied to it."""
@@ -89,7 +98,7 @@ class Manager:
             raise ProfileError(
                 f"Profile {profile.name!r} moved from the {pool.profile.backend} backend to "
                 f"{profile.backend} while its pool runs; run %sandbox shutdown first.")
-        key = (profile.backend, settings_of(profile))
+        key = (profile.backend, self._settings(profile))
         if key not in self.backends:
             self.backends[key] = make_backend(profile, self.identity)
         pool = Pool(profile, self.backends[key], self.identity, on_event=self._on_event,
