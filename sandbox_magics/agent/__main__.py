@@ -67,8 +67,6 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     await site.start()
     port = runner.addresses[0][1]
     print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
-    print(f"agent: serving {args.slots} slot(s) on {args.host}:{port} (pid {os.getpid()})",
-          file=sys.stderr, flush=True)
     watcher = asyncio.ensure_future(_watch(app, args, stop))
     try:
         await stop.wait()

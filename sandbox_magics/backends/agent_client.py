@@ -47,6 +47,11 @@ class AgentSandbox(Sandbox):
     def describe(self) -> dict[str, object]:
         return {"address": self.base_url}
 
+    async def explain_loss(self, fallback: str) -> str:
+        """Why the agent stopped answering, as the engine tells it (the agent process died,
+        the allocation was stopped...); ``fallback`` where it cannot say more."""
+        return fallback
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", REQUEST_TIMEOUT)
         try:
@@ -55,7 +60,8 @@ class AgentSandbox(Sandbox):
                 await _raise_for_status(resp, self.id)
                 return await resp.json()
         except _LOST as exc:
-            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({_broken(exc)}).") from None
+            raise SandboxLostError(await self.explain_loss(
+                f"Sandbox {self.id} stopped answering ({_broken(exc)}).")) from None
 
     async def exec(self, slot: int, request: ExecRequest) -> AgentProcess:
         body = {"run_id": request.run_id, "argv": list(request.argv), "env": dict(request.env),
@@ -64,7 +70,8 @@ class AgentSandbox(Sandbox):
             resp = await self._session.post(f"{self.base_url}/slots/{slot}/exec", json=body,
                                             headers=self._headers, timeout=STREAM_TIMEOUT)
         except _LOST as exc:
-            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({_broken(exc)}).") from None
+            raise SandboxLostError(await self.explain_loss(
+                f"Sandbox {self.id} stopped answering ({_broken(exc)}).")) from None
         try:
             await _raise_for_status(resp, self.id)
         except BaseException:
@@ -98,7 +105,8 @@ class AgentSandbox(Sandbox):
                     async for chunk in resp.content.iter_chunked(protocol.MAX_CHUNK):
                         fh.write(chunk)
         except _LOST as exc:
-            raise SandboxLostError(f"Sandbox {self.id} stopped answering ({_broken(exc)}).") from None
+            raise SandboxLostError(await self.explain_loss(
+                f"Sandbox {self.id} stopped answering ({_broken(exc)}).")) from None
 
     async def reset(self, slot: int) -> None:
         await self._request("POST", f"/slots/{slot}/reset")
@@ -148,9 +156,8 @@ class AgentProcess(Process):
                                  info.get("error"), info.get("workspace_empty"))
                     return
         except _LOST as exc:
-            raise SandboxLostError(
-                f"Sandbox {self._sandbox.id} was lost during the run ({_broken(exc)})."
-            ) from None
+            raise SandboxLostError(await self._sandbox.explain_loss(
+                f"Sandbox {self._sandbox.id} was lost during the run ({_broken(exc)}).")) from None
 
     async def signal(self, sig: int) -> bool:
         return await self._sandbox.signal(self._slot, self._run_id, sig)

@@ -23,22 +23,21 @@ import secrets
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from .. import identity
 from .._paths import client_dir, user_base
 from ..agent import protocol
-from ..exceptions import SandboxLostError, SandboxStartError
+from ..exceptions import SandboxStartError
 from ..identity import Identity
 from ..profiles import Profile, non_empty_text
-from .agent_client import AgentProcess, AgentSandbox
+from .agent_client import AgentSandbox
 from .base import Backend as BaseBackend
-from .base import ExecEvent, ExecRequest, Health, Process
+from .base import Health
 
 STOP_GRACE = 3.0
 EXIT_WAIT = 0.5
@@ -77,18 +76,6 @@ class LocalSandbox(AgentSandbox):
             return Health(False, _agent_ended(self.process.returncode))
         return await super().health()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            return await super()._request(method, path, **kwargs)
-        except SandboxLostError as exc:
-            raise SandboxLostError(await self.explain_loss(str(exc))) from None
-
-    async def exec(self, slot: int, request: ExecRequest) -> Process:
-        try:
-            return _LocalProcess(self, await super().exec(slot, request))
-        except SandboxLostError as exc:
-            raise SandboxLostError(await self.explain_loss(str(exc))) from None
-
     async def explain_loss(self, fallback: str) -> str:
         """If the agent process died, a sentence saying how (a broken connection is often
         seen before the process is reaped, so wait a moment for it); else ``fallback``."""
@@ -109,30 +96,6 @@ class LocalSandbox(AgentSandbox):
                     await asyncio.wait_for(self.process.wait(), STOP_GRACE)
                     break
         await _remove(self.root)
-
-
-class _LocalProcess(Process):
-    """A command run by a local agent; if the agent dies, the loss says how."""
-
-    def __init__(self, sandbox: LocalSandbox, inner: AgentProcess) -> None:
-        self._sandbox, self._inner = sandbox, inner
-
-    @property
-    def returncode(self) -> int | None:
-        return self._inner.returncode
-
-    async def __aiter__(self) -> AsyncIterator[ExecEvent]:
-        try:
-            async for event in self._inner:
-                yield event
-        except SandboxLostError as exc:
-            raise SandboxLostError(await self._sandbox.explain_loss(str(exc))) from None
-
-    async def signal(self, sig: int) -> bool:
-        return await self._inner.signal(sig)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 def _agent_ended(code: int) -> str:

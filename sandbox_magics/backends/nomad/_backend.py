@@ -25,18 +25,18 @@ import functools
 import hashlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
 
 from ... import identity
-from ...exceptions import SandboxError, SandboxLostError, SandboxStartError
+from ...exceptions import SandboxError, SandboxStartError
 from ...identity import Identity, SecretStore
 from ...profiles import Profile
-from ..agent_client import AgentProcess, AgentSandbox
+from ..agent_client import AgentSandbox
 from ..base import Backend as BaseBackend
-from ..base import ExecEvent, ExecRequest, Health, Process
+from ..base import Health
 from . import _job
 from ._api import NomadAPI, NomadAPIError
 from ._settings import Settings
@@ -70,19 +70,9 @@ class NomadSandbox(AgentSandbox):
     def __repr__(self) -> str:
         return f"<NomadSandbox {self.job_id} alloc={_job.short(self.alloc_id)} {self.base_url}>"
 
-    async def log(self) -> str:
-        return await self.backend.task_log(self.job_id)
-
     def describe(self) -> dict[str, object]:
         return {"address": self.base_url, "job": self.job_id,
                 "allocation": _job.short(self.alloc_id), "node": self.node}
-
-    async def exec(self, slot: int, request: ExecRequest) -> Process:
-        try:
-            process = await super().exec(slot, request)
-        except SandboxLostError as exc:
-            raise SandboxLostError(await self.explain_loss(str(exc))) from None
-        return _NomadProcess(self, process)
 
     async def health(self) -> Health:
         if not self.has_token:
@@ -128,34 +118,12 @@ class NomadSandbox(AgentSandbox):
         forget its token; safe to call twice."""
         await self.backend.purge(self.job_id, self.alloc_id)
 
-    async def log(self, kind: str = "stderr", tail: int = 64 * 1024) -> str:
-        """The end of the agent task's ``kind`` log, as Nomad keeps it (also once dead)."""
-        data = await self.backend._call(self.backend.api.log, self.alloc_id, _job.TASK, kind, tail)
-        return data.decode("utf-8", errors="replace")
-
-
-class _NomadProcess(Process):
-    """An agent process whose loss is explained by Nomad's account of the allocation."""
-
-    def __init__(self, sandbox: NomadSandbox, inner: AgentProcess) -> None:
-        self._sandbox, self._inner = sandbox, inner
-
-    @property
-    def returncode(self) -> int | None:
-        return self._inner.returncode
-
-    async def __aiter__(self) -> AsyncIterator[ExecEvent]:
-        try:
-            async for event in self._inner:
-                yield event
-        except SandboxLostError as exc:
-            raise SandboxLostError(await self._sandbox.explain_loss(str(exc))) from None
-
-    async def signal(self, sig: int) -> bool:
-        return await self._inner.signal(sig)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    async def log(self) -> str:
+        """The end of the agent task's stdout (its address) and stderr, as Nomad keeps them
+        (also once the allocation is dead)."""
+        parts = [await self.backend._call(self.backend.api.log, self.alloc_id, _job.TASK, kind,
+                                          LOG_TAIL) for kind in ("stdout", "stderr")]
+        return b"".join(parts).decode("utf-8", errors="replace")
 
 
 class Backend(BaseBackend):
@@ -286,24 +254,6 @@ class Backend(BaseBackend):
         lines = [line.strip() for line in data.decode("utf-8", errors="replace").splitlines()
                  if line.strip()]
         return f"; its log ends with: {lines[-1][:300]}" if lines else ""
-
-    async def task_log(self, sandbox_id: str, kind: str = "stderr", tail: int = 64 * 1024) -> str:
-        """The end of the agent task's ``kind`` log in the newest allocation of job
-        ``sandbox_id``, also after the sandbox died or was purged (until Nomad's garbage
-        collection): what a status view shows for a dead sandbox.
-
-        Raises:
-            SandboxError: Nomad has no allocation of that job, or cannot be asked.
-        """
-        try:
-            allocs, _ = await self._call(self.api.job_allocations, sandbox_id)
-            alloc = _job.latest(allocs)
-            if alloc is None:
-                raise SandboxError(f"Nomad has no allocation of job {sandbox_id} (any more).")
-            data = await self._call(self.api.log, alloc["ID"], _job.TASK, kind, tail)
-        except NomadAPIError as exc:
-            raise SandboxError(f"Could not read the log of job {sandbox_id}: {exc}") from None
-        return data.decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------ stop
 
