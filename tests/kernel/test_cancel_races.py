@@ -5,10 +5,7 @@ ever ran."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from sandbox_magics import Client, RunState
 from sandbox_magics.runs import Run, RunSpec, Stage
@@ -29,20 +26,6 @@ max_sandboxes = 1
 [profiles.one.local]
 workspace_base = "{ws}"
 """
-
-
-@pytest.fixture
-def profiles(tmp_path: Path) -> Path:
-    path = tmp_path / "profiles.toml"
-    path.write_text(PROFILES.format(ws=tmp_path / "ws"))
-    return path
-
-
-@pytest.fixture
-def client(profiles: Path) -> Iterator[Client]:
-    c = Client(profiles)
-    yield c
-    c.shutdown()
 
 
 def _group_alive(pgid: int) -> bool:

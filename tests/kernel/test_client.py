@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,6 @@ run_timeout = 1
 [profiles.limited.local]
 workspace_base = "{ws}"
 """
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    path = tmp_path / "profiles.toml"
-    path.write_text(PROFILES.format(ws=tmp_path / "ws"))
-    c = Client(path)
-    yield c
-    c.shutdown()
 
 
 def test_forty_runs_on_two_by_four_never_exceed_eight_and_each_has_its_own_workspace(

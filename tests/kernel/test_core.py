@@ -7,7 +7,6 @@ import gc
 import os
 import signal
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,20 +31,6 @@ artifact_limit_mb = 1000
 [profiles.one.local]
 workspace_base = "{ws}"
 """
-
-
-@pytest.fixture
-def profiles(tmp_path: Path) -> Path:
-    path = tmp_path / "profiles.toml"
-    path.write_text(PROFILES.format(ws=tmp_path / "ws"))
-    return path
-
-
-@pytest.fixture
-def client(profiles: Path) -> Iterator[Client]:
-    c = Client(profiles)
-    yield c
-    c.shutdown()
 
 
 def test_two_clients_in_one_process_never_share_a_workspace_or_a_folder(profiles: Path) -> None:
