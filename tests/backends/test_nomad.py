@@ -290,22 +290,30 @@ def test_a_token_nomad_refuses_is_one_sentence_that_names_the_variable_not_the_t
     run(scenario)
 
 
+async def lost_mid_run(sandbox: NomadSandbox, hit: Callable[[], object]) -> str:
+    """Start a run, call ``hit()`` at its first output, and return the loss it ends with."""
+    process = await sandbox.exec(0, ExecRequest("r", ("bash",), {}, "echo up; sleep 60"))
+    with pytest.raises(SandboxLostError) as info:
+        async for event in process:
+            if isinstance(event, Output):
+                hit()
+    await process.aclose()
+    return str(info.value)
+
+
 def test_an_allocation_killed_mid_run_fails_the_run_with_a_sentence(
         cluster: Cluster, prefix: str) -> None:
     async def scenario() -> None:
         backend, sandbox = await started(profile(cluster, prefix))
+
+        def kill() -> None:
+            (task,) = [t for t in cluster.task_pids() if t["job"] == sandbox.id]
+            os.kill(task["pid"], signal.SIGKILL)
         try:
-            process = await sandbox.exec(0, ExecRequest("r", ("bash",), {}, "echo up; sleep 60"))
-            with pytest.raises(SandboxLostError) as info:
-                async for event in process:
-                    if isinstance(event, Output):
-                        (task,) = [t for t in cluster.task_pids() if t["job"] == sandbox.id]
-                        os.kill(task["pid"], signal.SIGKILL)
-            await process.aclose()
+            message = await lost_mid_run(sandbox, kill)
             assert re.fullmatch(
                 rf"Nomad allocation [0-9a-f]{{8}} of job {sandbox.id} failed: its agent "
-                r"was killed by signal 9 \(exit code 137\)\.",
-                str(info.value)), str(info.value)
+                r"was killed by signal 9 \(exit code 137\)\.", message), message
             health = await sandbox.health()
             assert not health.ok and "its agent was killed by signal 9" in health.reason
         finally:
@@ -319,16 +327,11 @@ def test_an_allocation_stopped_through_nomad_mid_run_fails_the_run_with_a_senten
     async def scenario() -> None:
         backend, sandbox = await started(profile(cluster, prefix))
         try:
-            process = await sandbox.exec(0, ExecRequest("r", ("bash",), {}, "echo up; sleep 60"))
-            with pytest.raises(SandboxLostError) as info:
-                async for event in process:
-                    if isinstance(event, Output):
-                        cluster.api.allocation.stop_allocation(sandbox.alloc_id)
-            await process.aclose()
+            message = await lost_mid_run(
+                sandbox, lambda: cluster.api.allocation.stop_allocation(sandbox.alloc_id))
             assert re.fullmatch(
                 rf"Nomad allocation [0-9a-f]{{8}} of job {sandbox.id} was stopped by Nomad "
-                r"\(alloc is being migrated\)\.",
-                str(info.value)), str(info.value)
+                r"\(alloc is being migrated\)\.", message), message
         finally:
             await sandbox.terminate()
             await backend.aclose()
