@@ -60,7 +60,8 @@ def exec_body(raw: bytes) -> ExecBody:
     return ExecBody(
         run_id=run_id,
         argv=[_os_text(arg, "argv items") for arg in argv],
-        env={_os_text(name, "env names"): _os_text(value, "env values")
+        env={_os_text(name, "env names"): _os_text(value, f"the value of env {name!r}",
+                                                    shown=False)
              for name, value in env.items()},
         stdin=None if stdin is None else _utf8(stdin, "stdin"),
     )
@@ -93,21 +94,24 @@ def _run_id(body: dict[str, Any]) -> str:
     return run_id
 
 
-def _os_text(value: Any, field: str) -> str:
-    """A string a process can be given: valid Unicode without NUL."""
+def _os_text(value: Any, field: str, shown: bool = True) -> str:
+    """A string a process can be given: valid Unicode without NUL. With ``shown`` False the
+    refusal never quotes the value (an environment value may be a secret)."""
+    got = f", got: {_shown(value)}" if shown else " (the value is not shown)"
     if not isinstance(value, str):
-        raise BadBody(f"{field} must be strings, got: {_shown(value)}")
+        raise BadBody(f"{field} must be text{got}")
     if "\x00" in value:
-        raise BadBody(f"{field} must not contain NUL characters, got: {_shown(value)}")
-    _utf8(value, field)
+        raise BadBody(f"{field} must not contain NUL characters{got}")
+    _utf8(value, field, shown)
     return value
 
 
-def _utf8(text: str, field: str) -> bytes:
+def _utf8(text: str, field: str, shown: bool = True) -> bytes:
     try:
         return text.encode()
     except UnicodeEncodeError:
-        raise BadBody(f"{field} must be valid Unicode text, got: {_shown(text)}") from None
+        got = f", got: {_shown(text)}" if shown else " (the value is not shown)"
+        raise BadBody(f"{field} must be valid Unicode text{got}") from None
 
 
 def _shown(value: Any) -> str:

@@ -71,6 +71,13 @@ def test_a_refusal_says_which_field_was_wrong_and_what_it_should_be(agent: Agent
     assert error == "env names must be non-empty and without '=', got: \"A=B\""
 
 
+def test_a_refused_env_value_is_named_by_its_variable_and_never_quoted(agent: Agent) -> None:
+    for value in ("s3cret\u0000canary", "s3cret\ud800canary", 7):
+        error = _assert_refused(agent.request("POST", "/slots/0/exec",
+                                              _body(RUNS, env={"API_KEY": value})))
+        assert "API_KEY" in error and "not shown" in error and "s3cret" not in error, error
+
+
 def test_argv_too_large_for_the_os_is_refused_and_a_program_that_cannot_run_says_why(
         agent: Agent) -> None:
     error = _assert_refused(agent.request("POST", "/slots/0/exec",
