@@ -57,7 +57,9 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(magics)
     ipython.configurables.append(magics)
     ipython.display_formatter.ipython_display_formatter.for_type(Run, magics.display_run)
+    from .widgets._kernel_status import keep_busy_while_shells_run
     from .widgets.lab import LabBridge
+    keep_busy_while_shells_run()  # the panels' clicks on subshells must not make it look idle
     magics.lab = LabBridge.register(magics)  # the JupyterLab sidebar's comm; None outside a kernel
 
 

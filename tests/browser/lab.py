@@ -61,7 +61,7 @@ USER_SETTINGS = {
 class JupyterLab:
     """A JupyterLab server started for the tests, in ``root`` with its own settings."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.root = root
         self.port = free_port()
         self.token = secrets.token_hex(16)
@@ -81,7 +81,7 @@ class JupyterLab:
              "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
              "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
              f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
-             "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False"],
+             "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False", *args],
             cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_ready(90)
 
