@@ -22,7 +22,7 @@ from .backends import Backend, make_backend, settings_of
 from .exceptions import ClosedError, ProfileError, UnknownProfileError
 from .identity import Identity
 from .pool import Pool, PoolEvent
-from .profiles import Profile
+from .profiles import Profile, shown_env_name
 from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState
 from .runs.drive import drive
 from .runs.run import Listener
@@ -232,8 +232,8 @@ def env_problem(env: Mapping[str, object]) -> str | None:
     if it can."""
     for name, value in env.items():
         if not isinstance(name, str) or not name or "=" in name or "\x00" in name:
-            return (f"environment variable name {name!r} cannot be given to a process: a name "
-                    "must be non-empty text without '=' or a NUL character")
+            return (f"environment variable name {shown_env_name(name)} cannot be given to a "
+                    "process: a name must be non-empty text without '=' or a NUL character")
         if not isinstance(value, str):
             return (f"the value of environment variable {name!r} must be text, "
                     f"not {type(value).__name__}")

@@ -25,14 +25,16 @@ def split_line(line: str) -> list[str]:
     """The words of a magic line, split as a POSIX shell splits them (`shlex.split`).
 
     Quotes group words and are removed, a backslash escapes the next character and ``#`` is
-    an ordinary character. IPython has already expanded ``$var`` and ``{expr}`` in ``line``.
-    Unbalanced quoting is a `UsageError` of one sentence.
+    an ordinary character. IPython has already expanded ``$var`` and ``{expr}`` in ``line``,
+    so unbalanced quoting is a `UsageError` of one sentence that does not quote the line
+    (``--env "TOKEN=$secret`` would show the secret).
     """
     try:
         return shlex.split(line)
     except ValueError as exc:
         reason = _SPLIT_ERRORS.get(str(exc), str(exc))
-        raise UsageError(f"Cannot split {line!r} into words: {reason}; check the quotes.") from None
+        raise UsageError("Cannot split the line into words (it is not shown: $var and {expr} "
+                         f"may have put a secret in it): {reason}; check the quotes.") from None
 
 
 def run_args(f: F) -> F:
@@ -130,11 +132,17 @@ def _relative(flag: str, spec: str, remote: str) -> str:
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
-    """``["K=V", ...]`` as a dict; a pair without ``=`` or with a bad name is a UsageError."""
+    """``["K=V", ...]`` as a dict; a pair without ``=`` or with a bad name is a UsageError
+    that names the name and never shows the value (the notebook keeps the error)."""
     env = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise UsageError(f"--env takes NAME=VALUE with NAME a variable name, got {pair!r}.")
+        if not sep:
+            raise UsageError("--env takes NAME=VALUE, got a word without '=' (not shown: it may "
+                             "be a secret); write NAME=VALUE.")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise UsageError(f"--env takes NAME=VALUE with NAME a variable name (letters, digits "
+                             f"and _, not starting with a digit), got the name {key!r} (the "
+                             "value is not shown).")
         env[key] = value
     return env

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from ._values import freeze, shown
+from ._values import freeze, shown_env_name
 
 Backend = Literal["local", "modal", "nomad"]
 BACKENDS: tuple[str, ...] = ("local", "modal", "nomad")
@@ -54,10 +54,10 @@ def _names(values: tuple[str, ...]) -> None:
 def _variables(env: Mapping[str, str]) -> None:
     for name, value in env.items():
         if not _VARIABLE.fullmatch(name):
-            raise ValueError(f"entry {shown(name)} is not a variable name: use letters, "
+            raise ValueError(f"entry {shown_env_name(name)} is not a variable name: use letters, "
                              "digits and _, not starting with a digit")
         if "\0" in value:
-            raise ValueError(f"entry {shown(name)} must not contain a NUL character")
+            raise ValueError(f"entry {shown_env_name(name)} must not contain a NUL character")
 
 
 def _checked(default: Any, check: Any) -> Any:

@@ -81,6 +81,14 @@ def shown(value: Any) -> str:
     return _SHOW.repr(value)
 
 
+def shown_env_name(name: Any) -> str:
+    """An environment variable's name as an error shows it: as `shown`, but cut after its
+    first ``=`` (``'TOKEN=…'``), since what follows is a value pasted in and may be secret."""
+    if isinstance(name, str) and "=" in name:
+        return shown(name.partition("=")[0] + "=…")
+    return shown(name)
+
+
 def invalid(source: str, profile: str, key: str, problem: str) -> ProfileError:
     """The one sentence for a bad key: ``In the <source>, profile 'p' key 'k' <problem>.``"""
     return ProfileError(f"In the {source}, profile {shown(profile)} key {shown(key)} {problem}.")

@@ -40,7 +40,25 @@ def test_line_splits_into_words_as_a_posix_shell_does(line: str, words: list[str
 def test_bad_quoting_is_one_usage_error_sentence(line: str, reason: str) -> None:
     with pytest.raises(UsageError) as caught:
         split_line(line)
-    assert str(caught.value) == f"Cannot split {line!r} into words: {reason}; check the quotes."
+    assert str(caught.value) == ("Cannot split the line into words (it is not shown: $var and "
+                                 f"{{expr}} may have put a secret in it): {reason}; check the quotes.")
+
+
+@pytest.mark.parametrize(("line", "pairs", "named"), [
+    ('--env "A=s3cret', None, None),
+    ("--env MY-TOKEN=s3cret", ["MY-TOKEN=s3cret"], "'MY-TOKEN'"),
+    ("--env =s3cret", ["=s3cret"], "''"),
+    ("--env A=1 --env s3cret", ["A=1", "s3cret"], "without '='"),
+], ids=["unclosed-quote", "bad-name", "empty-name", "no-equals"])
+def test_a_refused_env_pair_names_its_name_and_never_shows_its_value(
+        line: str, pairs: list[str] | None, named: str | None) -> None:
+    with pytest.raises(UsageError) as caught:
+        args = _parse(SandboxMagics.sandbox, line)
+        assert args.env == pairs
+        parse_env(args.env)
+    message = str(caught.value)
+    assert "s3cret" not in message and "\n" not in message, message
+    assert named is None or named in message, message
 
 
 def test_cell_line_flags_come_out_unquoted() -> None:

@@ -131,7 +131,7 @@ def test_non_utf8_file_is_a_sentence_naming_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, expected", [
-    ('env = { "A=B" = "1" }', "key 'env' entry 'A=B' is not a variable name"),
+    ('env = { "A=B" = "1" }', "key 'env' entry 'A=…' is not a variable name"),
     ('env = { "" = "1" }', "key 'env' entry '' is not a variable name"),
     ('env = { "1A" = "1" }', "key 'env' entry '1A' is not a variable name"),
     ('env = { "A B" = "1" }', "key 'env' entry 'A B' is not a variable name"),

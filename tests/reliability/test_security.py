@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from sandbox_magics import Client, RunState
+from sandbox_magics import Client, ProfileError, RunState, load_profiles
 from sandbox_magics.agent.app import make_app
 from sandbox_magics.exceptions import RunFailedError
 from tests.agent.agent_driver import TOKEN, Agent, exec_body, start_agent
@@ -308,15 +308,25 @@ def test_a_canary_secret_shows_in_no_log_repr_frame_status_or_error(client: Clie
         client.run("sleep 30", env=env, timeout=0.5, check=False),
         client.run("true", env={**env, "BROKEN": CANARY + "\x00"}, check=False),
         client.run("true", env={**env, "BROKEN": "\udc80" + CANARY}, check=False),
+        client.run("true", env={**env, f"PASTED={CANARY}": "x"}, check=False),
         client.run("true", "no-such-interpreter", env=env, check=False),
     ]
     assert [r.state for r in runs] == [RunState.FAILED, RunState.TIMED_OUT, RunState.ERROR,
-                                       RunState.ERROR, RunState.ERROR]
+                                       RunState.ERROR, RunState.ERROR, RunState.ERROR]
+    assert "'PASTED=…'" in (runs[4].error or ""), runs[4].error
     cancelled = client.submit("sleep 30", env=env, raise_error=False)
     client.cancel(cancelled)
     shown = everything_shown(client) + agent_logs(client)
     for secret in (CANARY, PROFILE_CANARY):
         assert secret not in shown, re.findall(rf".{{0,80}}{secret}.{{0,20}}", shown)
+
+
+def test_a_bad_env_name_in_a_profiles_file_is_shown_up_to_its_equals_sign(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.toml"
+    path.write_text(f'[profiles.pasted]\nenv = {{ "TOKEN={CANARY}" = "x" }}\n')
+    with pytest.raises(ProfileError) as info:
+        load_profiles(path, environ={})
+    assert "'TOKEN=…'" in str(info.value) and CANARY not in str(info.value), str(info.value)
 
 
 def test_a_canary_secret_shows_in_no_message_a_kernel_sends(tmp_path: Path) -> None:
@@ -340,8 +350,13 @@ env = {{ PROFILE_TOKEN = "{PROFILE_CANARY}" }}
             "%%sandbox bash --env API_TOKEN={secret}\ntrue",
             "%sandbox runs", "%sandbox profiles", "%sandbox status", "%sandbox logs canary",
             f"print(repr({CLIENT}.runs()), {CLIENT}.status(), repr({CLIENT}.get_run('canary')))",
+            '%%sandbox bash --env "MY-TOKEN=$secret"\ntrue',
+            '%%sandbox bash --env "$secret"\ntrue',
+            '%%sandbox bash --env "API_TOKEN=$secret\ntrue',
         ]
         replies = [k.execute(cell) for cell in cells]
+        refused = [reply.usage_error for reply in replies[-3:]]
+        assert all(refused) and "'MY-TOKEN'" in refused[0], refused
         assert replies[0].stdout == f"{len(CANARY)} {len(PROFILE_CANARY)}\n"
         assert replies[3].error is not None and replies[3].error["ename"] == "RunFailedError"
         assert k.drain_until(lambda: f"bg {len(CANARY)}" in json.dumps(k.widgets()), 10), \
