@@ -20,6 +20,9 @@ from .exceptions import (
     SandboxLostError,
     SandboxStartError,
     UnknownProfileError,
+    UnknownRunError,
+    UnknownSandboxError,
+    WaitTimeoutError,
 )
 
 __version__ = "0.1.0"
@@ -28,7 +31,7 @@ __all__ = [
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState",
     "SandboxError", "SandboxLostError", "SandboxStartError", "UnknownProfileError",
-    "load_profiles", "load_ipython_extension", "unload_ipython_extension",
+    "UnknownRunError", "UnknownSandboxError", "WaitTimeoutError", "load_profiles", "load_ipython_extension", "unload_ipython_extension",
 ]
 
 _LAZY = {"Client": ".kernel", "Profile": ".profiles", "load_profiles": ".profiles",

@@ -1,17 +1,23 @@
 """Errors raised by sandbox_magics; every message says what happened and what to do.
 
-The tree::
+The tree (a builtin base in brackets, so ``except KeyError`` or ``except TimeoutError``
+written for the builtin still catches ours)::
 
     SandboxError
-    ├── ProfileError            a profiles file, profile or key is invalid
-    ├── SandboxStartError       a sandbox could not be started
-    ├── SandboxLostError        a sandbox died or stopped answering mid-run
-    ├── AgentAuthError          the agent refused the token
-    ├── AgentRequestError       the agent refused a request (bad path, busy slot, ...)
-    │   └── SlotBusyError       the slot still runs a command
-    ├── AcquireTimeoutError     no slot became free within the acquire timeout
-    ├── ClosedError             the client or pool has been shut down
-    └── RunFailedError          a run ended with a non-zero exit, a timeout or a cancel
+    ├── ProfileError [ValueError]       a profiles file, profile or key is invalid, or a
+    │   │                               scale target does not fit the profile
+    │   └── UnknownProfileError         no profile has the name asked for
+    ├── UnknownRunError [KeyError]      no run has the id or name asked for
+    ├── UnknownSandboxError [KeyError]  no pool has a sandbox of the name asked for
+    ├── SandboxStartError               a sandbox could not be started
+    ├── SandboxLostError                a sandbox died or stopped answering mid-run
+    ├── AgentAuthError                  the agent refused the token
+    ├── AgentRequestError               the agent refused a request (bad path, busy slot, ...)
+    │   └── SlotBusyError               the slot still runs a command
+    ├── AcquireTimeoutError [TimeoutError]  no slot became free within the acquire timeout
+    ├── WaitTimeoutError [TimeoutError]     a wait for a run or the manager ended first
+    ├── ClosedError                     the client or pool has been shut down
+    └── RunFailedError                  a run ended with a non-zero exit, a timeout or a cancel
 
 In IPython every error renders as its one-line message, not a traceback wall
 (``_render_traceback_``, the hook ipyparallel's remote errors use too).
@@ -23,6 +29,10 @@ from __future__ import annotations
 class SandboxError(Exception):
     """Root of every error this package raises on purpose."""
 
+    def __str__(self) -> str:
+        """The message as written (a `KeyError` base would wrap it in quotes)."""
+        return Exception.__str__(self)
+
     def _render_traceback_(self) -> list[str]:
         return [f"{type(self).__name__}: {self}"]
 
@@ -33,6 +43,14 @@ class ProfileError(SandboxError, ValueError):
 
 class UnknownProfileError(ProfileError):
     """Raised when a run or command names a profile that does not exist."""
+
+
+class UnknownRunError(SandboxError, KeyError):
+    """Raised when no run of this client has the id or name asked for."""
+
+
+class UnknownSandboxError(SandboxError, KeyError):
+    """Raised when no pool of this client has a sandbox of the name asked for."""
 
 
 class SandboxStartError(SandboxError):
@@ -62,6 +80,10 @@ class SlotBusyError(AgentRequestError):
 
 class AcquireTimeoutError(SandboxError, TimeoutError):
     """Raised when no slot of a pool becomes free within the acquire timeout."""
+
+
+class WaitTimeoutError(SandboxError, TimeoutError):
+    """Raised when a wait for a run, or for the sandbox manager to answer, ends first."""
 
 
 class ClosedError(SandboxError):

@@ -15,11 +15,11 @@ import enum
 import shutil
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ._paths import client_dir
 from .backends import Backend, make_backend, settings_of
-from .exceptions import ClosedError, ProfileError, UnknownProfileError
+from .exceptions import ClosedError, ProfileError, UnknownProfileError, UnknownSandboxError
 from .identity import Identity
 from .pool import Pool, PoolEvent
 from .profiles import Profile, shown_env_name
@@ -177,8 +177,9 @@ class Manager:
             return run.stop_step
         return "dequeued" if stage == "queued" else f"stopped while {stage}"
 
-    async def scale(self, profile_name: str, sandboxes: int | None) -> None:
-        """Keep ``sandboxes`` sandboxes of the profile; None: autoscale between its bounds."""
+    async def scale(self, profile_name: str, sandboxes: int | Literal["auto"] | None) -> None:
+        """Keep ``sandboxes`` sandboxes of the profile; None or "auto": autoscale between
+        its bounds."""
         self._check_open()
         await self.pool(self.profile(profile_name)).scale(sandboxes)
 
@@ -191,13 +192,14 @@ class Manager:
         """The engine's log of sandbox ``name`` (live or recently retired) in any pool.
 
         Raises:
-            KeyError: no pool has a sandbox of that name.
+            UnknownSandboxError: no pool has a sandbox of that name.
         """
         self._check_open()
         for pool in self.pools.values():
-            with contextlib.suppress(KeyError):
+            with contextlib.suppress(UnknownSandboxError):
                 return await pool.sandbox_log(name)
-        raise KeyError(f"No sandbox {name!r} in this client's pools; %sandbox status lists them.")
+        raise UnknownSandboxError(
+            f"No sandbox {name!r} in this client's pools; %sandbox status lists them.")
 
     def status(self) -> list[dict[str, Any]]:
         self._check_open()

@@ -10,8 +10,9 @@ import sandbox_magics
 EXPECTED = {
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState", "SandboxError",
-    "SandboxLostError", "SandboxStartError", "UnknownProfileError", "load_profiles",
-    "load_ipython_extension", "unload_ipython_extension",
+    "SandboxLostError", "SandboxStartError", "UnknownProfileError", "UnknownRunError",
+    "UnknownSandboxError", "WaitTimeoutError", "load_profiles", "load_ipython_extension",
+    "unload_ipython_extension",
 }
 
 

@@ -21,7 +21,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..exceptions import ClosedError
 from ..identity import Identity
@@ -172,12 +172,20 @@ class Client:
         return await (await self.asubmit(code, interpreter, raise_error=check, **options))
 
     def get_run(self, key: str | Run) -> Run:
-        """A run by id or name (the latest of that name)."""
+        """A run by id or name (the latest of that name).
+
+        Raises:
+            UnknownRunError: no run has that id or name (a `KeyError` too).
+        """
         return key if isinstance(key, Run) else self._manager.runs.get(key)
 
     def cancel(self, run: str | Run) -> str:
         """Stop a run at whatever stage it is; return what did it ("dequeued", "SIGINT",
-        "SIGTERM", "SIGKILL", "stopped while uploading", "already-finished")."""
+        "SIGTERM", "SIGKILL", "stopped while uploading", "already-finished").
+
+        Raises:
+            UnknownRunError: no run has that id or name.
+        """
         self._check_open()
         run = self.get_run(run)
         return self._loop.run(self._manager.cancel(run), CALL_TIMEOUT)
@@ -203,22 +211,27 @@ class Client:
         lately: what its agent printed before it went.
 
         Raises:
-            KeyError: no such sandbox; SandboxError: the engine could not be asked.
+            UnknownSandboxError: no such sandbox (a `KeyError` too); SandboxError: the
+                engine could not be asked.
         """
         self._check_open()
         return self._loop.run(self._manager.sandbox_log(name), CALL_TIMEOUT)
 
-    def scale(self, profile: str, sandboxes: int | None) -> None:
+    def scale(self, profile: str, sandboxes: int | Literal["auto"] | None) -> None:
         """Keep exactly ``sandboxes`` sandboxes of ``profile`` running (at most its
-        ``max_sandboxes``); None: autoscale between the profile's bounds again.
+        ``max_sandboxes``); "auto" or None: autoscale between the profile's bounds again,
+        as ``%sandbox scale PROFILE auto`` does.
 
         Raises:
-            ProfileError: ``sandboxes`` is negative or above ``max_sandboxes``.
+            UnknownProfileError: no such profile.
+            ProfileError: ``sandboxes`` is not a whole number or "auto", or it is negative
+                or above ``max_sandboxes`` (a `ValueError` too, as every refusal of a
+                profile's bounds is).
         """
         self._check_open()
         self._loop.run(self._manager.scale(profile, sandboxes), CALL_TIMEOUT)
 
-    async def ascale(self, profile: str, sandboxes: int | None) -> None:
+    async def ascale(self, profile: str, sandboxes: int | Literal["auto"] | None) -> None:
         self._check_open()
         await self._loop.arun(self._manager.scale(profile, sandboxes))
 

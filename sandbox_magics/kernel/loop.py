@@ -14,6 +14,8 @@ import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ..exceptions import WaitTimeoutError
+
 T = TypeVar("T")
 
 
@@ -45,7 +47,11 @@ class LoopThread:
         return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run ``coro`` on the loop and block this thread until it ends or ``timeout`` passes."""
+        """Run ``coro`` on the loop and block this thread until it ends or ``timeout`` passes.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` passed first (``coro`` is cancelled).
+        """
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("LoopThread.run was called from its own loop; await instead.")
@@ -54,7 +60,8 @@ class LoopThread:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise TimeoutError(f"The sandbox manager did not answer within {timeout:g} s.") from None
+            raise WaitTimeoutError(f"The sandbox manager did not answer within {timeout:g} s; "
+                                   "try again, or restart the kernel if it keeps happening.") from None
 
     async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` running on the loop, from any other event loop."""

@@ -2,6 +2,10 @@
 
 Cell form: run the cell in a pooled sandbox, streaming its output into the cell. Line
 form: ``%sandbox profiles|runs|status|logs RUN|cancel RUN|scale PROFILE N|shutdown``.
+
+A line that cannot be parsed is IPython's `UsageError`; past that, the magics raise what
+the `Client` raises (an unknown run, sandbox or profile, a refused scale, a wait that ends
+first: each a `SandboxError`, shown as its one-line message).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Unicode, observe
 
-from ..exceptions import ProfileError, RunFailedError, UnknownProfileError
+from ..exceptions import RunFailedError, WaitTimeoutError
 from ..kernel import Client
 from ..kernel.cell import queue_listener, stream_to_cell
 from ..runs import Run, RunState
@@ -147,7 +151,7 @@ class SandboxMagics(Magics):
         if cell is None:
             return self._line(line)
         args = _parse(self.sandbox, line)
-        self._check_profile(args.profile)
+        self.client.profile(args.profile)  # an unknown profile fails before any upload
         raise_error = self.raise_error if args.raise_error is None else args.raise_error
         options = dict(profile=args.profile, timeout=args.timeout, env=parse_env(args.env),
                        session=args.session, name=args.name,
@@ -189,12 +193,6 @@ class SandboxMagics(Magics):
         view.display_handle = display(view, display_id=True)
         return True
 
-    def _check_profile(self, name: str) -> None:
-        try:
-            self.client.manager.profile(name)
-        except UnknownProfileError as exc:
-            raise UsageError(str(exc)) from None
-
     def _line(self, line: str) -> Any:
         words = split_line(line)
         if not words:
@@ -204,12 +202,6 @@ class SandboxMagics(Magics):
             raise UsageError(f"Unknown %sandbox subcommand {words[0]!r}; valid subcommands "
                              f"are: {', '.join(sorted(self._commands))}.")
         return command(self, shlex.join(words[1:]))
-
-    def _run_key(self, key: str) -> Any:
-        try:
-            return self.client.get_run(key)
-        except KeyError as exc:
-            raise UsageError(exc.args[0]) from None
 
     @magic_arguments()
     def _profiles(self, line: str) -> pd.DataFrame:
@@ -232,13 +224,13 @@ class SandboxMagics(Magics):
     @argument("run", help="run id or name")
     def _logs(self, line: str) -> None:
         args = _parse(self._logs, line)
-        display(self.log_view(self._run_key(args.run)))
+        display(self.log_view(self.client.get_run(args.run)))
 
     @magic_arguments()
     @argument("run", help="run id or name")
     def _artifacts(self, line: str) -> None:
         args = _parse(self._artifacts, line)
-        display(ArtifactsView(self._run_key(args.run), self.client.every))
+        display(ArtifactsView(self.client.get_run(args.run), self.client.every))
 
     @magic_arguments()
     @argument("runs", nargs="*", help="run ids or names (default: every unfinished run)")
@@ -247,7 +239,7 @@ class SandboxMagics(Magics):
         """Wait for runs; the views of those that ended show their final state before this
         returns, so a notebook run headless keeps it."""
         args = _parse(self._wait, line)
-        runs = ([self._run_key(key) for key in args.runs] if args.runs
+        runs = ([self.client.get_run(key) for key in args.runs] if args.runs
                 else [r for r in self.client.manager.runs if not r.done])
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         try:
@@ -261,7 +253,8 @@ class SandboxMagics(Magics):
                 self._log_views[run].refresh()
         pending = [r.id for r in runs if not r.done]
         if pending:
-            raise UsageError(f"Still running after {args.timeout:g} s: {', '.join(pending)}.")
+            raise WaitTimeoutError(f"Still running after {args.timeout:g} s: "
+                                   f"{', '.join(pending)}; they go on: wait again, or cancel them.")
         failed = [r for r in runs if r.spec.raise_error and r.state is not RunState.SUCCEEDED]
         if failed:
             raise RunFailedError(" ".join(r.failure_message() for r in failed),
@@ -274,10 +267,7 @@ class SandboxMagics(Magics):
         """Print what the engine kept of a sandbox's own log (its agent's output), also for
         one that died lately: the first place to look when a sandbox was lost."""
         args = _parse(self._sandbox_log, line)
-        try:
-            text = self.client.sandbox_log(args.sandbox)
-        except KeyError as exc:
-            raise UsageError(exc.args[0]) from None
+        text = self.client.sandbox_log(args.sandbox)
         print(text or f"The engine kept no log of sandbox {args.sandbox!r}.")
 
     @magic_arguments()
@@ -294,7 +284,7 @@ class SandboxMagics(Magics):
     @argument("run", help="run id or name")
     def _cancel(self, line: str) -> None:
         args = _parse(self._cancel, line)
-        run = self._run_key(args.run)
+        run = self.client.get_run(args.run)
         step = self.client.cancel(run)
         print(f"Run {run.id}: {step}; now {run.state.value}.")
 
@@ -305,11 +295,7 @@ class SandboxMagics(Magics):
                    "them all), or auto to autoscale between the profile's bounds again")
     def _scale(self, line: str) -> None:
         args = _parse(self._scale, line)
-        self._check_profile(args.profile)
-        try:
-            self.client.scale(args.profile, args.sandboxes)
-        except ProfileError as exc:
-            raise UsageError(str(exc)) from None
+        self.client.scale(args.profile, args.sandboxes)
         print(f"Profile {args.profile!r}: " + ("autoscaling." if args.sandboxes is None
                                                else f"{args.sandboxes} sandbox(es)."))
 
@@ -370,9 +356,10 @@ class RunStream:
         """Wait for the run to end and return the stream's whole text.
 
         Raises:
-            TimeoutError: the run is still going after ``timeout`` seconds.
+            WaitTimeoutError: the run is still going after ``timeout`` seconds (a
+                `TimeoutError` too).
         """
         if not self.run.join(timeout):
-            raise TimeoutError(f"Run {self.run.id} is still {self.run.state.value} after "
-                               f"{timeout} s; str() of this stream is its text so far.")
+            raise WaitTimeoutError(f"Run {self.run.id} is still {self.run.state.value} after "
+                                   f"{timeout:g} s; str() of this stream is its text so far.")
         return str(self)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
@@ -18,6 +20,7 @@ from ..identity import Identity
 from ..profiles import Profile
 
 MAX_BACKOFF = 60.0
+AUTO = "auto"  # a scale target: autoscale between the profile's bounds (as None)
 MAX_START_FAILURES = 3
 
 
@@ -76,8 +79,14 @@ def bounds(profile: Profile, target: int | None) -> tuple[int, int]:
     return profile.min_sandboxes, profile.max_sandboxes
 
 
-def check_target(profile: Profile, target: int) -> str | None:
-    """Why ``target`` sandboxes cannot be asked of ``profile``, or None if they can."""
+def check_target(profile: Profile, target: object) -> str | None:
+    """Why ``target`` sandboxes cannot be asked of ``profile``, or None if they can: a
+    whole number from 0 to its ``max_sandboxes``, or None or `AUTO` to autoscale."""
+    if target is None or target == AUTO:
+        return None
+    if isinstance(target, bool) or not isinstance(target, numbers.Integral):
+        return (f"Cannot scale profile {profile.name!r} to {reprlib.repr(target)}; give a "
+                f"whole number of sandboxes, or {AUTO!r} to autoscale between its bounds.")
     if target < 0:
         return f"Cannot scale profile {profile.name!r} to {target}; give 0 or more."
     if target > profile.max_sandboxes:

@@ -19,12 +19,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .. import identity
 from ..backends.base import Backend, Health, Sandbox
 from ..exceptions import (AcquireTimeoutError, ClosedError, ProfileError, SandboxError,
-                          SandboxStartError, SlotBusyError)
+                          SandboxStartError, SlotBusyError, UnknownSandboxError)
 from ..identity import Identity
 from ..profiles import Profile
 from . import policy
@@ -450,14 +450,15 @@ class Pool:
         """The engine's log of sandbox ``name``, live or among the recently retired.
 
         Raises:
-            KeyError: no such sandbox in this pool (the sentence lists those it has).
+            UnknownSandboxError: no such sandbox in this pool (the sentence lists those it has).
             SandboxError: the engine could not be asked.
         """
         for record in [*self.sandboxes, *self.retired]:
             if record.id == name and record.sandbox is not None:
                 return await asyncio.wait_for(record.sandbox.log(), HEALTH_TIMEOUT * 5)
         known = ", ".join(r.id for r in [*self.sandboxes, *self.retired]) or "none"
-        raise KeyError(f"Profile {self.profile.name!r} has no sandbox {name!r}; it has: {known}.")
+        raise UnknownSandboxError(
+            f"Profile {self.profile.name!r} has no sandbox {name!r}; it has: {known}.")
 
     @staticmethod
     async def _stop(sandbox: Sandbox) -> None:
@@ -502,16 +503,18 @@ class Pool:
         except Exception as exc:
             return Health(False, f"its health check failed ({type(exc).__name__}: {exc})")
 
-    async def scale(self, sandboxes: int | None) -> None:
-        """Run exactly ``sandboxes`` sandboxes from now on; None: autoscale again between
-        the profile's bounds. Idle sandboxes above the number stop at once, busy ones when
-        their runs end.
+    async def scale(self, sandboxes: int | Literal["auto"] | None) -> None:
+        """Run exactly ``sandboxes`` sandboxes from now on; None or "auto": autoscale again
+        between the profile's bounds. Idle sandboxes above the number stop at once, busy
+        ones when their runs end.
 
         Raises:
-            ProfileError: ``sandboxes`` is negative or above the profile's ``max_sandboxes``.
+            ProfileError: ``sandboxes`` is not a whole number or "auto", or it is negative
+                or above the profile's ``max_sandboxes``.
         """
-        if sandboxes is not None and (problem := policy.check_target(self.profile, sandboxes)):
+        if problem := policy.check_target(self.profile, sandboxes):
             raise ProfileError(problem)
+        sandboxes = None if sandboxes in (None, policy.AUTO) else int(sandboxes)
         self.target = sandboxes
         self._emit("scale", detail="autoscaling" if sandboxes is None
                    else f"set to {sandboxes} sandbox(es)")

@@ -6,6 +6,7 @@ import itertools
 import threading
 from typing import TYPE_CHECKING
 
+from ..exceptions import UnknownRunError
 from .run import Run
 
 if TYPE_CHECKING:
@@ -40,7 +41,11 @@ class RunRegistry:
         return len(self._runs)
 
     def get(self, key: str) -> Run:
-        """The run with id ``key``, else the latest run named ``key``."""
+        """The run with id ``key``, else the latest run named ``key``.
+
+        Raises:
+            UnknownRunError: no run has that id or name (the sentence names recent runs).
+        """
         with self._lock:
             if key in self._runs:
                 return self._runs[key]
@@ -48,7 +53,7 @@ class RunRegistry:
         if named:
             return named[-1]
         known = ", ".join(list(self._runs)[-5:]) or "none yet"
-        raise KeyError(f"No run with id or name {key!r}; recent runs: {known}.")
+        raise UnknownRunError(f"No run with id or name {key!r}; recent runs: {known}.")
 
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd

@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import RunFailedError
+from ..exceptions import RunFailedError, WaitTimeoutError
 from .artifacts import Artifact
 from .log import LogBuffer
 
@@ -142,10 +142,12 @@ class Run:
 
         Raises:
             RunFailedError: the run failed and was submitted with ``raise_error``.
-            TimeoutError: it is still going after ``timeout`` seconds.
+            WaitTimeoutError: it is still going after ``timeout`` seconds (a `TimeoutError`
+                too); it goes on.
         """
         if not self.join(timeout):
-            raise TimeoutError(f"Run {self.id} is still {self.state.value} after {timeout} s.")
+            raise WaitTimeoutError(f"Run {self.id} is still {self.state.value} after "
+                                   f"{timeout:g} s; it goes on: wait again, or cancel it.")
         if self.spec.raise_error:
             self.check()
         return self.exit_code

@@ -151,7 +151,7 @@ def test_bg_binds_the_stream_at_once_and_reads_it_to_the_end(
     shown = printed(kernel, "repr(log)")
     assert re.fullmatch(f"<RunStream {run_id} stdout (queued|running)>\n", shown)
     early = kernel.execute("log.read(timeout=0.01)")
-    assert early.error is not None and early.error["ename"] == "TimeoutError"
+    assert early.error is not None and early.error["ename"] == "WaitTimeoutError"
     go.touch()
     assert printed(kernel, "repr(log.read(timeout=30))") == "'first\\nsecond\\n'\n"
     assert printed(kernel, "str(log) == log.read() and str(errors) == ''") == "True\n"

@@ -71,10 +71,11 @@ def test_no_raise_error_still_says_why_a_run_could_not_run(kernel: Kernel) -> No
     assert "[sandbox] Run r" in reply.stderr and "cannot be run in the sandbox" in reply.stderr
 
 
-def test_unknown_profile_is_a_usage_error_listing_profiles(kernel: Kernel) -> None:
+def test_unknown_profile_is_an_unknown_profile_error_listing_profiles(kernel: Kernel) -> None:
     reply = kernel.execute("%%sandbox bash --profile nope\necho hi")
-    assert reply.usage_error == ("Unknown profile 'nope'; valid profiles are: "
-                                 "default, high-memory, pytorch-gpu, tiny.")
+    assert reply.error is not None and reply.error["ename"] == "UnknownProfileError"
+    assert reply.error["evalue"] == ("Unknown profile 'nope'; valid profiles are: "
+                                     "default, high-memory, pytorch-gpu, tiny.")
 
 
 def test_bad_flags_are_usage_errors(kernel: Kernel) -> None:

@@ -79,8 +79,16 @@ def test_decide(case: str, changes: dict[str, object], target: int | None, count
     (4, "Cannot scale profile 'p' to 4 sandboxes: its max_sandboxes is 3; raise "
         "max_sandboxes in the profiles file to go higher."),
     (-1, "Cannot scale profile 'p' to -1; give 0 or more."),
+    (None, None), ("auto", None),
+    ("many", "Cannot scale profile 'p' to 'many'; give a whole number of sandboxes, or 'auto' "
+             "to autoscale between its bounds."),
+    (0.5, "Cannot scale profile 'p' to 0.5; give a whole number of sandboxes, or 'auto' "
+          "to autoscale between its bounds."),
+    (True, "Cannot scale profile 'p' to True; give a whole number of sandboxes, or 'auto' "
+           "to autoscale between its bounds."),
 ])
-def test_check_target_refuses_above_max_with_a_sentence(target: int, problem: str | None) -> None:
+def test_check_target_refuses_anything_but_a_count_within_bounds_or_auto_with_a_sentence(
+        target: object, problem: str | None) -> None:
     assert policy.check_target(P, target) == problem
 
 
