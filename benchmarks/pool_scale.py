@@ -49,7 +49,7 @@ async def render_time(slots: int) -> Stat:
     samples = []
     for _ in range(5):
         start = time.perf_counter()
-        render([pool.snapshot()], {"scale": collections.Counter(running=slots // 2)})
+        render([pool.status()], {"scale": collections.Counter(running=slots // 2)})
         samples.append(time.perf_counter() - start)
     await pool.aclose()
     return Stat.of(samples)

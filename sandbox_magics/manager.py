@@ -21,7 +21,7 @@ from ._paths import client_dir
 from .backends import Backend, make_backend, settings_of
 from .exceptions import ClosedError, ProfileError, UnknownProfileError, UnknownSandboxError
 from .identity import Identity
-from .pool import Pool, PoolEvent
+from .pool import Pool, PoolEvent, PoolStatus
 from .profiles import Profile, shown_env_name
 from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState
 from .runs.drive import drive
@@ -201,9 +201,10 @@ class Manager:
         raise UnknownSandboxError(
             f"No sandbox {name!r} in this client's pools; %sandbox status lists them.")
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[PoolStatus]:
+        """Every pool now, as the views show it."""
         self._check_open()
-        return [pool.snapshot() for pool in self.pools.values()]
+        return [pool.status() for pool in self.pools.values()]
 
     async def shutdown(self, purge: bool = False) -> None:
         """Cancel every run, stop every sandbox, close every backend; ``purge`` also

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..exceptions import ClosedError
 from ..identity import Identity
 from ..manager import CLOSED, Manager
+from ..pool import PoolStatus
 from ..profiles import Profile, ProfileCache
 from ..runs import Run, RunSpec
 from ..runs.run import Listener
@@ -198,13 +199,17 @@ class Client:
         """The history of this client's runs, one row each (readable after shutdown too)."""
         return self._manager.runs.to_frame()
 
-    async def _status(self) -> list[dict[str, Any]]:
+    async def _pool_status(self) -> list[PoolStatus]:
         return self._manager.status()
+
+    def pool_status(self) -> list[PoolStatus]:
+        """Every pool as immutable, typed data (`PoolStatus`), as the views show it."""
+        self._check_open()
+        return self._loop.run(self._pool_status(), CALL_TIMEOUT)
 
     def status(self) -> list[dict[str, Any]]:
         """Every pool as plain data: sandboxes, slot states, queue, recent events."""
-        self._check_open()
-        return self._loop.run(self._status(), CALL_TIMEOUT)
+        return [pool.as_dict() for pool in self.pool_status()]
 
     def sandbox_log(self, name: str) -> str:
         """The engine's own log of sandbox ``name`` (as in `status`), also for one that died

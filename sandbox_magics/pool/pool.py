@@ -28,7 +28,8 @@ from ..exceptions import (AcquireTimeoutError, ClosedError, ProfileError, Sandbo
 from ..identity import Identity
 from ..profiles import Profile
 from . import policy
-from .state import Lease, PoolEvent, SandboxRecord, SandboxState, SlotRecord
+from .state import EventKind, Lease, PoolEvent, SandboxRecord, SandboxState, SlotRecord, SlotState
+from .status import PoolStatus, SandboxStatus
 
 HEALTH_TIMEOUT = 3.0
 HEALTH_FAILURES = 2
@@ -38,6 +39,7 @@ STOP_TIMEOUT = 15.0
 DISCOVER_TIMEOUT = 30.0
 HEARTBEAT_INTERVAL = 60.0
 EVENT_HISTORY = 200
+EVENTS_SHOWN = 20
 RETIRED_HISTORY = 20
 logger = logging.getLogger(__name__)
 # (backend, sandbox id) adopted by a pool of this process: two clients of one restarted
@@ -95,14 +97,15 @@ class Pool:
 
     @property
     def busy_slots(self) -> int:
-        return sum(s.busy for r in self.sandboxes for s in r.slots)
+        """Slots a run uses now, as every view counts them (`SlotState.BUSY`)."""
+        return sum(s.state is SlotState.BUSY for r in self.sandboxes for s in r.slots)
 
     def start(self) -> None:
         """Adopt or reap what ``discover`` finds, then keep the pool as the policy says."""
         if self._maintenance is None:
             self._maintenance = asyncio.ensure_future(self._maintain())
 
-    def _emit(self, kind: str, sandbox: str | None = None, detail: str = "") -> None:
+    def _emit(self, kind: EventKind, sandbox: str | None = None, detail: str = "") -> None:
         event = PoolEvent(self.profile.name, kind, sandbox, detail)
         self.events.append(event)
         if self._on_event is not None:
@@ -229,7 +232,7 @@ class Pool:
         if record.state is SandboxState.READY and record.sandbox is not None:
             health = await self._health(record.sandbox)
             if health.ok and record.state is SandboxState.READY:
-                self._emit("connection-lost", record.id, f"{reason}; the sandbox still answers")
+                self._emit(EventKind.CONNECTION_LOST, record.id, f"{reason}; the sandbox still answers")
                 return False
             if health.reason and health.reason not in reason:
                 reason = f"{reason}; {health.reason}"
@@ -309,7 +312,7 @@ class Pool:
         now = time.monotonic()
         for action in policy.decide(self.profile, self.target, self._facts(), now, self._cooldown):
             if isinstance(action, policy.Start):
-                self._emit("scale-up", detail=f"{action.reason}: starting {action.count} sandbox(es)")
+                self._emit(EventKind.SCALE_UP, detail=f"{action.reason}: starting {action.count} sandbox(es)")
                 for _ in range(action.count):
                     self._start_sandbox()
             elif isinstance(action, policy.Stop):
@@ -317,7 +320,7 @@ class Pool:
                 record.reason = action.reason
                 self._withdraw(record, SandboxState.STOPPING)
                 self._end_sessions(record, f"was stopped ({action.reason})")
-                self._emit("scale-down", record.id, action.reason)
+                self._emit(EventKind.SCALE_DOWN, record.id, action.reason)
                 self._spawn(self._retire(record))
                 self._last_scale_down = now
             else:
@@ -353,7 +356,7 @@ class Pool:
             self.sandboxes.remove(record)
             self._failed_starts += 1
             self._last_failure, self._last_error = time.monotonic(), reason
-            self._emit("start-failed", record.id,
+            self._emit(EventKind.START_FAILED, record.id,
                        f"{reason} (retrying in {policy.backoff(self._failed_starts):g} s)")
             self.reconcile()
             return
@@ -362,7 +365,7 @@ class Pool:
             return
         self._failed_starts, self._last_error = 0, None
         self._serve(record, sandbox)
-        self._emit("ready", record.id)
+        self._emit(EventKind.READY, record.id)
 
     def _serve(self, record: SandboxRecord, sandbox: Sandbox) -> None:
         """Put a started (or adopted) sandbox's slots in service."""
@@ -381,7 +384,7 @@ class Pool:
         try:
             found = await asyncio.wait_for(self.backend.discover(self.profile), DISCOVER_TIMEOUT)
         except Exception as exc:
-            self._emit("discover-failed", detail=f"could not list earlier sandboxes: {exc}")
+            self._emit(EventKind.DISCOVER_FAILED, detail=f"could not list earlier sandboxes: {exc}")
             return
         now = time.time()
         for sandbox in found:
@@ -397,12 +400,12 @@ class Pool:
                     self.sandboxes.append(record)
                     self._serve(record, sandbox)
                     self._spawn(sandbox.heartbeat(self.identity.tags(self.profile.name)))
-                    self._emit("adopted", record.id, f"left by this kernel before its restart ({sandbox.id})")
+                    self._emit(EventKind.ADOPTED, record.id, f"left by this kernel before its restart ({sandbox.id})")
                     continue
-                self._emit("reaped", detail=f"{sandbox.id}: left by this kernel before its "
+                self._emit(EventKind.REAPED, detail=f"{sandbox.id}: left by this kernel before its "
                                             f"restart, and unhealthy ({health.reason})")
             elif verdict is policy.Found.REAP:
-                self._emit("reaped", detail=f"{sandbox.id}: its owner sent no heartbeat for "
+                self._emit(EventKind.REAPED, detail=f"{sandbox.id}: its owner sent no heartbeat for "
                                             f"{self.profile.heartbeat_window:g} s")
             else:
                 continue
@@ -423,7 +426,7 @@ class Pool:
                 slot.lost_reason = reason
                 slot.lost.set()
         self._end_sessions(record, f"was lost ({reason})")
-        self._emit("lost", record.id, reason)
+        self._emit(EventKind.LOST, record.id, reason)
         self._spawn(self._retire(record))
         self._dispatch()
         self.reconcile()
@@ -477,7 +480,7 @@ class Pool:
                 await self._check_health()
             except Exception as exc:
                 logger.exception("pool maintenance of profile %r failed once", self.profile.name)
-                self._emit("maintenance-failed", detail=f"{type(exc).__name__}: {exc}")
+                self._emit(EventKind.MAINTENANCE_FAILED, detail=f"{type(exc).__name__}: {exc}")
 
     async def _check_health(self) -> None:
         """Retire sandboxes that failed two health checks in a row; send heartbeats."""
@@ -516,7 +519,7 @@ class Pool:
             raise ProfileError(problem)
         sandboxes = None if sandboxes in (None, policy.AUTO) else int(sandboxes)
         self.target = sandboxes
-        self._emit("scale", detail="autoscaling" if sandboxes is None
+        self._emit(EventKind.SCALE, detail="autoscaling" if sandboxes is None
                    else f"set to {sandboxes} sandbox(es)")
         self._failed_starts = 0
         self.reconcile()
@@ -529,27 +532,16 @@ class Pool:
             self.target = None
         self.reconcile()
 
-    def snapshot(self) -> dict[str, Any]:
-        """The pool as plain data, for status views."""
-        return {
-            "profile": self.profile.name,
-            "backend": self.backend.name,
-            "slots_per_sandbox": self.profile.slots_per_sandbox,
-            "max_sandboxes": self.profile.max_sandboxes,
-            "target": self.target,
-            "queued": self.queued,
-            "starting": sum(r.state is SandboxState.STARTING for r in self.sandboxes),
-            "sandboxes": [
-                {"id": r.id, "state": r.state.value,
-                 "slots": [s.state for s in r.slots] or [r.state.value] * r.size,
-                 "runs": [s.run_id for s in r.slots],
-                 **(r.sandbox.describe() if r.sandbox else {})}
-                for r in self.sandboxes
-            ],
-            "retired": [{"id": r.id, "state": r.state.value, "reason": r.reason or ""}
-                        for r in self.retired],
-            "events": [e.as_dict() for e in list(self.events)[-20:]],
-        }
+    def status(self) -> PoolStatus:
+        """The pool now as immutable data, for status views (`PoolStatus.counts` gives
+        the numbers they show)."""
+        return PoolStatus(
+            profile=self.profile.name, backend=self.backend.name,
+            slots_per_sandbox=self.profile.slots_per_sandbox,
+            max_sandboxes=self.profile.max_sandboxes, target=self.target, queued=self.queued,
+            sandboxes=tuple(SandboxStatus.of(r) for r in self.sandboxes),
+            retired=tuple(SandboxStatus.of(r) for r in self.retired),
+            events=tuple(self.events)[-EVENTS_SHOWN:])
 
     async def aclose(self) -> None:
         """Stop every sandbox and task; pending acquires fail with `ClosedError`."""

@@ -18,6 +18,39 @@ class SandboxState(enum.Enum):
     DEAD = "dead"
 
 
+class SlotState(enum.Enum):
+    """What a slot is doing, as every view shows it: a run uses it (``BUSY``, also a
+    session's run), an idle session holds it (``SESSION``), or it is ``FREE``; a slot of a
+    sandbox that is not ready has its sandbox's state."""
+
+    FREE = "free"
+    BUSY = "busy"
+    SESSION = "session"
+    STARTING = "starting"
+    STOPPING = "stopping"
+    DEAD = "dead"
+
+
+UNREADY_SLOT = {SandboxState.STARTING: SlotState.STARTING,
+                SandboxState.STOPPING: SlotState.STOPPING, SandboxState.DEAD: SlotState.DEAD}
+
+
+class EventKind(enum.Enum):
+    """Every kind of `PoolEvent` the pool emits."""
+
+    SCALE = "scale"                            # a scale target was set, or autoscaling again
+    SCALE_UP = "scale-up"                      # sandboxes are starting, and why
+    READY = "ready"                            # a started sandbox serves its slots
+    START_FAILED = "start-failed"              # a sandbox did not start (retried after a backoff)
+    SCALE_DOWN = "scale-down"                  # the policy stops a sandbox, and why
+    LOST = "lost"                              # a sandbox died and is retired
+    CONNECTION_LOST = "connection-lost"        # a run's connection broke; its sandbox answers
+    ADOPTED = "adopted"                        # serves again, left by this kernel before a restart
+    REAPED = "reaped"                          # stopped: left by a silent owner, or unhealthy
+    DISCOVER_FAILED = "discover-failed"        # earlier sandboxes could not be listed at start
+    MAINTENANCE_FAILED = "maintenance-failed"  # one round of health checks or scaling failed
+
+
 @dataclass(eq=False)
 class SlotRecord:
     """One workspace of a sandbox; ``session`` reserves it for one ``--session`` name."""
@@ -31,10 +64,12 @@ class SlotRecord:
     lost_reason: str | None = None
 
     @property
-    def state(self) -> str:
+    def state(self) -> SlotState:
         if self.sandbox.state is not SandboxState.READY:
-            return self.sandbox.state.value
-        return "busy" if self.busy else ("session" if self.session else "free")
+            return UNREADY_SLOT[self.sandbox.state]
+        if self.busy:
+            return SlotState.BUSY
+        return SlotState.SESSION if self.session else SlotState.FREE
 
 
 @dataclass(eq=False)
@@ -83,14 +118,14 @@ class Lease:
 
 @dataclass(frozen=True)
 class PoolEvent:
-    """Something the pool did: scale-up, ready, start-failed, lost, scale-down, session-lost."""
+    """Something the pool did; `EventKind` lists every kind."""
 
     profile: str
-    kind: str
+    kind: EventKind
     sandbox: str | None = None
     detail: str = ""
     time: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"time": self.time, "profile": self.profile, "kind": self.kind,
+        return {"time": self.time, "profile": self.profile, "kind": self.kind.value,
                 "sandbox": self.sandbox, "detail": self.detail}

@@ -9,22 +9,26 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from ..pool import SlotState
 from . import _comm
 
 REFRESH_INTERVAL = 0.5
 FULL_RATE_VIEWS = 8
 
-SLOT_COLORS = {"free": "#ecfdf5", "busy": "#2563eb", "session": "#8b5cf6",
-               "starting": "#f59e0b", "stopping": "#9ca3af", "dead": "#dc2626"}
-SLOT_BORDERS = {"free": "#059669", "busy": "#1e40af", "session": "#6d28d9",
-                "starting": "#b45309", "stopping": "#6b7280", "dead": "#991b1b"}
-LEGEND_STATES = ("free", "busy", "session", "starting", "dead")
+SLOT_COLORS = {SlotState.FREE: "#ecfdf5", SlotState.BUSY: "#2563eb", SlotState.SESSION: "#8b5cf6",
+               SlotState.STARTING: "#f59e0b", SlotState.STOPPING: "#9ca3af",
+               SlotState.DEAD: "#dc2626"}
+SLOT_BORDERS = {SlotState.FREE: "#059669", SlotState.BUSY: "#1e40af", SlotState.SESSION: "#6d28d9",
+                SlotState.STARTING: "#b45309", SlotState.STOPPING: "#6b7280",
+                SlotState.DEAD: "#991b1b"}
+LEGEND_STATES = (SlotState.FREE, SlotState.BUSY, SlotState.SESSION, SlotState.STARTING,
+                 SlotState.DEAD)
 RUN_COLORS = {"queued": "#6b7280", "running": "#2563eb", "succeeded": "#059669",
               "failed": "#dc2626", "timed-out": "#d97706", "cancelled": "#6b7280",
               "lost": "#dc2626", "error": "#dc2626"}
 
 CSS = "<style>" + "".join(
-    f".sbx-s-{state}{{background:{color};border-color:{SLOT_BORDERS[state]}}}"
+    f".sbx-s-{state.value}{{background:{color};border-color:{SLOT_BORDERS[state]}}}"
     for state, color in SLOT_COLORS.items()
 ) + (".sbx-grid i,.sbx-legend i{display:inline-block;box-sizing:border-box;width:16px;height:16px;"
      "margin:1px 2px 1px 0;border:2px solid;border-radius:3px;vertical-align:middle}"

@@ -2,17 +2,20 @@
 
 One HTML widget for any number of slots (10,000 render as one string of small cells, not
 as widgets); per pool, the queue, sandboxes starting, run counts and the latest scaling
-decisions. Each pool's ``<div>`` carries its counts as ``data-`` attributes.
+decisions. Each pool's ``<div>`` carries its counts (`PoolStatus.counts`, as the sidebar
+shows them) and its runs' as ``data-`` attributes.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 import time
 from typing import Any
 
 from ..kernel import Client
+from ..pool import PoolEvent, PoolStatus
 from ._html import CSS, LEGEND_STATES, PolledView, esc
 
 TITLE_LIMIT = 256
@@ -20,30 +23,28 @@ EVENTS_SHOWN = 4
 URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 
 LEGEND = ('<div class="sbx-legend">' + "".join(
-    f'<span><i class="sbx-s-{state}"></i> {state}</span>' for state in LEGEND_STATES) + "</div>")
+    f'<span><i class="sbx-s-{state.value}"></i> {state.value}</span>' for state in LEGEND_STATES)
+    + "</div>")
 
 
-def event_text(event: dict[str, Any]) -> str:
+def event_text(event: PoolEvent) -> str:
     """One scaling event for people: its kind, sandbox and detail, without addresses."""
-    detail = " ".join(URL.sub("", str(event.get("detail") or "")).split()).strip(" :;,-")
-    stamp = time.strftime("%H:%M:%S", time.localtime(event["time"])) if event.get("time") else ""
-    return " ".join(p for p in (stamp, event["kind"], event.get("sandbox") or "", detail) if p)
+    detail = " ".join(URL.sub("", event.detail).split()).strip(" :;,-")
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+    return " ".join(p for p in (stamp, event.kind.value, event.sandbox or "", detail) if p)
 
 
-def pool_counts(pool: dict[str, Any], runs: collections.Counter[str]) -> dict[str, int]:
-    slots = [s for box in pool["sandboxes"] for s in box["slots"]]
+def pool_counts(pool: PoolStatus, runs: collections.Counter[str]) -> dict[str, int]:
+    """The pool's counts and its runs' by state."""
     return {
-        "sandboxes": sum(box["state"] == "ready" for box in pool["sandboxes"]),
-        "starting": pool["starting"], "queued": pool["queued"],
-        "busy": slots.count("busy"), "free": slots.count("free"),
-        "session": slots.count("session"), "dead": slots.count("dead"),
+        **dataclasses.asdict(pool.counts()),
         "running": runs["running"], "succeeded": runs["succeeded"],
         "failed": sum(runs[s] for s in ("failed", "timed-out", "lost", "error")),
         "cancelled": runs["cancelled"],
     }
 
 
-def render(status: list[dict[str, Any]], run_states: dict[str, collections.Counter[str]],
+def render(status: list[PoolStatus], run_states: dict[str, collections.Counter[str]],
            run_names: dict[str, str] | None = None) -> str:
     """The dashboard's HTML for ``Manager.status()``, run states counted per profile and
     (for slot tooltips) each run id's label."""
@@ -52,26 +53,24 @@ def render(status: list[dict[str, Any]], run_states: dict[str, collections.Count
     names = run_names or {}
     parts = [CSS, LEGEND]
     for pool in status:
-        counts = pool_counts(pool, run_states.get(pool["profile"], collections.Counter()))
+        counts = pool_counts(pool, run_states.get(pool.profile, collections.Counter()))
         attrs = " ".join(f'data-{k}="{v}"' for k, v in counts.items())
-        total = sum(len(b["slots"]) for b in pool["sandboxes"])
-        titles = total <= TITLE_LIMIT
+        titles = sum(len(b.slots) for b in pool.sandboxes) <= TITLE_LIMIT
         parts.append(
-            f'<div class="sbx-pool" data-profile="{esc(pool["profile"])}" {attrs}>'
-            f'<b>{esc(pool["profile"])}</b> <span class="sbx-muted">{esc(pool["backend"])} · '
-            f'{counts["sandboxes"]}/{pool["max_sandboxes"]} sandboxes · {counts["busy"]} busy · '
+            f'<div class="sbx-pool" data-profile="{esc(pool.profile)}" {attrs}>'
+            f'<b>{esc(pool.profile)}</b> <span class="sbx-muted">{esc(pool.backend)} · '
+            f'{counts["sandboxes"]}/{pool.max_sandboxes} sandboxes · {counts["busy"]} busy · '
             f'{counts["free"]} free · {counts["queued"]} queued · {counts["starting"]} starting · '
             f'runs: {counts["running"]} running, {counts["succeeded"]} ok, '
             f'{counts["failed"]} failed</span><div class="sbx-grid">')
-        for box in pool["sandboxes"]:
-            runs = box.get("runs") or [None] * len(box["slots"])
+        for box in pool.sandboxes:
             cells = "".join(
-                f'<i class="sbx-s-{state}" title="{esc(box["id"])} slot {i}: {esc(state)}'
+                f'<i class="sbx-s-{state.value}" title="{esc(box.id)} slot {i}: {state.value}'
                 f'{" · " + esc(names.get(run, run)) if run else ""}"></i>' if titles
-                else f'<i class="sbx-s-{state}"></i>'
-                for i, (state, run) in enumerate(zip(box["slots"], runs)))
-            parts.append(f'<div class="sbx-row"><span class="sbx-id">{esc(box["id"])}</span>{cells}</div>')
-        events = pool["events"][-EVENTS_SHOWN:]
+                else f'<i class="sbx-s-{state.value}"></i>'
+                for i, (state, run) in enumerate(zip(box.slots, box.runs)))
+            parts.append(f'<div class="sbx-row"><span class="sbx-id">{esc(box.id)}</span>{cells}</div>')
+        events = pool.events[-EVENTS_SHOWN:]
         if events:
             parts.append('<div class="sbx-events">' + " · ".join(
                 esc(event_text(e)) for e in events) + "</div>")
@@ -112,14 +111,14 @@ class Dashboard(PolledView):
         return True
 
     def html(self) -> str:
-        return render(self.client.status(), self._states(), self._names())
+        return render(self.client.pool_status(), self._states(), self._names())
 
     def text(self) -> str:
         lines = []
         states = self._states()
-        for pool in self.client.status():
-            c = pool_counts(pool, states.get(pool["profile"], collections.Counter()))
-            lines.append(f"{pool['profile']} ({pool['backend']}): {c['sandboxes']} sandboxes, "
+        for pool in self.client.pool_status():
+            c = pool_counts(pool, states.get(pool.profile, collections.Counter()))
+            lines.append(f"{pool.profile} ({pool.backend}): {c['sandboxes']} sandboxes, "
                          f"{c['busy']} busy, {c['free']} free, {c['queued']} queued, "
                          f"{c['starting']} starting; runs {c['running']} running, "
                          f"{c['succeeded']} succeeded, {c['failed']} failed")

@@ -30,6 +30,7 @@ from . import _comm
 
 if TYPE_CHECKING:
     from ..kernel import Client
+    from ..pool import PoolStatus
 
 TARGET = "sandbox_magics"
 INTERVAL = 1.0
@@ -38,16 +39,17 @@ LOG_LINES = 200
 log = logging.getLogger(__name__)
 
 
-def pool_state(pool: dict[str, Any]) -> dict[str, Any]:
-    slots = [s for box in pool["sandboxes"] for s in box["slots"]]
+def pool_state(pool: PoolStatus) -> dict[str, Any]:
+    """One pool for the sidebar, with the counts the dashboard shows (`PoolStatus.counts`)."""
+    counts = pool.counts()
     return {
-        "profile": pool["profile"], "backend": pool["backend"],
-        "busy": sum(s in ("busy", "session") for s in slots), "total": len(slots),
-        "queued": pool["queued"], "starting": pool["starting"], "target": pool.get("target"),
-        "max_sandboxes": pool["max_sandboxes"],
-        "sandboxes": [{"id": box["id"], "state": box["state"], "slots": list(box["slots"]),
-                       "runs": list(box.get("runs") or [None] * len(box["slots"]))}
-                      for box in pool["sandboxes"]],
+        "profile": pool.profile, "backend": pool.backend,
+        "busy": counts.busy, "total": counts.total,
+        "queued": counts.queued, "starting": counts.starting, "target": pool.target,
+        "max_sandboxes": pool.max_sandboxes,
+        "sandboxes": [{"id": box.id, "state": box.state.value,
+                       "slots": [s.value for s in box.slots], "runs": list(box.runs)}
+                      for box in pool.sandboxes],
     }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,7 +16,8 @@ from sandbox_magics import AcquireTimeoutError, ClosedError, Profile, ProfileErr
 from sandbox_magics import identity
 from sandbox_magics.backends.instant import InstantBackend, InstantSandbox
 from sandbox_magics.identity import Identity
-from sandbox_magics.pool import Pool
+from sandbox_magics.pool import EventKind, Pool
+from sandbox_magics.pool import pool as pool_module
 
 
 def run(coro_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -310,16 +313,16 @@ def test_start_adopts_its_kernels_leftovers_reaps_silent_ones_and_leaves_the_res
     assert names == ["p-1"] and used and other_alive and not silent_alive and created == 0
 
 
-def test_a_leased_slot_names_its_holder_in_the_snapshot() -> None:
-    async def scenario() -> list[list[str | None]]:
+def test_a_leased_slot_names_its_holder_in_the_status() -> None:
+    async def scenario() -> list[tuple[str | None, ...]]:
         pool = make_pool(slots_per_sandbox=2, max_sandboxes=1)
         lease = await pool.acquire(holder="r7")
-        runs = [box["runs"] for box in pool.snapshot()["sandboxes"]]
+        runs = [box.runs for box in pool.status().sandboxes]
         await pool.release(lease)
-        runs += [box["runs"] for box in pool.snapshot()["sandboxes"]]
+        runs += [box.runs for box in pool.status().sandboxes]
         await pool.aclose()
         return runs
-    assert run(scenario) == [["r7", None], [None, None]]
+    assert run(scenario) == [("r7", None), (None, None)]
 
 
 def test_two_clients_of_a_restarted_kernel_never_both_adopt_one_sandbox() -> None:
@@ -363,7 +366,7 @@ def test_scale_zero_stops_a_sandbox_held_only_by_an_idle_session_and_the_session
 
 
 def test_a_broken_connection_retires_its_sandbox_only_if_it_fails_a_health_check() -> None:
-    async def scenario() -> tuple[bool, bool, bool, list[str]]:
+    async def scenario() -> tuple[bool, bool, bool, list[EventKind]]:
         backend = InstantBackend()
         pool = make_pool(backend, slots_per_sandbox=2, max_sandboxes=1)
         first, other = await pool.acquire(), await pool.acquire()
@@ -376,4 +379,20 @@ def test_a_broken_connection_retires_its_sandbox_only_if_it_fails_a_health_check
         return kept, other_ok, retired, kinds
     kept, other_ok, retired, kinds = run(scenario)
     assert kept and other_ok and retired
-    assert kinds.index("connection-lost") < kinds.index("lost")
+    assert kinds.index(EventKind.CONNECTION_LOST) < kinds.index(EventKind.LOST)
+
+
+def test_every_event_the_pool_emits_is_an_event_kind_and_every_kind_is_emitted() -> None:
+    tree = ast.parse(inspect.getsource(pool_module))
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    emitted = []
+    for call in calls:
+        if isinstance(call.func, ast.Attribute) and call.func.attr == "_emit":
+            kind = call.args[0]
+            assert (isinstance(kind, ast.Attribute) and isinstance(kind.value, ast.Name)
+                    and kind.value.id == "EventKind"), ast.unparse(call)
+            emitted.append(EventKind[kind.attr])
+    made = [ast.unparse(c) for c in calls
+            if isinstance(c.func, ast.Name) and c.func.id == "PoolEvent"]
+    assert made == ["PoolEvent(self.profile.name, kind, sandbox, detail)"]  # only in _emit
+    assert set(emitted) == set(EventKind)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from sandbox_magics.pool import PoolStatus, SandboxState, SandboxStatus, SlotState
 from sandbox_magics.runs import Run, RunSpec, RunState
 from sandbox_magics.widgets import RunLogView
 from sandbox_magics.widgets._html import LEGEND_STATES
@@ -36,11 +37,9 @@ def test_tail_keeps_the_last_lines_and_their_streams() -> None:
 
 
 def test_dashboard_renders_ten_thousand_slots_as_one_compact_string() -> None:
-    status = [{"profile": "big", "backend": "local", "max_sandboxes": 1000, "queued": 3,
-               "starting": 1, "events": [],
-               "sandboxes": [{"id": f"big-{i}", "state": "ready",
-                              "slots": ["busy" if j % 2 else "free" for j in range(10)],
-                              "runs": [None] * 10} for i in range(1000)]}]
+    slots = tuple(SlotState.BUSY if j % 2 else SlotState.FREE for j in range(10))
+    status = [PoolStatus("big", "local", 10, 1000, None, 3, tuple(
+        SandboxStatus(f"big-{i}", SandboxState.READY, slots, (None,) * 10) for i in range(1000)))]
     html = render(status, {})
     assert html.count("<i ") == 10_000 + len(LEGEND_STATES)  # the slots and the legend
     assert len(html) < 400_000 and "title=" not in html
