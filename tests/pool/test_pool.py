@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-import dataclasses
-
 from sandbox_magics import AcquireTimeoutError, ClosedError, Profile, ProfileError, SandboxStartError
 from sandbox_magics import identity
 from sandbox_magics.backends.instant import InstantBackend, InstantSandbox
 from sandbox_magics.identity import Identity
-from sandbox_magics.pool import EventKind, Pool
+from sandbox_magics.pool import EventKind, Pool, PoolEvent
+from sandbox_magics.pool import policy
 from sandbox_magics.pool import pool as pool_module
 
 
@@ -24,9 +25,51 @@ def run(coro_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro_fn(*args), 20))
 
 
-def make_pool(backend: InstantBackend | None = None, **options: Any) -> Pool:
+class Events:
+    """A pool's ``on_event``: keeps every event and lets a test wait for those of a kind."""
+
+    def __init__(self) -> None:
+        self.seen: list[PoolEvent] = []
+        self._arrived = asyncio.Event()
+
+    def __call__(self, event: PoolEvent) -> None:
+        self.seen.append(event)
+        self._arrived.set()
+
+    def of(self, kind: EventKind) -> list[PoolEvent]:
+        return [e for e in self.seen if e.kind is kind]
+
+    async def wait(self, kind: EventKind, count: int = 1) -> None:
+        """Wait until ``count`` events of ``kind`` have come."""
+        while len(self.of(kind)) < count:
+            self._arrived.clear()
+            await self._arrived.wait()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the other tasks run until ``condition()`` holds: for steps they take as soon as
+    they run (a waiter joining the queue, a stopped sandbox going), never for time to pass."""
+    while not condition():
+        await asyncio.sleep(0)
+
+
+async def past(moment: float) -> None:
+    """Wait until the monotonic clock (the pool's) is past ``moment``: for idle timeouts and
+    backoffs, whose subject is time passing."""
+    while time.monotonic() <= moment:
+        await asyncio.sleep(moment - time.monotonic() + 0.001)
+
+
+async def idle_past(pool: Pool, seconds: float) -> None:
+    """Wait until every idle sandbox of ``pool`` has been idle for more than ``seconds``."""
+    await past(max(r.idle_since for r in pool.sandboxes if r.idle_since is not None) + seconds)
+
+
+def make_pool(backend: InstantBackend | None = None, events: Events | None = None,
+              **options: Any) -> Pool:
     fields = {"slots_per_sandbox": 2, "max_sandboxes": 2, "idle_timeout": 60.0, **options}
-    pool = Pool(Profile(name="p", **fields), backend or InstantBackend(), tick=0.05, cooldown=0.0)
+    pool = Pool(Profile(name="p", **fields), backend or InstantBackend(), on_event=events,
+                tick=0.05, cooldown=0.0)
     pool.start()
     return pool
 
@@ -40,13 +83,12 @@ def test_acquire_is_first_in_first_out() -> None:
         async def wait(name: str) -> None:
             lease = await pool.acquire()
             order.append(name)
-            await asyncio.sleep(0.01)
             await pool.release(lease)
 
         tasks = []
         for name in "abcde":
             tasks.append(asyncio.ensure_future(wait(name)))
-            await asyncio.sleep(0.001)
+            await until(lambda: pool.queued == len(tasks))
         await pool.release(held)
         await asyncio.gather(*tasks)
         await pool.aclose()
@@ -73,8 +115,9 @@ def test_scales_up_to_max_and_not_beyond() -> None:
         pool = make_pool(backend, slots_per_sandbox=2, max_sandboxes=3)
         leases = [await pool.acquire() for _ in range(6)]
         extra = asyncio.ensure_future(pool.acquire())
-        await asyncio.sleep(0.2)
-        started, waiting = len(backend.created), pool.queued
+        await until(lambda: pool.queued == 1 or extra.done())
+        pool.reconcile()  # what the pool decides on any tick while the run waits
+        started, waiting = len(pool.sandboxes), pool.queued
         await pool.release(leases[0])
         await extra
         await pool.aclose()
@@ -83,23 +126,22 @@ def test_scales_up_to_max_and_not_beyond() -> None:
 
 
 def test_scales_down_to_min_when_idle() -> None:
-    async def scenario() -> tuple[int, int]:
-        backend = InstantBackend()
-        pool = make_pool(backend, slots_per_sandbox=1, max_sandboxes=3, min_sandboxes=1,
+    async def scenario() -> tuple[int, int, int]:
+        backend, events = InstantBackend(), Events()
+        pool = make_pool(backend, events, slots_per_sandbox=1, max_sandboxes=3, min_sandboxes=1,
                          idle_timeout=0.1)
         leases = [await pool.acquire() for _ in range(3)]
         peak = sum(s.alive for s in backend.created)
         for lease in leases:
             await pool.release(lease)
-        for _ in range(100):
-            if sum(s.alive for s in backend.created) == 1:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        await events.wait(EventKind.SCALE_DOWN, 2)
+        await idle_past(pool, 0.1)
+        pool.reconcile()  # the last one is idle past its timeout too, but it is the minimum
+        await until(lambda: len(pool.retired) >= 2)
         after = sum(s.alive for s in backend.created)
         await pool.aclose()
-        return peak, after
-    assert run(scenario) == (3, 1)
+        return peak, len(events.of(EventKind.SCALE_DOWN)), after
+    assert run(scenario) == (3, 2, 1)
 
 
 def test_dead_sandbox_fails_its_leases_and_is_replaced() -> None:
@@ -138,7 +180,7 @@ def test_session_waits_for_its_own_slot() -> None:
         pool = make_pool(slots_per_sandbox=2, max_sandboxes=1)
         first = await pool.acquire(session="s")
         waiting = asyncio.ensure_future(pool.acquire(session="s"))
-        await asyncio.sleep(0.1)
+        await until(lambda: pool.queued == 1 or waiting.done())
         assert not waiting.done()
         await pool.release(first)
         second = await asyncio.wait_for(waiting, 1)
@@ -163,7 +205,7 @@ def test_close_fails_waiters_and_stops_sandboxes() -> None:
         pool = make_pool(backend, slots_per_sandbox=1, max_sandboxes=1)
         await pool.acquire()
         waiting = asyncio.ensure_future(pool.acquire())
-        await asyncio.sleep(0.05)
+        await until(lambda: pool.queued == 1 or waiting.done())
         await pool.aclose()
         with pytest.raises(ClosedError):
             await waiting
@@ -178,7 +220,7 @@ def test_cancelled_acquire_does_not_leak_the_slot() -> None:
         pool = make_pool(slots_per_sandbox=1, max_sandboxes=1)
         held = await pool.acquire()
         waiting = asyncio.ensure_future(pool.acquire())
-        await asyncio.sleep(0.05)
+        await until(lambda: pool.queued == 1 or waiting.done())
         await pool.release(held)
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
@@ -198,7 +240,7 @@ def test_two_first_runs_of_a_new_session_share_one_slot() -> None:
         first, second = asyncio.ensure_future(pool.acquire(session="s")), asyncio.ensure_future(
             pool.acquire(session="s"))
         lease = await first
-        await asyncio.sleep(0.05)
+        await until(lambda: pool.queued == 1 or second.done())
         assert not second.done()
         await pool.release(lease)
         other = await asyncio.wait_for(second, 1)
@@ -209,22 +251,22 @@ def test_two_first_runs_of_a_new_session_share_one_slot() -> None:
 
 
 def test_scale_target_survives_a_changed_profile_and_is_capped_by_max() -> None:
-    async def scenario() -> tuple[int, int | None, str]:
-        backend = InstantBackend()
-        pool = make_pool(backend, max_sandboxes=3)
+    async def scenario() -> tuple[int, int, int | None, str]:
+        backend, events = InstantBackend(), Events()
+        pool = make_pool(backend, events, max_sandboxes=3)
         await pool.scale(2)
-        while len([s for s in backend.created if s.alive]) < 2:
-            await asyncio.sleep(0.01)
+        await events.wait(EventKind.READY, 2)
         pool.update_profile(dataclasses.replace(pool.profile, idle_timeout=0.01))
-        await asyncio.sleep(0.2)
+        await idle_past(pool, 0.01)
+        pool.reconcile()  # both idle past the new timeout, and both kept for the target
         alive = sum(s.alive for s in backend.created)
         with pytest.raises(ProfileError) as info:
             await pool.scale(1000)
         target = pool.target
         await pool.aclose()
-        return alive, target, str(info.value)
-    alive, target, message = run(scenario)
-    assert (alive, target) == (2, 2)
+        return alive, len(events.of(EventKind.SCALE_DOWN)), target, str(info.value)
+    alive, stopped, target, message = run(scenario)
+    assert (alive, stopped, target) == (2, 0, 2)
     assert "max_sandboxes is 3" in message and "1000" in message
 
 
@@ -235,8 +277,7 @@ def test_scale_zero_stops_everything_and_refuses_runs_with_a_sentence() -> None:
         lease = await pool.acquire()
         await pool.release(lease)
         await pool.scale(0)
-        while any(s.alive for s in backend.created):
-            await asyncio.sleep(0.01)
+        await until(lambda: not any(s.alive for s in backend.created))
         with pytest.raises(SandboxStartError) as info:
             await pool.acquire(timeout=5)
         await pool.aclose()
@@ -246,23 +287,26 @@ def test_scale_zero_stops_everything_and_refuses_runs_with_a_sentence() -> None:
 
 
 def test_failed_start_is_retried_with_backoff_for_later_runs() -> None:
-    async def scenario() -> tuple[str, bool]:
-        backend = InstantBackend(fail_starts=True)
-        pool = make_pool(backend)
+    async def scenario() -> tuple[str, str, list[int], bool]:
+        backend, events = InstantBackend(fail_starts=True), Events()
+        pool = make_pool(backend, events)
         with pytest.raises(SandboxStartError) as info:
             await pool.acquire(timeout=5)
+        failed_at = time.monotonic()
         backend.fail_starts = False
-        for _ in range(100):
-            try:
-                lease = await pool.acquire(timeout=10)
-                break
-            except SandboxStartError:
-                await asyncio.sleep(0.05)
+        with pytest.raises(SandboxStartError) as during:  # within the backoff: no new start
+            await pool.acquire(timeout=5)
+        starts = [len(events.of(EventKind.SCALE_UP))]
+        await past(failed_at + policy.backoff(1))
+        lease = await pool.acquire(timeout=5)
+        starts.append(len(events.of(EventKind.SCALE_UP)))
         served = lease.sandbox.alive
         await pool.aclose()
-        return str(info.value), served
-    message, served = run(scenario)
-    assert "the instant backend was told to fail" in message and served
+        return str(info.value), str(during.value), starts, served
+    message, during, starts, served = run(scenario)
+    assert "the instant backend was told to fail" in message
+    assert "the instant backend was told to fail" in during
+    assert starts == [1, 2] and served
 
 
 def test_requeued_acquire_goes_to_the_head_of_the_queue() -> None:
@@ -277,9 +321,9 @@ def test_requeued_acquire_goes_to_the_head_of_the_queue() -> None:
             await pool.release(lease)
 
         tasks = [asyncio.ensure_future(wait("a", False)), asyncio.ensure_future(wait("b", False))]
-        await asyncio.sleep(0.01)
+        await until(lambda: pool.queued == 2)
         tasks.append(asyncio.ensure_future(wait("requeued", True)))
-        await asyncio.sleep(0.01)
+        await until(lambda: pool.queued == 3)
         await pool.release(held)
         await asyncio.gather(*tasks)
         await pool.aclose()
@@ -291,21 +335,20 @@ def test_start_adopts_its_kernels_leftovers_reaps_silent_ones_and_leaves_the_res
     me = Identity(client_id="new", kernel_id="k1", process="host/2")
     before_restart = Identity(client_id="old", kernel_id="k1", process="host/1")
     other = Identity(client_id="x", kernel_id="k2", process="host/3")
-    import time
     mine = InstantSandbox("p-1", 2, {**before_restart.tags("p"), identity.NAME: "p-1"})
     alive_other = InstantSandbox("p-9", 2, other.tags("p"))
     silent = InstantSandbox("p-7", 2, other.tags("p", now=time.time() - 10_000))
 
     async def scenario() -> tuple[list[str], bool, bool, bool, int]:
-        backend = InstantBackend(left_behind=[mine, alive_other, silent])
+        backend, events = InstantBackend(left_behind=[mine, alive_other, silent]), Events()
         pool = Pool(Profile(name="p", slots_per_sandbox=2, max_sandboxes=2, heartbeat_window=900),
-                    backend, me, tick=0.05, cooldown=0.0)
+                    backend, me, on_event=events, tick=0.05, cooldown=0.0)
         pool.start()
         lease = await pool.acquire(timeout=5)
         used = lease.sandbox is mine
         await pool.release(lease)
-        while silent.alive:
-            await asyncio.sleep(0.01)
+        await events.wait(EventKind.REAPED)
+        await until(lambda: not silent.alive)
         names = [r.id for r in pool.sandboxes]
         await pool.aclose()
         return names, used, alive_other.alive, silent.alive, len(backend.created)
@@ -351,8 +394,7 @@ def test_scale_zero_stops_a_sandbox_held_only_by_an_idle_session_and_the_session
         lease = await pool.acquire(session="s")
         await pool.release(lease)
         await pool.scale(0)
-        while backend.created[0].alive:
-            await asyncio.sleep(0.01)
+        await until(lambda: not backend.created[0].alive)
         await pool.scale(None)
         again = await pool.acquire(session="s", timeout=5)
         notice = pool.session_notice("s")
