@@ -148,9 +148,14 @@ def test_profiles_and_runs_are_dataframes(kernel: Kernel) -> None:
     reply = kernel.execute("%sandbox profiles")
     html = reply.data[0]["text/html"]
     assert "pytorch-gpu" in html and "slots_per_sandbox" in html
-    reply = kernel.execute("import pandas\nruns = %sandbox runs\n"
-                           "print(isinstance(runs, pandas.DataFrame), list(runs.columns)[:4], len(runs) > 3)")
-    assert reply.stdout == "True ['name', 'profile', 'backend', 'interpreter'] True\n", reply.error
+    ran = kernel.execute("%%sandbox sh --name frame-row --no-raise-error\necho framed; exit 5")
+    assert ran.status == "ok" and ran.stdout == "framed\n", ran.error
+    reply = kernel.execute(
+        "import pandas\nruns = %sandbox runs\nrow = runs[runs['name'] == 'frame-row'].iloc[-1]\n"
+        "print(isinstance(runs, pandas.DataFrame), list(runs.columns)[:4], row['profile'],\n"
+        "      row['interpreter'], row['state'], int(row['exit_code']), int(row['output_bytes']))")
+    assert reply.stdout == ("True ['name', 'profile', 'backend', 'interpreter'] "
+                            "default sh failed 5 7\n"), reply.error
 
 
 def test_unknown_subcommand_lists_the_valid_ones(kernel: Kernel) -> None:
