@@ -9,7 +9,10 @@
 // go to the busy main shell; and even later, a new comm's first messages do too (its comm
 // subshell is looked up asynchronously). Every panel says "Loading widget..." meanwhile.
 //
-// What this does, per notebook kernel connection:
+// Only kernels known to have loaded sandbox_magics are touched: a kernel is known once
+// its `sandbox_magics` comm has answered in this browser (`routeComms`, kept per kernel id
+// in localStorage, so a reload or a second tab knows it before the kernel can answer);
+// every other kernel connection is left as JupyterLab made it. For a known kernel:
 // 1. kernel_info is asked on the control channel as well, which a busy kernel answers at
 //    once (JEP 80: either reply will do). A kernel that does not answer it there, or says
 //    it cannot, costs nothing: the shell's answer is used as before.
@@ -20,6 +23,7 @@
 // 3. Comm messages for the ipywidgets targets and ours that name no subshell are sent to
 //    that subshell: the widget manager's `jupyter.widget.control` comm (every widget's
 //    state in one reply), its comm_info and request_state fallback, the sidebar's comm.
+// A restarted kernel is forgotten until its comm answers again.
 // With subshells missing, or comms over subshells turned off in the settings, only (1).
 import { Kernel, KernelMessage } from '@jupyterlab/services';
 
@@ -35,11 +39,25 @@ const STORE = 'sandbox-magics:subshell:';
 
 const routes = new WeakMap<Kernel.IKernelConnection, Route>();
 
-/** Route the connection's widget comms as above (once per connection; idempotent). */
+/** Route the connection's widget comms as above if its kernel is known to have loaded
+ * sandbox_magics (once per connection; idempotent). */
 export function answerWhileBusy(kernel: Kernel.IKernelConnection | null | undefined): void {
-  if (kernel && !kernel.isDisposed && !kernel.subshellId && !routes.has(kernel)) {
+  if (kernel && known(kernel.id)) {
+    route(kernel);
+  }
+}
+
+/** The kernel's `sandbox_magics` comm answered: remember it and route its comms now. */
+export function routeComms(kernel: Kernel.IKernelConnection): void {
+  markKnown(kernel.id, true);
+  route(kernel)?.infoSeen();
+}
+
+function route(kernel: Kernel.IKernelConnection): Route | undefined {
+  if (!kernel.isDisposed && !kernel.subshellId && !routes.has(kernel)) {
     routes.set(kernel, new Route(kernel, true));
   }
+  return routes.get(kernel);
 }
 
 class Route {
@@ -70,6 +88,13 @@ class Route {
         return comm;
       };
       kernel.statusChanged.connect(this._onStatus, this);
+    }
+  }
+
+  /** The connection is past its kernel_info (routed after it connected). */
+  infoSeen(): void {
+    if (!this._infoSeen && this.kernel.connectionStatus === 'connected') {
+      this._infoDone();
     }
   }
 
@@ -216,6 +241,7 @@ class Route {
       this._subshell = null;
       this._infoSeen = false;
       forget(this.kernel.id);
+      markKnown(this.kernel.id, false); // until the new kernel's comm answers
     }
   }
 
@@ -265,6 +291,29 @@ function forget(kernelId: string): void {
     window.sessionStorage.removeItem(STORE + kernelId);
   } catch {
     // storage off
+  }
+}
+
+/** localStorage key prefix: kernels whose sandbox_magics comm answered in this browser. */
+const KNOWN = 'sandbox-magics:kernel:';
+
+function known(kernelId: string): boolean {
+  try {
+    return window.localStorage.getItem(KNOWN + kernelId) !== null;
+  } catch {
+    return false;
+  }
+}
+
+function markKnown(kernelId: string, yes: boolean): void {
+  try {
+    if (yes) {
+      window.localStorage.setItem(KNOWN + kernelId, '1');
+    } else {
+      window.localStorage.removeItem(KNOWN + kernelId);
+    }
+  } catch {
+    // storage off: a reload while busy waits for the kernel, as without this extension
   }
 }
 

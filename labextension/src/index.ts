@@ -7,10 +7,11 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
-import { answerWhileBusy } from './busykernel';
+import { answerWhileBusy, routeComms } from './busykernel';
 import { highlightSandboxCells } from './highlight';
 import { IRun, ModelRegistry, SandboxModel } from './model';
 import { LogPanel, SandboxPanel, StatusItem } from './views';
+import { saveWidgetState } from './widgetstate';
 
 const ICON_SVG =
   '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 16 16">' +
@@ -33,7 +34,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
     labShell: ILabShell | null,
     statusBar: IStatusBar | null
   ) => {
-    const models = new ModelRegistry();
+    // A kernel that answers our comm has loaded sandbox_magics: its widget comms are
+    // routed to a subshell from then on (busykernel.ts); other kernels are left alone.
+    const models = new ModelRegistry(model =>
+      model.changed.connect(() => model.state && routeComms(model.kernel))
+    );
     const openLog = (model: SandboxModel, run: IRun) => {
       const content = new LogPanel(model, run);
       const widget = new MainAreaWidget({ content });
@@ -65,7 +70,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       answerWhileBusy(context.session?.kernel);
       context.kernelChanged.connect((_, change) => answerWhileBusy(change.newValue));
       const connect = () => {
-        models.get(context.session?.kernel);
+        // A notebook whose kernel has our comm keeps its panels' state when saved.
+        models.get(context.session?.kernel)?.changed.connect(
+          model => model.state && saveWidgetState(notebook)
+        );
         if (tracker.currentWidget === notebook) {
           follow(notebook);
         }

@@ -184,6 +184,9 @@ export class SandboxModel {
 
 /** The models of every kernel connection seen, by connection. */
 export class ModelRegistry {
+  /** ``created`` is called with each new model. */
+  constructor(private readonly created: (model: SandboxModel) => void = () => undefined) {}
+
   get(kernel: Kernel.IKernelConnection | null | undefined): SandboxModel | null {
     if (!kernel || !kernel.handleComms) {
       return null;
@@ -192,6 +195,7 @@ export class ModelRegistry {
     if (!model) {
       model = new SandboxModel(kernel);
       this._models.set(kernel, model);
+      this.created(model);
       kernel.disposed.connect(() => {
         model!.dispose();
         this._models.delete(kernel);

@@ -3,6 +3,7 @@ fed by the comm that ``%load_ext sandbox_magics`` registers, in Chromium."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -119,3 +120,30 @@ def test_sandbox_cells_are_highlighted_in_their_language(lab: JupyterLab, page: 
     page.evaluate("() => window.sbxTest.nb().content.widgets[1].model.sharedModel"
                   ".setSource('for f in x: pass\\ndone = 1')")
     wait_for(lambda: not keywords(1, "done"), 10, "a cell no longer %%sandbox bash stays shell")
+
+
+def connection_patched(page: Any) -> bool:
+    """Whether the notebook's kernel connection carries our sendShellMessage."""
+    return page.evaluate("() => Object.prototype.hasOwnProperty.call("
+                         "window.sbxTest.nb().sessionContext.session.kernel, 'sendShellMessage')")
+
+
+def saved_widget_state(nb: Notebook) -> bool:
+    nb.save()
+    return "widgets" in json.loads(nb.path.read_text())["metadata"]
+
+
+def test_only_notebooks_with_sandbox_magics_are_touched(lab: JupyterLab, page: Any) -> None:
+    plain = Notebook(lab, page, "plain_widgets.ipynb")
+    slider = plain.run("import ipywidgets; ipywidgets.IntSlider(value=3)")
+    wait_for(lambda: plain.output(slider).locator(".widget-slider").count() == 1, 15, "no slider")
+    assert not connection_patched(page), "a kernel without sandbox_magics had its connection patched"
+    assert not saved_widget_state(plain), "widget state was saved in a notebook without sandbox_magics"
+
+    ours = Notebook(lab, page, "ours_widgets.ipynb")
+    ours.run("%load_ext sandbox_magics")
+    wait_for(lambda: status_text(page) == "sandbox 0/0", 10, "no status-bar item after %load_ext")
+    wait_for(lambda: connection_patched(page), 10, "the kernel with sandbox_magics is not routed")
+    panel = ours.run("%%sandbox bash --bg --name saved\necho saved-line")
+    wait_text(ours.output(panel), "saved-line")
+    assert saved_widget_state(ours), "the panels' state was not saved with the notebook"
