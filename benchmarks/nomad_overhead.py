@@ -119,10 +119,9 @@ def _exec(port: int, token: str, run_id: str) -> None:
     """One exec request to the agent, its frames read up to EXIT."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        body = json.dumps({"run_id": run_id, "argv": ["bash"], "env": {}, "stdin": "true"})
+        body = json.dumps({"run_id": run_id, "argv": ["bash"], "env": {}}).encode() + b"\ntrue"
         conn.request("POST", f"{protocol.API}/slots/0/exec", body=body,
-                     headers={"Authorization": f"Bearer {token}",
-                              "Content-Type": "application/json"})
+                     headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
         assert resp.status == 200, resp.status
         while True:

@@ -3,7 +3,8 @@
 Routes (all under ``/v1``, all behind the bearer token)::
 
     GET  /health                          slots, running runs, pid
-    POST /slots/{slot}/exec               run argv in the slot; stream frames (protocol.py)
+    POST /slots/{slot}/exec               run argv in the slot, fed the body's rest on
+                                          stdin; stream frames (protocol.py)
     POST /slots/{slot}/signal             deliver one signal to the run's process group
     POST /slots/{slot}/reset              empty the slot's workspace
     GET  /slots/{slot}/files              list files  (?path= is not taken: whole workspace)
@@ -16,10 +17,17 @@ The file routes answer only while the slot runs nothing, and only for regular fi
 the workspace with a single hard link (workspace.py says why); the listing leaves out
 every other entry.
 
-JSON bodies are checked by `bodies` before anything runs and may be `MAX_JSON_BODY`
-(16 MiB) long; uploads stream to disk and may be ``--max-upload-mb`` long. Refusals are
-JSON ``{"error": "<one sentence>"}`` with a 4xx status (413 past a limit, naming it); a
-5xx means the sandbox itself failed (a slot that cannot be emptied, a full disk).
+An exec's body is one line of JSON (run id, argv, env), then the bytes the run reads on
+stdin. The agent checks the JSON line before it reads on, then streams the rest to an
+unlinked temporary file, which the process gets as its stdin once the body has ended:
+stdin costs the agent no memory whatever its size, and a body that breaks off starts
+nothing.
+
+JSON (an exec's first line, the signal's body) is checked by `bodies` before anything runs
+and may be `MAX_JSON_BODY` (16 MiB) long; uploads and an exec's stdin stream to disk and
+may be ``--max-upload-mb`` long each. Refusals are JSON ``{"error": "<one sentence>"}``
+with a 4xx status (413 past a limit, naming it); a 5xx means the sandbox itself failed (a
+slot that cannot be emptied, a full disk).
 
 If the client of an exec goes away mid-stream, the run is killed: nobody could read its
 output or its exit code, and a kernel that died must not leave work running.
@@ -33,10 +41,11 @@ import errno
 import functools
 import os
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from aiohttp import HttpVersion11, web
 
@@ -62,8 +71,8 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
              max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB) -> web.Application:
     """Build the agent app serving ``slots`` workspaces below ``root``.
 
-    ``client_max_size`` bounds the bodies read whole (`MAX_JSON_BODY`); uploads stream to
-    disk past it, up to ``max_upload_mb``.
+    ``client_max_size`` bounds the bodies read whole (`MAX_JSON_BODY`, as an exec's JSON
+    line is); uploads and an exec's stdin stream to disk past it, up to ``max_upload_mb``.
     """
     if not token:
         raise ValueError("the agent needs a non-empty token")
@@ -213,32 +222,105 @@ def _file_refusals(request: web.Request) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _undecodable_bodies(request: web.Request) -> Iterator[None]:
-    """Refuse a body that aiohttp could not decode (a bad ``Content-Encoding``)."""
+def _body_refusals(request: web.Request) -> Iterator[None]:
+    """Refuse a body that aiohttp could not decode (a bad ``Content-Encoding``) or that
+    broke off (the client went away: nobody reads the answer, but nothing is logged as a
+    failure of the agent)."""
     try:
         yield
     except web.RequestPayloadError:
         encoding = workspace.shown(request.headers.get("Content-Encoding", ""))
         raise Refusal(400, f"the request body could not be decoded as Content-Encoding "
                            f"{encoding}; send it uncompressed") from None
+    except ConnectionResetError:
+        raise Refusal(400, "the request body broke off before its end; send it whole") from None
+
+
+def _json_too_large(what: str) -> Refusal:
+    return Refusal(413, f"{what} is larger than the agent takes ({MAX_JSON_BODY // 2**20} MiB); "
+                        "send large data as an exec's stdin or as a file upload")
+
+
+def _over_upload_limit(what: str, limit_mb: int) -> Refusal:
+    return Refusal(413, f"{what} is larger than the agent takes ({limit_mb} MiB, its "
+                        "--max-upload-mb); send less or raise the limit")
+
+
+def _checked(read: Callable[[bytes], T], raw: bytes) -> T:
+    """``raw`` read by one of `bodies`' functions; a `Refusal` (400) if it is not what the
+    route takes."""
+    try:
+        return read(raw)
+    except bodies.BadBody as exc:
+        raise Refusal(400, str(exc)) from None
 
 
 async def _body(request: web.Request, read: Callable[[bytes], T]) -> T:
     """The request's JSON body, read by one of `bodies`' functions; a `Refusal` (400 or 413)
     if it is too large or not what the route takes."""
-    too_large = Refusal(413, f"the request body is larger than the agent takes "
-                             f"({MAX_JSON_BODY // 2**20} MiB); send large data as a file upload")
+    too_large = _json_too_large("the request body")
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise too_large
     try:
-        with _undecodable_bodies(request):
+        with _body_refusals(request):
             raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    return _checked(read, raw)
+
+
+async def _exec_line(request: web.Request) -> tuple[bodies.ExecBody, bytes]:
+    """The exec's first line, checked by `bodies.exec_body`, and the bytes after it that
+    came in the same read (the start of stdin); a `Refusal` (400 or 413) if the line is too
+    long or not what exec takes."""
+    parts: list[bytes] = []
+    size = 0
+    rest = b""
+    with _body_refusals(request):
+        while chunk := await request.content.readany():
+            line, newline, rest = chunk.partition(b"\n")
+            parts.append(line)
+            size += len(line)
+            if size > MAX_JSON_BODY:
+                raise _json_too_large("the exec's JSON line")
+            if newline:
+                break
+    return _checked(bodies.exec_body, b"".join(parts)), rest
+
+
+async def _rest_of_body(request: web.Request, head: bytes) -> AsyncIterator[bytes]:
+    """``head``, then the request's body as it comes, in chunks of bounded size."""
+    if head:
+        yield head
+    async for chunk in request.content.iter_chunked(protocol.MAX_CHUNK):
+        yield chunk
+
+
+async def _write_body(request: web.Request, fh: IO[bytes], what: str, head: bytes = b"") -> int:
+    """Write ``head`` and the rest of the request's body to ``fh`` as it comes; return its
+    size. A `Refusal` (413) naming ``what`` past ``--max-upload-mb``."""
+    limit_mb = request.app[MAX_UPLOAD_MB]
+    size = 0
+    with _body_refusals(request):
+        async for chunk in _rest_of_body(request, head):
+            size += len(chunk)
+            if size > limit_mb * 2**20:
+                raise _over_upload_limit(what, limit_mb)
+            fh.write(chunk)
+    return size
+
+
+async def _receive_stdin(request: web.Request, stdin: IO[bytes], head: bytes) -> None:
+    """Fill ``stdin`` (an empty file) with the rest of the exec's body, ``head`` first, and
+    rewind it; a `Refusal` (507) if the sandbox's disk cannot hold it."""
     try:
-        return read(raw)
-    except bodies.BadBody as exc:
-        raise Refusal(400, str(exc)) from None
+        await _write_body(request, stdin, "stdin", head)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise Refusal(507, "stdin did not fit on the sandbox's disk; free space or send less"
+                      ) from None
+    stdin.seek(0)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -251,17 +333,19 @@ async def health(request: web.Request) -> web.Response:
 
 async def exec_run(request: web.Request) -> web.StreamResponse:
     slot = _slot(request)
-    body = await _body(request, bodies.exec_body)
+    body, stdin_head = await _exec_line(request)
     _idle(slot)
     env = {**request.app[STATE]["base_env"], **body.env}
     response = web.StreamResponse(headers={"Content-Type": protocol.FRAME_CONTENT_TYPE})
     slot.run_id = body.run_id
     try:
         slot.path.mkdir(parents=True, exist_ok=True)
-        try:
-            job = process.start(body.argv, slot.path, env, body.stdin)
-        except OSError as exc:
-            return await _not_started(request, response, body.argv, exc)
+        with tempfile.TemporaryFile() as stdin:
+            await _receive_stdin(request, stdin, stdin_head)
+            try:
+                job = process.start(body.argv, slot.path, env, stdin)
+            except OSError as exc:
+                return await _not_started(request, response, body.argv, exc)
         slot.job = job
         try:
             return await _stream(request, response, job, slot)
@@ -414,23 +498,17 @@ async def put_file(request: web.Request) -> web.Response:
     leaves no partial file behind."""
     slot = _idle(_slot(request))
     limit_mb = request.app[MAX_UPLOAD_MB]
-    too_large = Refusal(413, f"the upload is larger than the agent takes ({limit_mb} MiB, "
-                             "its --max-upload-mb); upload less or raise the limit")
     if request.content_length is not None and request.content_length > limit_mb * 2**20:
-        raise too_large
+        raise _over_upload_limit("the upload", limit_mb)
     rel = request.match_info["path"]
     with _file_refusals(request):
         path = workspace.confine(slot.path, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         workspace.confine(slot.path, rel)
-        fd, size = workspace.open_file(path, rel, write=True)
+        fd, _ = workspace.open_file(path, rel, write=True)
         try:
-            with os.fdopen(fd, "wb") as fh, _undecodable_bodies(request):
-                async for chunk in request.content.iter_chunked(protocol.MAX_CHUNK):
-                    size += len(chunk)
-                    if size > limit_mb * 2**20:
-                        raise too_large
-                    fh.write(chunk)
+            with os.fdopen(fd, "wb") as fh:
+                size = await _write_body(request, fh, "the upload")
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(path)

@@ -1,8 +1,10 @@
-"""The JSON bodies of the agent's routes, read and checked before anything runs (stdlib only).
+"""The JSON of the agent's routes, read and checked before anything runs (stdlib only).
 
-Each route that takes a body reads it with one function here (`exec_body`, `signal_body`): from the raw bytes to a typed record, or `BadBody` with one sentence that
-names the field, shows what was sent and says what it should be. Fields a route does not
-know are ignored.
+Each route that takes JSON reads it with one function here (`exec_body` for the exec's
+first line, `signal_body` for the signal's body): from the raw bytes to a typed record, or
+`BadBody` with one sentence that names the field, shows what was sent and says what it
+should be. Fields a route does not know are ignored, but for an exec's ``stdin``: the
+run's input is the rest of the exec body, after the JSON line, never a JSON string.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ class BadBody(ValueError):
 
 @dataclass(frozen=True)
 class ExecBody:
-    """``POST /slots/{slot}/exec``: run ``argv`` with ``env`` added to the agent's own."""
+    """``POST /slots/{slot}/exec``'s JSON line: run ``argv`` with ``env`` added to the
+    agent's own, the rest of the body as its stdin."""
 
     run_id: str
     argv: list[str]
     env: dict[str, str]
-    stdin: bytes | None
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class SignalBody:
 
 
 def exec_body(raw: bytes) -> ExecBody:
-    body = _object(raw)
+    body = _object(raw, "the exec's first line")
     run_id = _run_id(body)
     argv = body.get("argv")
     if not isinstance(argv, list) or not argv:
@@ -54,16 +56,15 @@ def exec_body(raw: bytes) -> ExecBody:
     for name in env:
         if not name or "=" in name:
             raise BadBody(f"env names must be non-empty and without '=', got: {_shown(name)}")
-    stdin = body.get("stdin")
-    if stdin is not None and not isinstance(stdin, str):
-        raise BadBody(f"stdin must be a string or null, got: {_shown(stdin)}")
+    if "stdin" in body:
+        raise BadBody("stdin is the rest of the exec body, after the JSON line; "
+                      "send it there instead of as a JSON field")
     return ExecBody(
         run_id=run_id,
         argv=[_os_text(arg, "argv items") for arg in argv],
         env={_os_text(name, "env names"): _os_text(value, f"the value of env {name!r}",
                                                     shown=False)
              for name, value in env.items()},
-        stdin=None if stdin is None else _utf8(stdin, "stdin"),
     )
 
 
@@ -77,13 +78,14 @@ def signal_body(raw: bytes) -> SignalBody:
     return SignalBody(run_id=run_id, signal=signal.Signals(number))
 
 
-def _object(raw: bytes) -> dict[str, Any]:
+def _object(raw: bytes, what: str = "the request body") -> dict[str, Any]:
+    """``raw`` as a JSON object; ``what`` names it in a refusal."""
     try:
         body = json.loads(raw) if raw else None
     except (ValueError, RecursionError):
-        raise BadBody("the request body is not valid UTF-8 JSON; send a JSON object") from None
+        raise BadBody(f"{what} is not valid UTF-8 JSON; send a JSON object on one line") from None
     if not isinstance(body, dict):
-        raise BadBody(f"the request body must be a JSON object, got: {_shown(body)}")
+        raise BadBody(f"{what} must be a JSON object, got: {_shown(body)}")
     return body
 
 
@@ -102,16 +104,11 @@ def _os_text(value: Any, field: str, shown: bool = True) -> str:
         raise BadBody(f"{field} must be text{got}")
     if "\x00" in value:
         raise BadBody(f"{field} must not contain NUL characters{got}")
-    _utf8(value, field, shown)
-    return value
-
-
-def _utf8(text: str, field: str, shown: bool = True) -> bytes:
     try:
-        return text.encode()
+        value.encode()
     except UnicodeEncodeError:
-        got = f", got: {_shown(text)}" if shown else " (the value is not shown)"
         raise BadBody(f"{field} must be valid Unicode text{got}") from None
+    return value
 
 
 def _shown(value: Any) -> str:

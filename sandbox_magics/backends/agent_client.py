@@ -2,15 +2,17 @@
 
 Every request carries the bearer token; the token never appears in a repr or a message.
 Connection failures mid-run become `SandboxLostError`; refusals become `AgentRequestError`.
-An exec is an `AgentProcess`: the agent's frame stream, read as the command runs, and its
-``signal`` route for the core's escalation.
+An exec sends one line of JSON, then the run's stdin encoded a slice at a time, so a cell
+of any size goes out without a second copy of it in memory. It returns an `AgentProcess`:
+the agent's frame stream, read as the command runs, and its ``signal`` route for the
+core's escalation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from .base import ExecEvent, ExecRequest, Exited, FileInfo, Health, Output, Proc
 HEALTH_TIMEOUT = 2.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=60.0)
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=None)
+STDIN_SLICE = 256 * 1024
 _LOST = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError,
          ConnectionError)
 
@@ -64,11 +67,14 @@ class AgentSandbox(Sandbox):
                 f"Sandbox {self.id} stopped answering ({_broken(exc)}).")) from None
 
     async def exec(self, slot: int, request: ExecRequest) -> AgentProcess:
-        body = {"run_id": request.run_id, "argv": list(request.argv), "env": dict(request.env),
-                "stdin": request.stdin}
+        stdin = request.stdin or ""
+        _check_utf8(stdin, request.run_id)
+        line = json.dumps({"run_id": request.run_id, "argv": list(request.argv),
+                           "env": dict(request.env)}).encode() + b"\n"
         try:
-            resp = await self._session.post(f"{self.base_url}/slots/{slot}/exec", json=body,
-                                            headers=self._headers, timeout=STREAM_TIMEOUT)
+            resp = await self._session.post(f"{self.base_url}/slots/{slot}/exec",
+                                            data=_exec_body(line, stdin), headers=self._headers,
+                                            timeout=STREAM_TIMEOUT)
         except _LOST as exc:
             raise SandboxLostError(await self.explain_loss(
                 f"Sandbox {self.id} stopped answering ({_broken(exc)}).")) from None
@@ -164,6 +170,31 @@ class AgentProcess(Process):
 
     async def aclose(self) -> None:
         self._resp.release()
+
+
+def _utf8_slices(text: str) -> Iterator[bytes]:
+    """``text`` as UTF-8, `STDIN_SLICE` characters at a time."""
+    return (text[i:i + STDIN_SLICE].encode() for i in range(0, len(text), STDIN_SLICE))
+
+
+def _check_utf8(text: str, run_id: str) -> None:
+    """Raise `SandboxError` if ``text`` has no UTF-8 form (it holds a lone surrogate), before
+    any of it is sent; free for ASCII text."""
+    if text.isascii():
+        return
+    try:
+        for _ in _utf8_slices(text):
+            pass
+    except UnicodeEncodeError:
+        raise SandboxError(f"Run {run_id}'s code is not valid Unicode text (it holds a lone "
+                           "surrogate), so it cannot be sent; remove that character.") from None
+
+
+async def _exec_body(line: bytes, stdin: str) -> AsyncIterator[bytes]:
+    """An exec's body: its JSON ``line``, then ``stdin`` as it is sent, a slice at a time."""
+    yield line
+    for chunk in _utf8_slices(stdin):
+        yield chunk
 
 
 def _broken(exc: BaseException) -> str:

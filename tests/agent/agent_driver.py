@@ -72,44 +72,49 @@ class Agent:
             conn.putheader(name, value)
         return conn
 
-    def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None, *,
-                token: str | bytes | None = TOKEN,
-                headers: Mapping[str, str | bytes] | None = None) -> Reply:
-        """Send one request below ``/v1``; an iterable body goes out chunked.
-
-        If the agent answers and closes before the body is sent (a 413), the answer is
-        still read.
-        """
+    def _send(self, method: str, path: str, body: bytes | Iterable[bytes] | None,
+              token: str | bytes | None,
+              headers: Mapping[str, str | bytes] | None) -> http.client.HTTPConnection:
+        """Send one request below ``/v1``, an iterable body chunked; return the connection
+        to read the answer from. If the agent answers and closes before the body is sent
+        (a 413), the rest of the body is dropped and the answer can still be read."""
         headers = dict(headers or {})
-        chunked = body is not None and not isinstance(body, bytes)
         if isinstance(body, bytes):
             headers.setdefault("Content-Length", str(len(body)))
-        elif chunked:
+        elif body is not None:
             headers["Transfer-Encoding"] = "chunked"
         conn = self._connect(method, path, headers, token)
         try:
             conn.endheaders()
-            try:
-                if isinstance(body, bytes):
-                    conn.send(body)
-                elif body is not None:
-                    for chunk in body:
-                        conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    conn.send(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            if isinstance(body, bytes):
+                conn.send(body)
+            elif body is not None:
+                for chunk in body:
+                    conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                conn.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None, *,
+                token: str | bytes | None = TOKEN,
+                headers: Mapping[str, str | bytes] | None = None) -> Reply:
+        """Send one request below ``/v1`` (see `_send`) and read its answer."""
+        conn = self._send(method, path, body, token, headers)
+        try:
             resp = conn.getresponse()
             return Reply(resp.status, resp.read())
         finally:
             conn.close()
 
-    def frames(self, slot: int, body: Mapping[str, Any]) -> Iterator[tuple[int, bytes]]:
-        """POST an exec and yield its frames as they arrive; fail on any answer but 200."""
-        data = json.dumps(body).encode()
-        conn = self._connect("POST", f"/slots/{slot}/exec", {"Content-Length": str(len(data))},
-                             TOKEN)
+    def frames(self, slot: int, body: bytes | Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+        """POST an exec body (`exec_body`) and yield its frames as they arrive; fail on any
+        answer but 200."""
+        conn = self._send("POST", f"/slots/{slot}/exec", body, TOKEN, None)
         try:
-            conn.endheaders(data)
             resp = conn.getresponse()
             if resp.status != 200:
                 raise AssertionError(f"exec answered {resp.status}: {resp.read()!r}")
@@ -121,8 +126,12 @@ class Agent:
 
     def run(self, slot: int, script: str, **fields: Any) -> Result:
         """Run ``script`` with bash in ``slot`` and collect every frame."""
+        return self.run_body(slot, exec_body(script, **fields))
+
+    def run_body(self, slot: int, body: bytes | Iterable[bytes]) -> Result:
+        """POST an exec body (`exec_body`) to ``slot`` and collect every frame."""
         result = Result()
-        for kind, payload in self.frames(slot, exec_body(script, **fields)):
+        for kind, payload in self.frames(slot, body):
             result.times.append(time.monotonic())
             if kind == protocol.START:
                 result.start = json.loads(payload)
@@ -146,9 +155,15 @@ class Agent:
         self.process.stdout.close()
 
 
-def exec_body(script: str, run_id: str = "r1", **fields: Any) -> dict[str, Any]:
-    """An exec body running ``script`` with bash."""
-    return {"run_id": run_id, "argv": ["bash"], "stdin": script, **fields}
+def exec_line(run_id: str = "r1", **fields: Any) -> bytes:
+    """An exec's first line: its JSON, running bash unless ``fields`` say otherwise."""
+    return json.dumps({"run_id": run_id, "argv": ["bash"], **fields}).encode() + b"\n"
+
+
+def exec_body(script: str | bytes, run_id: str = "r1", **fields: Any) -> bytes:
+    """An exec body: the JSON line, then ``script`` for the run's stdin."""
+    stdin = script.encode() if isinstance(script, str) else script
+    return exec_line(run_id, **fields) + stdin
 
 
 def start_agent(root: Path, *extra: str, slots: int = 2) -> Agent:

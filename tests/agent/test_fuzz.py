@@ -57,14 +57,16 @@ def _json_object(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
 
 run_id = st.sampled_from(["r1", "fuzz"])
 seconds = st.floats(min_value=0.01, max_value=0.5)
-exec_body = _json_object(
+exec_line = _json_object(
     run_id=_field(run_id),
     argv=_field(st.builds(lambda program, args: [program, *args], st.sampled_from(SAFE_PROGRAMS),
                           st.lists(st.text(max_size=20), max_size=4)),
                 json_values.filter(lambda v: not _runnable(v))),
     env=_field(st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=3)),
-    stdin=_field(st.none() | st.text(max_size=100)),
+    stdin=_mostly(st.just(_MISSING), json_values),
 )
+exec_body = st.builds(lambda line, stdin: line if stdin is None else line + b"\n" + stdin,
+                      exec_line, st.none() | st.binary(max_size=100))
 signal_body = _json_object(run_id=_field(run_id), signal=_field(st.integers(-1, 70)))
 raw_body = st.none() | st.binary(max_size=200)
 

@@ -33,6 +33,7 @@ NOT_AN_OBJECT = [
     P(b"[]", id="list"), P(b"{", id="cut-short"), P(b"", id="empty"), P(None, id="no-body"),
     P(b"null", id="null"), P(b'"text"', id="string"), P(b"\xff\xfe{}", id="not-utf8"),
     P(b"[" * 100_000, id="deeply-nested"),
+    P(b'{\n"run_id": "r1", "argv": ["touch", "ran"]}', id="json-over-two-lines"),
 ]
 BAD_EXEC = [
     P(_body(RUNS, run_id=_MISSING), id="run_id-missing"),
@@ -51,9 +52,8 @@ BAD_EXEC = [
     P(_body(RUNS, env={"A": "\udc00"}), id="env-value-lone-surrogate"),
     P(_body(RUNS, env={"A": 1}), id="env-value-number"),
     P(_body(RUNS, env=["A=x"]), id="env-list"),
-    P(_body(RUNS, stdin=5), id="stdin-number"),
-    P(_body(RUNS, stdin=["x"]), id="stdin-list"),
-    P(_body(RUNS, stdin="\ud800"), id="stdin-lone-surrogate"),
+    P(_body(RUNS, stdin="touch ran"), id="stdin-in-the-json"),
+    P(_body(RUNS, argv=5) + b"\ntouch ran", id="argv-number-then-stdin"),
 ]
 
 
@@ -65,8 +65,11 @@ def test_a_malformed_exec_is_refused_before_anything_runs(agent: Agent, body: by
 
 
 def test_a_refusal_says_which_field_was_wrong_and_what_it_should_be(agent: Agent) -> None:
-    error = _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS, stdin=5)))
-    assert error == "stdin must be a string or null, got: 5"
+    error = _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS, argv="touch")))
+    assert error == 'argv must be a non-empty list of strings, got: "touch"'
+    error = _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS, stdin="x")))
+    assert error == ("stdin is the rest of the exec body, after the JSON line; "
+                     "send it there instead of as a JSON field")
     error = _assert_refused(agent.request("POST", "/slots/0/exec", _body(RUNS, env={"A=B": "x"})))
     assert error == "env names must be non-empty and without '=', got: \"A=B\""
 
@@ -96,18 +99,21 @@ def test_a_token_that_is_not_utf8_is_refused_as_a_wrong_token(agent: Agent) -> N
     assert agent.request("GET", "/health").status == 200
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
-def test_a_json_body_over_the_limit_is_refused_without_reading_it_into_memory(
-        agent: Agent, chunked: bool) -> None:
-    body = json.dumps({**RUNS, "stdin": "x" * (200 * 2**20)}).encode()
+@pytest.mark.parametrize(("route", "chunked", "named"), [
+    ("exec", False, "the exec's JSON line"), ("exec", True, "the exec's JSON line"),
+    ("signal", True, "the request body"),
+], ids=["exec-declared", "exec-chunked", "signal-chunked"])
+def test_json_over_the_limit_is_refused_without_reading_it_into_memory(
+        agent: Agent, route: str, chunked: bool, named: str) -> None:
+    body = json.dumps({**RUNS, "signal": 9, "env": {"BIG": "x" * (200 * 2**20)}}).encode()
     with peak_rss(agent.process.pid) as peak:
         before = peak[0]
         if chunked:
             body_sent: bytes | Iterator[bytes] = (body[i:i + 2**20] for i in range(0, len(body), 2**20))
         else:
             body_sent = body
-        error = _assert_refused(agent.request("POST", "/slots/0/exec", body_sent), 413)
-    assert error.startswith("the request body is larger than the agent takes (16 MiB)")
+        error = _assert_refused(agent.request("POST", f"/slots/0/{route}", body_sent), 413)
+    assert error.startswith(f"{named} is larger than the agent takes (16 MiB)")
     assert peak[0] - before < 64 * 2**20
     assert not (agent.slot(0) / "ran").exists()
     assert agent.request("GET", "/health").status == 200

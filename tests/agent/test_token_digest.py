@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from sandbox_magics.agent import protocol
+from tests.agent.agent_driver import exec_body
 
 TOKEN = "digest-token-" + "y" * 24
 
@@ -46,11 +47,9 @@ def test_agent_started_with_a_token_digest_accepts_only_that_token(tmp_path: Pat
         assert _get(port, TOKEN + "x") == 401
         assert _get(port, hashlib.sha256(TOKEN.encode()).hexdigest()) == 401
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        body = json.dumps({"run_id": "r1", "argv": ["bash"],
-                           "stdin": "echo \"[${SANDBOX_AGENT_TOKEN_SHA256-unset}]\""})
+        body = exec_body('echo "[${SANDBOX_AGENT_TOKEN_SHA256-unset}]"')
         conn.request("POST", f"{protocol.API}/slots/0/exec", body=body,
-                     headers={"Authorization": f"Bearer {TOKEN}",
-                              "Content-Type": "application/json"})
+                     headers={"Authorization": f"Bearer {TOKEN}"})
         assert b"[unset]" in conn.getresponse().read()
     finally:
         process.terminate()

@@ -60,7 +60,7 @@ def agent_routes(root: Path) -> list[tuple[str, str]]:
 def body_for(method: str, path: str) -> bytes | None:
     """A body the route would act on if the token were right."""
     if path.endswith("/exec"):
-        return json.dumps(exec_body("touch pwned")).encode()
+        return exec_body("touch pwned")
     if path.endswith("/signal"):
         return json.dumps({"run_id": "r1", "signal": 9}).encode()
     if method in ("PUT", "POST"):
