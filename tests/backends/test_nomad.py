@@ -12,6 +12,7 @@ import re
 import secrets
 import signal
 import sys
+import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from sandbox_magics.backends.base import ExecRequest, Exited, Output, Started
 from sandbox_magics.backends.nomad import Backend, NomadSandbox
 from sandbox_magics.backends.nomad import _job
 from sandbox_magics.backends.nomad._api import NomadAPI, decode_frames
-from sandbox_magics.exceptions import ProfileError, SandboxLostError, SandboxStartError
+from sandbox_magics.exceptions import (ProfileError, SandboxError, SandboxLostError,
+                                     SandboxStartError)
 from sandbox_magics.identity import Identity
 from sandbox_magics.profiles import Profile
 from tests.kernel_driver import wait_until
@@ -140,6 +142,49 @@ def test_a_sandbox_is_one_batch_job_running_the_agent_and_streams_a_run_through_
         assert backend.secrets.get(sandbox.id) is None
 
     run(scenario)
+
+
+def test_a_50_mb_stdin_reaches_the_run_whole_and_the_client_holds_no_copy_of_it(
+        cluster: Cluster, prefix: str) -> None:
+    code = "é" + base64.encodebytes(os.urandom(50 * 10**6 * 3 // 4)).decode()
+    digest = hashlib.sha256(code.encode()).hexdigest()
+
+    async def scenario() -> tuple[list[Any], Exited, int]:
+        backend, sandbox = await started(profile(cluster, prefix))
+        try:
+            tracemalloc.start()
+            try:
+                process = await sandbox.exec(0, ExecRequest("big", ("sha256sum",), {}, code))
+                events, exited = await collect(process)
+                return events, exited, tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        finally:
+            await sandbox.terminate()
+            await backend.aclose()
+    events, exited, peak = run(scenario)
+    print(f"\nclient: {peak / 2**20:.1f} MiB allocated at most while sending "
+          f"{len(code.encode()) / 2**20:.0f} MiB of stdin")
+    assert exited.exit_code == 0 and text(events) == f"{digest}  -\n"
+    assert peak < 8 * 2**20
+
+
+def test_code_with_no_utf8_form_is_refused_before_it_is_sent_and_the_sandbox_serves_on(
+        cluster: Cluster, prefix: str) -> None:
+    async def scenario() -> tuple[str, str]:
+        backend, sandbox = await started(profile(cluster, prefix))
+        try:
+            with pytest.raises(SandboxError) as info:
+                await sandbox.exec(0, ExecRequest("bad", ("sh",), {}, "echo é\ud800"))
+            events, _ = await collect(await sandbox.exec(0, ExecRequest("ok", ("sh",), {}, "echo é")))
+            return str(info.value), text(events)
+        finally:
+            await sandbox.terminate()
+            await backend.aclose()
+    message, out = run(scenario)
+    assert message == ("Run bad's code is not valid Unicode text (it holds a lone surrogate), "
+                       "so it cannot be sent; remove that character.")
+    assert out == "é\n"
 
 
 def start_failure(p: Profile) -> tuple[str, float]:

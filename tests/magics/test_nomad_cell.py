@@ -25,7 +25,7 @@ backend = "nomad"
 slots_per_sandbox = 4
 max_sandboxes = 3
 cpu = 0.1
-memory_mb = 400
+memory_mb = {memory_mb}
 idle_timeout = 600
 start_timeout = 30
 heartbeat_window = {window}
@@ -49,12 +49,14 @@ job_prefix = "{prefix}"
 """
 
 
-def nomad_kernel(cluster: Cluster, root: Path, prefix: str, window: float = 600) -> Kernel:
-    """A kernel whose profile ``cluster`` runs on ``cluster``, tokens kept below ``root``."""
+def nomad_kernel(cluster: Cluster, root: Path, prefix: str, window: float = 600,
+                 memory_mb: int = 400) -> Kernel:
+    """A kernel whose profile ``cluster`` (sandboxes of ``memory_mb``) runs on ``cluster``,
+    tokens kept below ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     profiles = root / "profiles.toml"
     profiles.write_text(PROFILES.format(address=cluster.address, python=sys.executable,
-                                        prefix=prefix, window=window))
+                                        prefix=prefix, window=window, memory_mb=memory_mb))
     env = kernel_env(profiles, root / "ws")
     env["XDG_STATE_HOME"] = str(root / "state")
     k = Kernel(env)
