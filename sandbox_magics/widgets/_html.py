@@ -119,6 +119,7 @@ class PolledView(abc.ABC):
             except ImportError:
                 return None
             self._widget = self._build()
+            self._widget.add_class("sbx-panel")  # restored without its kernel: a snapshot
             self.refresh()
             _comm.unpin(self._widget)
             PolledView._live.add(self)

@@ -102,9 +102,13 @@ class RunLogView(PolledView):
         where = f"{run.sandbox}/slot-{run.slot}" if run.sandbox else "waiting for a slot"
         code = f" exit {run.exit_code}" if run.exit_code is not None else ""
         error = f' <span class="sbx-err">{esc(run.error)}</span>' if run.error and run.done else ""
+        # A state that may still change; a snapshot restored without the kernel says so.
+        state = badge(run.state.value)
+        if not run.done:
+            state = f"<span class='sbx-live'>{state}</span>"
         return (f"{CSS}<div class='sbx-head'><b>{esc(run.name)}</b> <span class='sbx-muted'>"
                 f"{esc(run.id)} · {esc(run.spec.interpreter)} · {esc(run.profile)} · {esc(where)}"
-                f"</span> {badge(run.state.value)}{esc(code)} <span class='sbx-muted'>"
+                f"</span> {state}{esc(code)} <span class='sbx-muted'>"
                 f"{size(run.log.total_bytes)} of output</span>{error}</div>")
 
     def _body_html(self) -> str:

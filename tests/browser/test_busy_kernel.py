@@ -86,6 +86,7 @@ def test_a_blocking_cell_keeps_the_kernel_busy_and_the_culler_away(
     wait_text(nb.output(cell), "started", 30)
     # A reload finds or creates this tab's subshell over the control channel, and the
     # sidebar's comm is answered on it, while the cell blocks.
+    nb.save()
     nb.open(wait_idle=False)
     page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
     wait_text(page.locator("#sandbox-magics-sidebar"), "held", 15)

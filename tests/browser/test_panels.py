@@ -228,3 +228,34 @@ def test_reload_while_the_kernel_is_busy_shows_the_last_state(notebook: Notebook
     assert "Loading widget" not in text
     wait_text(notebook.page.locator(".sbx-lab-status"), "sandbox ", 5)
     assert time.monotonic() - started < 20, "the blocking cell (25 s) may have ended first"
+
+
+def visible_controls(cell: Any) -> int:
+    return cell.evaluate("""el => [...el.querySelectorAll('button, select, input')]
+        .filter(b => b.offsetParent !== null).length""")
+
+
+def broken_link_icons(cell: Any) -> int:
+    return cell.evaluate("""el => [...el.querySelectorAll(
+        '.jupyter-widgets-disconnected:not(.sbx-panel)')]
+        .filter(e => !['none', '""', 'normal'].includes(getComputedStyle(e, '::before').content)
+                     && getComputedStyle(e, '::before').display !== 'none').length""")
+
+
+def test_a_panel_restored_after_a_restart_is_a_clear_static_snapshot(
+        notebook: Notebook, screenshots: Path) -> None:
+    index = notebook.run("%%sandbox bash --bg --name restored\necho restored-line; sleep 300")
+    wait_text(notebook.output(index), "restored-line")
+    notebook.save()
+    notebook.page.evaluate("() => window.sbxTest.nb().sessionContext.session.kernel.restart()")
+    notebook.wait_idle(60)
+    notebook.open()
+    output = notebook.output(index)
+    assert "restored-line" in wait_text(output, "restored-line", 15)
+    notice = output.evaluate("""el => [...el.querySelectorAll('.sbx-panel')]
+        .map(p => getComputedStyle(p, '::before').content + getComputedStyle(
+                  p.querySelector('.sbx-live'), '::after').content).join()""")
+    assert "before the restart" in notice and "when the notebook was saved" in notice, notice
+    assert visible_controls(output) == 0, "a restored panel offers controls that do nothing"
+    assert broken_link_icons(output) == 0
+    notebook.screenshot(screenshots / "restored-panel.png", output)
