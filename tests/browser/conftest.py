@@ -26,14 +26,18 @@ def screenshots() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
-    base = tmp_path_factory.mktemp("lab")
+def start_lab(base: Path, args: tuple[str, ...] = ()) -> JupyterLab:
+    """A JupyterLab server in ``base`` whose kernels use the test profiles."""
     root = base / "notebooks"
     root.mkdir()
     profiles = base / "profiles.toml"
     profiles.write_text(TEST_PROFILES)
-    server = JupyterLab(root, kernel_env(profiles, base / "ws"))
+    return JupyterLab(root, kernel_env(profiles, base / "ws"), args)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
+    server = start_lab(tmp_path_factory.mktemp("lab"))
     yield server
     server.stop()
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
+from tests.browser.conftest import start_lab
 from tests.browser.lab import JupyterLab, Notebook
 from tests.browser.test_lab_extension import wait_for
 from tests.browser.test_panels import wait_text
-from tests.conftest import TEST_PROFILES, kernel_env
 
 CULL_AFTER = 4
 CHECK = re.compile(r"^\[D (\S+ \S+) ServerApp\] kernel_id=(\S+), kernel_name=\S+, "
@@ -31,12 +31,7 @@ CHECK = re.compile(r"^\[D (\S+ \S+) ServerApp\] kernel_id=(\S+), kernel_name=\S+
 
 @pytest.fixture(scope="module")
 def culling_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
-    base = tmp_path_factory.mktemp("culling")
-    root = base / "notebooks"
-    root.mkdir()
-    profiles = base / "profiles.toml"
-    profiles.write_text(TEST_PROFILES)
-    server = JupyterLab(root, kernel_env(profiles, base / "ws"), (
+    server = start_lab(tmp_path_factory.mktemp("culling"), (
         f"--MappingKernelManager.cull_idle_timeout={CULL_AFTER}",
         "--MappingKernelManager.cull_interval=1", "--MappingKernelManager.cull_busy=False",
         "--ServerApp.log_level=DEBUG"))
