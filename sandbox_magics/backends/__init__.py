@@ -8,6 +8,7 @@ client's identity). The core makes one backend per engine and settings.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Hashable
 from types import ModuleType
 
@@ -19,12 +20,19 @@ from .base import Backend
 __all__ = ["Backend", "make_backend", "settings_of"]
 
 _ENGINES = {"local": ".local", "modal": ".modal", "nomad": ".nomad"}
+# The engine SDK each remote backend needs: (module imported, package on PyPI); each comes
+# with the extra named after its engine (pyproject.toml).
+_SDKS = {"modal": ("modal", "modal"), "nomad": ("nomad", "python-nomad")}
 
 
 def _engine(name: str) -> ModuleType:
     if name not in _ENGINES:
         raise SandboxStartError(
             f"The {name!r} backend is not available in this version; use backend = \"local\".")
+    if name in _SDKS and importlib.util.find_spec(_SDKS[name][0]) is None:
+        raise SandboxStartError(
+            f"The {name} backend needs the {_SDKS[name][1]} package, which is not installed: "
+            f"pip install 'sandbox_magics[{name}]'.")
     return importlib.import_module(_ENGINES[name], __name__)
 
 

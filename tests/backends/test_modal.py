@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
 try:
     import tomllib
@@ -20,7 +21,7 @@ except ImportError:  # Python 3.10
 from sandbox_magics import identity
 from sandbox_magics.backends import make_backend
 from sandbox_magics.backends.base import ExecRequest, Exited, Health, Output, Started
-from sandbox_magics.backends.modal import MODAL_VERSION, ModalSandbox
+from sandbox_magics.backends.modal import ModalSandbox
 from sandbox_magics.exceptions import ProfileError, SandboxLostError, SandboxStartError
 from sandbox_magics.identity import Identity
 from sandbox_magics.profiles import Profile
@@ -61,6 +62,15 @@ async def collect(process: Any, on_output: Callable[[Output], Awaitable[None]] |
     return events, events[-1]
 
 
+def pin(package: str) -> str:
+    """The version of ``package`` that constraints.txt pins (what CI installs)."""
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if name.strip() == package:
+            return version.strip()
+    raise AssertionError(f"constraints.txt pins no {package}")
+
+
 def text(events: list[Any], stream: str) -> str:
     return b"".join(e.data for e in events if isinstance(e, Output) and e.stream == stream).decode()
 
@@ -68,12 +78,13 @@ def text(events: list[Any], stream: str) -> str:
 def test_the_installed_modal_is_the_pinned_one_and_the_stand_in_serves_every_rpc_it_calls(
         modal_env: Running) -> None:
     import modal
-    pins = [d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-            if d.startswith("modal")]
-    assert pins == [f"modal=={MODAL_VERSION}"], pins
-    assert modal.__version__ == MODAL_VERSION, (
+    pinned = pin("modal")
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["modal"]
+    assert len(extra) == 1 and SpecifierSet(extra[0][len("modal"):]).contains(pinned), extra
+    assert modal.__version__ == pinned, (
         f"modal {modal.__version__} is installed but the backend and its stand-in are written "
-        f"against {MODAL_VERSION}; re-check the stand-in against the new client, then move the pin.")
+        f"against {pinned}; re-check the stand-in against the new client, then move the pin.")
 
     async def scenario() -> None:
         sandbox = await started(profile(gpu="T4"))          # the V1 family

@@ -35,7 +35,6 @@ from ..base import Backend as BaseBackend
 from ..base import ExecEvent, ExecRequest, Exited, FileInfo, Health, Output, Process, Sandbox, Started
 from .settings import MAX_TIMEOUT, Settings
 
-MODAL_VERSION = "1.6.4"
 """The one ``modal`` release this backend and its stand-in are written against."""
 
 MARK = b"\x1esandbox-magics:"
@@ -82,7 +81,8 @@ def _modal() -> Any:
         import modal
     except ImportError:
         raise SandboxStartError(
-            f"The modal backend needs the modal package: pip install modal=={MODAL_VERSION}.") from None
+            "The modal backend needs the modal package, which is not installed: "
+            "pip install 'sandbox_magics[modal]'.") from None
     return modal
 
 
