@@ -1,8 +1,9 @@
 """Backends: one module per engine, all behind the protocol in `base`.
 
 Each engine module declares ``Settings`` (a frozen dataclass: the keys of its
-``[profiles.NAME.<engine>]`` table) and ``Backend`` (built from those settings and the
-client's identity). The core makes one backend per engine and settings.
+``[profiles.NAME.<engine>]`` table, with an optional ``check_profile(profile)`` that refuses
+the profile's own values the engine would refuse) and ``Backend`` (built from those
+settings and the client's identity). The core makes one backend per engine and settings.
 """
 
 from __future__ import annotations
@@ -37,13 +38,18 @@ def _engine(name: str) -> ModuleType:
 
 
 def settings_of(profile: Profile) -> Hashable:
-    """The validated engine settings of ``profile``.
+    """The validated engine settings of ``profile``, checked against the profile's values.
 
     Raises:
-        ProfileError: a key of its engine table is unknown or has a bad value.
+        ProfileError: a key of its engine table is unknown or has a bad value, or the
+            engine would refuse one of the profile's values.
         SandboxStartError: its backend is not available.
     """
-    return engine_settings(profile, profile.backend, _engine(profile.backend).Settings)
+    settings = engine_settings(profile, profile.backend, _engine(profile.backend).Settings)
+    check = getattr(settings, "check_profile", None)
+    if check is not None:
+        check(profile)
+    return settings
 
 
 def make_backend(profile: Profile, me: Identity) -> Backend:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nomad
 import pytest
 
 from sandbox_magics import identity
@@ -251,9 +252,9 @@ def test_an_agent_that_dies_at_start_says_so_with_the_end_of_its_log(
 def test_an_agent_oom_killed_at_start_is_one_sentence(cluster: Cluster, prefix: str) -> None:
     if not cluster.standin:
         pytest.skip("raw_exec on a dev agent does not enforce memory limits")
-    message, took = start_failure(profile(cluster, prefix, memory_mb=8, start_timeout=60))
+    message, took = start_failure(profile(cluster, prefix, memory_mb=10, start_timeout=60))
     assert took < FAST
-    assert "failed: its task was OOM killed (its memory limit is 8 MB)" in message, message
+    assert "failed: its task was OOM killed (its memory limit is 10 MB)" in message, message
 
 
 def test_an_image_that_cannot_be_pulled_is_one_sentence(cluster: Cluster, prefix: str) -> None:
@@ -407,6 +408,66 @@ def test_log_frames_are_decoded_when_split_anywhere() -> None:
     for size in (1, 3, 7, len(frames)):
         chunks = [frames[i:i + size] for i in range(0, len(frames), size)]
         assert b"".join(decode_frames(iter(chunks))) == "line one\n€uro\nend".encode()
+
+
+def refusal(cluster: Cluster, job: dict[str, Any]) -> tuple[int, str]:
+    """The status and body with which Nomad refuses to register ``job``."""
+    with pytest.raises(nomad.api.exceptions.BaseNomadException) as info:
+        cluster.api.jobs.register_job({"Job": job})
+    resp = info.value.nomad_resp
+    return resp.status_code, resp.text
+
+
+def test_nomad_refuses_a_job_under_its_minimums_or_with_a_bad_constraint_in_its_own_words(
+        cluster: Cluster, prefix: str) -> None:
+    p = profile(cluster, prefix)
+    job = _job.job_spec(settings_of(p), p, f"{prefix}bad", {}, "ab" * 32, None, None)
+    task = job["TaskGroups"][0]["Tasks"][0]
+    task["Resources"]["MemoryMB"] = 8
+    task["Constraints"] = [{"LTarget": "${attr.kernel.name}", "Operand": "=", "RTarget": ""}]
+    job["Constraints"] = [{"LTarget": "${attr.cpu.arch}", "Operand": "regexp", "RTarget": "(x86"}]
+    status, body = refusal(cluster, job)
+    assert status == 500, (status, body)
+    assert body.startswith("2 errors occurred:\n\t* Constraint 1 validation failed: 1 error "
+                           "occurred:\n\t* Regular expression failed to compile: error parsing "
+                           "regexp: missing closing ): `(x86`\n\n\n\t* Task group sandbox "
+                           "validation failed: 1 error occurred:\n\t* Task agent validation "
+                           "failed: 2 errors occurred:\n\t* 1 error occurred:\n\t* 1 error "
+                           "occurred:\n\t* minimum MemoryMB value is 10; got 8\n\n"), body
+    assert 'Operator "=" requires an RTarget' in body, body
+    assert cluster.jobs(prefix) == []
+
+
+def test_a_profile_nomad_would_refuse_is_one_sentence_naming_its_key_before_any_submission(
+        cluster: Cluster, prefix: str) -> None:
+    for fields, problem in [
+        ({"memory_mb": 8}, "key 'memory_mb' is 8 MB, below the 10 MB Nomad requires of a "
+                           "task; set it to 10 or more."),
+        ({"nomad": {"constraints": [{"attribute": "${attr.kernel.name}"}]}},
+         "key 'nomad.constraints' item 1 has operator '=', which needs a value"),
+        ({"nomad": {"constraints": [{"attribute": "${attr.cpu.arch}", "operator": "regexp",
+                                     "value": "(x86"}]}},
+         "key 'nomad.constraints' item 1 has a value Nomad cannot compile as a regular "
+         "expression (missing ), unterminated subpattern at position 0)"),
+        ({"nomad": {"constraints": [{"attribute": "${attr.cpu.arch}", "operator": "regexp",
+                                     "value": "^(?!arm)"}]}},
+         "item 1 has a value Nomad cannot compile as a regular expression ('(?!' is not in "
+         "Go's RE2 syntax)"),
+        ({"nomad": {"constraints": [{"attribute": "${attr.os.name}", "operator": "is_set",
+                                     "value": "linux"}]}},
+         "item 1 has operator 'is_set', which takes no value; remove value 'linux'"),
+        ({"nomad": {"constraints": [{"attribute": "${os.name}", "value": "linux"}]}},
+         "item 1 has attribute '${os.name}', which Nomad cannot resolve"),
+    ]:
+        p = profile(cluster, prefix, **fields)
+        with pytest.raises(ProfileError) as info:
+            make_backend(p, Identity())
+        message = str(info.value)
+        assert message.startswith("In the Profile() arguments, profile 'cluster' key "), message
+        assert problem in message and message.endswith(".") and "\n" not in message, message
+    assert cluster.jobs(prefix) == []
+    assert not [e for e in cluster.api.evaluations.get_evaluations()
+                if e["JobID"].startswith(prefix)]
 
 
 def test_settings_are_checked_and_a_bad_key_is_one_profile_error_sentence() -> None:

@@ -9,7 +9,8 @@ python-nomad client talks to it unchanged. Tasks run for real: ``raw_exec`` task
 task directory of their own, their output in ``alloc/logs/<task>.stdout.0`` as Nomad
 writes it and served as frames by ``/v1/client/fs/logs``.
 
-What a cluster does, it does: ACL tokens (``X-Nomad-Token``; a wrong one is a 403
+What a cluster does, it does: registration validated as Nomad validates it (`validation`:
+minimum resources, constraint operands and regular expressions, in Nomad's words), ACL tokens (``X-Nomad-Token``; a wrong one is a 403
 "Permission denied"), blocking queries (``index``/``wait``, ``X-Nomad-Index``), placement
 against the node's free CPU and memory (an evaluation that cannot place records
 ``FailedTGAllocs`` and a blocked evaluation), datacenter, node pool, constraint and device
@@ -43,6 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from .filters import FilterError, compile_filter
+from .validation import job_errors, multierror
 
 REGION = "global"
 DATACENTER = "dc1"
@@ -318,12 +320,13 @@ class StandIn:
         job = body.get("Job") if isinstance(body, dict) else None
         if not isinstance(job, dict):
             raise web.HTTPBadRequest(text="Job must be specified")
-        problems = _validate(job)
-        if "id" in request.match_info and job.get("ID") != request.match_info["id"]:
-            problems.append("Job ID does not match request path")
-        if problems:
-            text = f"{len(problems)} error occurred:\n" + "".join(f"\t* {p}\n" for p in problems)
-            return web.Response(status=500, text=text)
+        if job.get("ID") is None:
+            raise web.HTTPBadRequest(text="Job ID hasn't been provided")
+        if "id" in request.match_info and job["ID"] != request.match_info["id"]:
+            raise web.HTTPBadRequest(text="Job ID does not match name")
+        problems = multierror(job_errors(job))
+        if problems:       # an RPC error without a code: 500 (command/agent/http.go)
+            return web.Response(status=500, text=problems)
         namespace = job.get("Namespace") or self._namespace(request)
         key = (namespace, job["ID"])
         previous = self.jobs.get(key)
@@ -489,14 +492,16 @@ class StandIn:
             return left is None
         if left is None:
             return False
-        if operand in ("=", "=="):
+        if operand in ("=", "==", "is"):
             return left == right
         if operand in ("!=", "not"):
             return left != right
         if operand == "regexp":
             return re.search(right, left) is not None
-        if operand == "set_contains":
+        if operand in ("set_contains", "set_contains_all"):
             return set(right.split(",")) <= set(left.split(","))
+        if operand == "set_contains_any":
+            return bool(set(right.split(",")) & set(left.split(",")))
         return False
 
     async def _schedule(self, job: dict[str, Any], ev: dict[str, Any]) -> None:
@@ -940,30 +945,6 @@ class StandIn:
             {"alloc": a.data["ID"], "job": a.data["JobID"], "task": t.name, "pid": t.process.pid}
             for a in self.allocs.values() for t in a.tasks.values()
             if t.process is not None and t.process.returncode is None])
-
-
-def _validate(job: dict[str, Any]) -> list[str]:
-    problems = []
-    if not job.get("ID"):
-        problems.append("Missing job ID")
-    elif " " in job["ID"]:
-        problems.append("Job ID contains a space")
-    if job.get("Type") not in ("service", "batch", "system", "sysbatch"):
-        problems.append(f"Invalid job type: {job.get('Type')!r}")
-    groups = job.get("TaskGroups") or []
-    if not groups:
-        problems.append("Missing job task groups")
-    for group in groups:
-        if not group.get("Name"):
-            problems.append("Missing task group name")
-        if not group.get("Tasks"):
-            problems.append(f"Task group {group.get('Name')} has no tasks")
-        for task in group.get("Tasks") or []:
-            if not task.get("Name"):
-                problems.append("Missing task name")
-            if not task.get("Driver"):
-                problems.append(f"Task {task.get('Name')} missing driver")
-    return problems
 
 
 def _glob(pattern: str, value: str) -> bool:
