@@ -213,15 +213,26 @@ def test_no_node_with_enough_memory_is_one_sentence_from_the_evaluation(
     message, took = start_failure(profile(cluster, prefix, memory_mb=10_000_000, start_timeout=60))
     assert took < FAST, took
     assert re.fullmatch(rf"Nomad job {prefix}\w+-cluster-1 cannot be "
-                        r"placed: no node can run it: .*memory exhausted on 1 node\(s\).*\.",
+                        r"placed: .*memory exhausted on 1 node\(s\).*\.",
                         message), message
     assert cluster.jobs(prefix) == [], "the unplaceable job was left registered"
 
 
-def test_a_gpu_the_cluster_lacks_is_one_sentence(cluster: Cluster, prefix: str) -> None:
+def test_a_gpu_the_cluster_lacks_is_a_filtered_node_and_one_sentence_naming_the_devices(
+        cluster: Cluster, prefix: str) -> None:
     message, took = start_failure(profile(cluster, prefix, gpu="H100:2", start_timeout=60))
     assert took < FAST
-    assert "cannot be placed: no node can run it: devices" in message, message
+    (evaluation,) = [e for e in cluster.api.evaluations.get_evaluations()
+                     if e["JobID"].startswith(prefix) and e["TriggeredBy"] == "job-register"]
+    metric = evaluation["FailedTGAllocs"]["sandbox"]
+    assert metric["NodesFiltered"] == metric["NodesEvaluated"] >= 1
+    assert metric["ConstraintFiltered"] == {"missing devices": metric["NodesFiltered"]}
+    assert not metric["DimensionExhausted"] and not metric["NodesExhausted"]
+    assert re.fullmatch(
+        rf"Nomad job {prefix}\S+ cannot be placed: no node has the 2 nvidia/gpu devices of "
+        r"model H100 that the profile's gpu asks for \(Nomad filtered \d+ node\(s\) for "
+        r"missing devices\); use a GPU the cluster has, or a node_pool whose nodes have it\.",
+        message), message
 
 
 def test_a_driver_that_cannot_start_the_task_is_one_sentence(

@@ -243,7 +243,7 @@ def test_a_cell_on_a_profile_no_node_can_hold_fails_within_seconds_with_the_reas
     assert reply.status == "error"
     assert reply.replied - reply.sent < 10
     message = reply.error["evalue"] if reply.error else ""
-    assert re.search(r"could not run: .*Nomad job \S+ cannot be placed: no node can run it: "
+    assert re.search(r"could not run: .*Nomad job \S+ cannot be placed: "
                      r".*memory exhausted on 1 node\(s\)", message), message
 
 

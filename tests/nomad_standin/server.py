@@ -443,21 +443,22 @@ class StandIn:
             metric.update(NodesInPool=0, NodesAvailable={}, NodePool=job.get("NodePool"))
             return metric
         metric["NodesEvaluated"] = 1
-        constraints = [*(job.get("Constraints") or []), *(group.get("Constraints") or [])]
-        for task in group["Tasks"]:
-            constraints += task.get("Constraints") or []
-            if task.get("Driver") not in DRIVERS:
-                metric.update(NodesFiltered=1, ConstraintFiltered={"missing drivers": 1})
-                return metric
-            if (task.get("Resources") or {}).get("Devices"):
-                metric.update(NodesExhausted=1, DimensionExhausted={
-                    "devices: no devices match request": 1})
-                return metric
-        for constraint in constraints:
-            if not self._satisfies(constraint):
-                text = (f"{constraint.get('LTarget', '')} {constraint.get('Operand', '=')} "
-                        f"{constraint.get('RTarget', '')}").strip()
-                metric.update(NodesFiltered=1, ConstraintFiltered={text: 1})
+        # The stack's order (scheduler/feasible/stack.go): job constraints, drivers, group
+        # and task constraints, devices; a filtered node counts under its reason
+        # (scheduler/feasible/feasible.go, structs.AllocMetric.FilterNode).
+        tasks = group["Tasks"]
+        filters: list[tuple[str, bool]] = [
+            *((self._constraint_text(c), self._satisfies(c)) for c in job.get("Constraints") or []),
+            ("missing drivers", all(t.get("Driver") in DRIVERS for t in tasks)),
+            *((self._constraint_text(c), self._satisfies(c)) for c in [
+                *(group.get("Constraints") or []),
+                *(c for t in tasks for c in t.get("Constraints") or [])]),
+            # The node has no devices, so any request misses (DeviceChecker.hasDevices).
+            ("missing devices", not any((t.get("Resources") or {}).get("Devices") for t in tasks)),
+        ]
+        for reason, passed in filters:
+            if not passed:
+                metric.update(NodesFiltered=1, ConstraintFiltered={reason: 1})
                 return metric
         cpu, memory = self._used()
         asked = [t.get("Resources") or {} for t in group["Tasks"]]
@@ -480,6 +481,12 @@ class StandIn:
                 "${node.class}": "", "${node.pool}": NODE_POOL,
                 "${attr.unique.hostname}": socket.gethostname(),
                 "${attr.driver.raw_exec}": "1", "${attr.driver.docker}": "1"}
+
+    @staticmethod
+    def _constraint_text(constraint: dict[str, Any]) -> str:
+        """``Constraint.String()``: how a filtered node's constraint is counted."""
+        return (f"{constraint.get('LTarget', '')} {constraint.get('Operand', '')} "
+                f"{constraint.get('RTarget', '')}")
 
     def _satisfies(self, constraint: dict[str, Any]) -> bool:
         attrs = self._attributes()

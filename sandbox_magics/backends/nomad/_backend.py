@@ -203,6 +203,7 @@ class Backend(BaseBackend):
         deadline = loop.time() + profile.start_timeout
         index, seen = 0, "its evaluation was not processed yet"
         job = f"Nomad job {sandbox_id}"
+        gpu = _job.gpu_wanted(self.settings, profile.gpu) if profile.gpu else None
         while True:
             left = deadline - loop.time()
             if left <= 0:
@@ -215,9 +216,9 @@ class Backend(BaseBackend):
                 alloc = _job.latest(allocs)
                 if alloc is None:
                     evaluation = await self._call(self.api.evaluation, eval_id) if eval_id else {}
-                    failure = _job.placement_failure(evaluation)
+                    failure = _job.placement_failure(evaluation, gpu)
                     if failure:
-                        raise SandboxStartError(f"{job} cannot be placed: {failure}.")
+                        raise SandboxStartError(f"{job} cannot be placed: {failure.reasons}.")
                     if evaluation.get("Status") == "complete":
                         seen = "Nomad placed no allocation yet"
                     continue

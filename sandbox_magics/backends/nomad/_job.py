@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ... import identity
@@ -195,19 +196,48 @@ def alloc_ended(alloc: Mapping[str, Any], memory_mb: int | None = None) -> str |
     return None
 
 
-def placement_failure(evaluation: Mapping[str, Any]) -> str | None:
-    """Why an evaluation could not place the sandbox (from ``FailedTGAllocs``), or None."""
+@dataclass(frozen=True)
+class PlacementFailure:
+    """Why an evaluation placed nothing: ``reasons``, the end of a sentence, and ``busy``:
+    some node passed every filter and was only full, so capacity may free up later."""
+
+    reasons: str
+    busy: bool
+
+
+def gpu_wanted(settings: Settings, gpu: str) -> str:
+    """The devices a profile's ``gpu`` asks for, in words ("2 nvidia/gpu devices of model
+    H100")."""
+    device = _gpu(settings, gpu)
+    count = device["Count"]
+    what = f"{count} {device['Name']} device{'s' if count != 1 else ''}"
+    model = gpu.partition(":")[0]
+    return f"{what} of model {model}" if device.get("Constraints") else what
+
+
+def placement_failure(evaluation: Mapping[str, Any], gpu: str | None = None
+                      ) -> PlacementFailure | None:
+    """Why an evaluation could not place the sandbox (from ``FailedTGAllocs``), or None;
+    ``gpu`` says what the profile's gpu asks for (`gpu_wanted`), for a node filtered for
+    "missing devices" (scheduler/feasible/feasible.go, DeviceChecker)."""
     failed = evaluation.get("FailedTGAllocs") or {}
     metric = failed.get(GROUP) or next(iter(failed.values()), None)
     if evaluation.get("Status") == "failed":
-        return f"its evaluation failed ({evaluation.get('StatusDescription') or 'no reason given'})"
+        return PlacementFailure("its evaluation failed "
+                                f"({evaluation.get('StatusDescription') or 'no reason given'})",
+                                busy=False)
     if not metric:
         return None
     reasons = []
     for dimension, count in sorted((metric.get("DimensionExhausted") or {}).items()):
         reasons.append(f"{dimension} exhausted on {count} node(s)")
     for constraint, count in sorted((metric.get("ConstraintFiltered") or {}).items()):
-        reasons.append(f"constraint {constraint!r} filtered {count} node(s)")
+        if constraint == "missing devices" and gpu:
+            reasons.append(f"no node has the {gpu} that the profile's gpu asks for (Nomad "
+                           f"filtered {count} node(s) for missing devices); use a GPU the "
+                           "cluster has, or a node_pool whose nodes have it")
+        else:
+            reasons.append(f"constraint {constraint!r} filtered {count} node(s)")
     for klass, count in sorted((metric.get("ClassFiltered") or {}).items()):
         reasons.append(f"class {klass!r} filtered {count} node(s)")
     for quota in metric.get("QuotaExhausted") or []:
@@ -217,4 +247,5 @@ def placement_failure(evaluation: Mapping[str, Any]) -> str | None:
         reasons.append(f"no ready node in node pool {pool!r} and the job's datacenters")
     evaluated = metric.get("NodesEvaluated", 0)
     summary = "; ".join(reasons) or f"{evaluated} node(s) evaluated, none fit"
-    return f"no node can run it: {summary}"
+    busy = bool(metric.get("NodesExhausted") or metric.get("QuotaExhausted"))
+    return PlacementFailure(summary, busy)
