@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -208,14 +209,116 @@ def start_failure(p: Profile) -> tuple[str, float]:
 FAST = 8.0  # seconds: well within start_timeout (60 s below), not after it
 
 
-def test_no_node_with_enough_memory_is_one_sentence_from_the_evaluation(
+def test_a_sandbox_larger_than_any_node_is_one_sentence_from_the_evaluation_and_the_nodes(
         cluster: Cluster, prefix: str) -> None:
     message, took = start_failure(profile(cluster, prefix, memory_mb=10_000_000, start_timeout=60))
     assert took < FAST, took
-    assert re.fullmatch(rf"Nomad job {prefix}\w+-cluster-1 cannot be "
-                        r"placed: .*memory exhausted on 1 node\(s\).*\.",
-                        message), message
+    assert re.fullmatch(rf"Nomad job {prefix}\w+-cluster-1 cannot be placed: memory exhausted "
+                        r"on \d+ node\(s\); it asks 10000000 MB of memory and 100 MHz of CPU, "
+                        r"more than any node has when idle \(at most \d+ MB and \d+ MHz\); "
+                        r"lower the profile's memory_mb or cpu\.", message), message
     assert cluster.jobs(prefix) == [], "the unplaceable job was left registered"
+
+
+@pytest.fixture
+def small_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A stand-in whose one node has 1024 MB, which a test fills and frees."""
+    running = start_standin(tmp_path / "small", None, "--memory", "1024")
+    yield running
+    running.stop()
+
+
+def hog(cluster: Cluster, job_id: str, memory_mb: int) -> None:
+    """Register a batch job that holds ``memory_mb`` of the node until it is stopped."""
+    cluster.api.jobs.register_job({"Job": {
+        "ID": job_id, "Name": job_id, "Type": "batch", "Datacenters": ["*"],
+        "TaskGroups": [{"Name": "hog", "Count": 1, "Tasks": [{
+            "Name": "hog", "Driver": "raw_exec",
+            "Config": {"command": "sleep", "args": ["600"]},
+            "Resources": {"CPU": 100, "MemoryMB": memory_mb}}]}]}})
+    assert wait_until(lambda: [a["ClientStatus"] for a in cluster.allocations(job_id)]
+                      == ["running"], 10)
+
+
+class StageSeen(logging.Handler):
+    """Sets ``event`` once the backend logs a start's stage containing ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.event, self.stages = text, asyncio.Event(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stages.append(record.getMessage())
+        if self.text in self.stages[-1]:
+            self.event.set()
+
+
+def test_a_start_on_a_full_cluster_waits_on_the_blocked_evaluation_and_runs_once_room_frees(
+        small_cluster: Cluster, prefix: str) -> None:
+    hog(small_cluster, f"{prefix}hog", 800)
+    p = profile(small_cluster, prefix, memory_mb=400, start_timeout=60)
+
+    async def scenario() -> tuple[list[str], str]:
+        seen = StageSeen("waiting for capacity")
+        logger = logging.getLogger("sandbox_magics.backends.nomad._backend")
+        logger.addHandler(seen)
+        logger.setLevel(logging.INFO)
+        backend = make_backend(p, Identity())
+        try:
+            me: Identity = backend.identity  # type: ignore[attr-defined]
+            creating = asyncio.ensure_future(
+                backend.create(p, {**me.tags(p.name), identity.NAME: "cluster-1"}))
+            await asyncio.wait_for(seen.event.wait(), 30)
+            await asyncio.to_thread(small_cluster.api.job.deregister_job, f"{prefix}hog", True)
+            sandbox = await creating
+            try:
+                events, _ = await collect(await sandbox.exec(0, ExecRequest(
+                    "r", ("sh",), {}, "echo placed")))
+                return seen.stages, text(events)
+            finally:
+                await sandbox.terminate()
+        finally:
+            logger.removeHandler(seen)
+            await backend.aclose()
+    stages, out = run(scenario)
+    assert out == "placed\n"
+    waited = [s for s in stages if "waiting for capacity" in s]
+    assert re.fullmatch(rf"Nomad job {prefix}\S+: waiting for capacity: memory exhausted on 1 "
+                        r"node\(s\)", waited[0]), stages
+    (blocked,) = [e for e in small_cluster.api.evaluations.get_evaluations()
+                  if e["JobID"].startswith(prefix) and e["TriggeredBy"] == "queued-allocs"]
+    assert blocked["Status"] == "complete"
+    (alloc,) = [a for a in small_cluster.allocations(prefix) if a["TaskGroup"] == "sandbox"]
+    assert alloc["EvalID"] == blocked["ID"], "the sandbox was not placed by the blocked evaluation"
+
+
+def test_a_start_still_blocked_at_its_start_timeout_says_what_it_waited_for(
+        small_cluster: Cluster, prefix: str) -> None:
+    hog(small_cluster, f"{prefix}hog", 800)
+    message, _ = start_failure(profile(small_cluster, prefix, memory_mb=400, start_timeout=1.5))
+    assert re.fullmatch(rf"Nomad job {prefix}\S+ did not start within 1.5 s: waiting for "
+                        r"capacity: memory exhausted on 1 node\(s\)\.", message), message
+    assert [j["ID"] for j in small_cluster.jobs(prefix)] == [f"{prefix}hog"]
+    blocked = [e["Status"] for e in small_cluster.api.evaluations.get_evaluations()
+               if e["JobID"].startswith(f"{prefix}") and e["TriggeredBy"] == "queued-allocs"]
+    assert blocked == ["canceled"], "the purged job's blocked evaluation was left blocked"
+
+
+def test_an_agent_the_kernel_cannot_reach_on_its_port_is_one_sentence_within_seconds(
+        prefix: str, tmp_path: Path) -> None:
+    cut_off = start_standin(tmp_path / "cut-off", None, "--node-address", "2001:db8::7")
+    try:
+        message, took = start_failure(profile(cut_off, prefix, image="python:3.12-slim",
+                                              start_timeout=60, nomad={"driver": "docker"}))
+    finally:
+        cut_off.stop()
+    assert took < FAST, took
+    assert re.fullmatch(
+        rf"Nomad job {prefix}\S+ runs allocation [0-9a-f]{{8}}, whose agent listens on port "
+        r"(\d+), but this kernel cannot reach it at http://\[2001:db8::7\]:\1 \([^()]+\); the "
+        r"machine running the kernel must reach the Nomad clients' addresses on their dynamic "
+        r"ports \(20000-32000 unless the clients set min_dynamic_port and max_dynamic_port\)\.",
+        message), message
 
 
 def test_a_gpu_the_cluster_lacks_is_a_filtered_node_and_one_sentence_naming_the_devices(

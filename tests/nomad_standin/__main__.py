@@ -26,9 +26,12 @@ async def main(argv: list[str] | None = None) -> None:
                         help="require this ACL token in X-Nomad-Token (default: ACLs off)")
     parser.add_argument("--cpu", type=int, default=16000, help="the node's CPU in MHz")
     parser.add_argument("--memory", type=int, default=32768, help="the node's memory in MB")
+    parser.add_argument("--node-address", default="127.0.0.1",
+                        help="the address the client node advertises for its allocations")
     args = parser.parse_args(argv)
     root = args.root or Path(tempfile.mkdtemp(prefix="nomad-standin-"))
-    standin = StandIn(root, token=args.token, cpu_mhz=args.cpu, memory_mb=args.memory)
+    standin = StandIn(root, token=args.token, cpu_mhz=args.cpu, memory_mb=args.memory,
+                      node_address=args.node_address)
     address = await standin.start(args.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

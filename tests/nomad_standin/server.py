@@ -1,4 +1,10 @@
-"""A stand-in for Nomad's HTTP API: one server and one client node on 127.0.0.1.
+"""A stand-in for Nomad's HTTP API: one server and one client node on this machine.
+
+The client node advertises ``node_address`` (default 127.0.0.1) for its allocations'
+ports, as a Nomad client advertises its network's address: ``raw_exec`` tasks bind it,
+and ``docker`` tasks listen on every address of this machine (as a published container
+port does), so an address this machine lacks (``2001:db8::7``) stands for a client whose
+ports the kernel cannot reach.
 
 It keeps jobs, evaluations and allocations as Nomad does, with the JSON field names and
 shapes of Nomad's ``api`` package (``Job``, ``JobListStub``, ``Evaluation``,
@@ -32,6 +38,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -56,6 +63,7 @@ FRAME_HEARTBEAT = 1.0
 MAX_WAIT = 300.0
 LOG_CHUNK = 64 * 1024
 SCHEDULE_DELAY = 0.01
+MIN_DYNAMIC_PORT, MAX_DYNAMIC_PORT = 20000, 32000   # a client's default dynamic port range
 DRIVERS = ("raw_exec", "docker")
 _INTERPOLATION = re.compile(r"\$\{([^}]+)\}")
 
@@ -122,17 +130,19 @@ class StandIn:
     """The stand-in's state and its aiohttp app. ``start(port)``, then ``stop()``."""
 
     def __init__(self, root: Path, token: str | None = None, cpu_mhz: int = 16000,
-                 memory_mb: int = 32768) -> None:
+                 memory_mb: int = 32768, node_address: str = "127.0.0.1") -> None:
         self.root = root
         self.token = token
         self.cpu_mhz = cpu_mhz
         self.memory_mb = memory_mb
+        self.node_address = node_address
         self.node_id = str(uuid.uuid4())
         self.index = 1
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.evals: dict[str, dict[str, Any]] = {}
         self.allocs: dict[str, Alloc] = {}
         self.faults: dict[str, Any] = {"pull_fail": [], "delay": 0.0, "start_fail": 0}
+        self._evaluating: set[str] = set()
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
@@ -352,6 +362,7 @@ class StandIn:
         index = self._bump()
         job.update(Stop=True, ModifyIndex=index, JobModifyIndex=index)
         ev = self._eval(job, "job-deregister", status="complete")
+        self._cancel_blocked(job, ev)
         for alloc in self._allocs_of(job):
             if alloc.data["DesiredStatus"] == "run":
                 self._stop_alloc(alloc, "alloc not needed due to job update")
@@ -512,29 +523,71 @@ class StandIn:
         return False
 
     async def _schedule(self, job: dict[str, Any], ev: dict[str, Any]) -> None:
-        await asyncio.sleep(SCHEDULE_DELAY)
+        """Process ``ev`` as the generic scheduler does (scheduler/generic_sched.go): place
+        each missing allocation that fits; if some do not, record their metrics and make a
+        blocked evaluation, or, for a blocked one, leave it blocked (``ReblockEval``)."""
+        if ev["ID"] in self._evaluating:
+            return
+        self._evaluating.add(ev["ID"])
+        try:
+            await asyncio.sleep(SCHEDULE_DELAY)
+            failed, queued = self._place_missing(job, ev)
+        finally:
+            self._evaluating.discard(ev["ID"])
+        if failed and ev["Status"] == "blocked":
+            ev.update(ModifyTime=_now_ns(), ModifyIndex=self._bump())
+        else:
+            ev.update(Status="complete", FailedTGAllocs=failed or None, QueuedAllocations=queued,
+                      ModifyTime=_now_ns(), ModifyIndex=self._bump())
+        if failed and ev["Status"] == "complete":
+            blocked = self._eval(job, "queued-allocs", status="blocked")
+            blocked.update(PreviousEval=ev["ID"], QueuedAllocations=queued, FailedTGAllocs=failed,
+                           StatusDescription="created to place remaining allocations")
+            ev["BlockedEval"] = blocked["ID"]
+        elif not failed:
+            self._cancel_blocked(job, ev)
+        self._refresh_job(job)
+        self._bump()
+
+    def _place_missing(self, job: dict[str, Any], ev: dict[str, Any]
+                       ) -> tuple[dict[str, Any], dict[str, int]]:
+        """Place the allocations ``job`` lacks; the metrics of the groups that do not fit,
+        and how many allocations of each group stay queued."""
         failed: dict[str, Any] = {}
         queued: dict[str, int] = {}
         for group in job["TaskGroups"]:
+            taken = {a.data["Name"] for a in self._allocs_of(job)
+                     if a.data["DesiredStatus"] == "run"}
+            queued[group["Name"]] = 0
             for index in range(int(group.get("Count", 1) or 0)):
-                if (job["Namespace"], job["ID"]) not in self.jobs or job["Stop"]:
-                    break
+                name = f"{job['ID']}.{group['Name']}[{index}]"
+                if name in taken or (job["Namespace"], job["ID"]) not in self.jobs or job["Stop"]:
+                    continue
                 metric = self._fit(job, group)
                 if metric is not None:
                     failed[group["Name"]] = metric
-                    queued[group["Name"]] = queued.get(group["Name"], 0) + 1
+                    queued[group["Name"]] += 1
                     continue
-                queued.setdefault(group["Name"], 0)
                 self._place(job, group, index, ev["ID"])
-        ev.update(Status="complete", FailedTGAllocs=failed or None, QueuedAllocations=queued,
-                  ModifyTime=_now_ns(), ModifyIndex=self._bump())
-        if failed:
-            blocked = self._eval(job, "queued-allocs", status="blocked")
-            blocked.update(PreviousEval=ev["ID"], QueuedAllocations=queued,
-                           StatusDescription="created to place remaining allocations")
-            ev["BlockedEval"] = blocked["ID"]
-        self._refresh_job(job)
-        self._bump()
+        return failed, queued
+
+    def _cancel_blocked(self, job: dict[str, Any], ev: dict[str, Any]) -> None:
+        """An evaluation that placed everything cancels the job's blocked ones
+        (nomad/state/state_store.go, ``nestedUpsertEval``)."""
+        for other in self.evals.values():
+            if other["JobID"] == job["ID"] and other["Namespace"] == job["Namespace"] \
+                    and other["Status"] == "blocked":
+                other.update(Status="canceled", ModifyIndex=self._bump(),
+                             StatusDescription=f'evaluation "{ev["ID"]}" successful')
+
+    def _unblock(self) -> None:
+        """Resources came free: process every blocked evaluation again, oldest first
+        (nomad/blocked_evals.go ``Unblock``, on a terminal allocation's client update)."""
+        for ev in sorted((e for e in self.evals.values() if e["Status"] == "blocked"),
+                         key=lambda e: e["CreateIndex"]):
+            job = self.jobs.get((ev["Namespace"], ev["JobID"]))
+            if job is not None and not job["Stop"]:
+                self._spawn(self._schedule(job, ev))
 
     def _place(self, job: dict[str, Any], group: dict[str, Any], index: int, eval_id: str,
                previous: str = "") -> Alloc:
@@ -548,10 +601,10 @@ class StandIn:
         for network in networks:
             for port in network.get("ReservedPorts") or []:
                 ports.append({"Label": port["Label"], "Value": port["Value"],
-                              "To": port.get("To", 0), "HostIP": "127.0.0.1"})
+                              "To": port.get("To", 0), "HostIP": self.node_address})
             for port in network.get("DynamicPorts") or []:
                 ports.append({"Label": port["Label"], "Value": _free_port(),
-                              "To": port.get("To", 0), "HostIP": "127.0.0.1"})
+                              "To": port.get("To", 0), "HostIP": self.node_address})
         now = _now_ns()
         tasks_res = {t["Name"]: {
             "Cpu": {"CpuShares": int((t.get("Resources") or {}).get("CPU") or 100)},
@@ -564,7 +617,7 @@ class StandIn:
             "JobVersion": job["Version"], "TaskGroup": group["Name"],
             "AllocatedResources": {"Tasks": tasks_res, "Shared": {
                 "DiskMB": 300, "Ports": ports or None,
-                "Networks": [{"Mode": "host", "IP": "127.0.0.1", "DynamicPorts": [
+                "Networks": [{"Mode": "host", "IP": self.node_address, "DynamicPorts": [
                     {"Label": p["Label"], "Value": p["Value"], "To": p["To"],
                      "HostNetwork": "default"} for p in ports]}] if ports else None}},
             "DesiredStatus": "run", "DesiredDescription": "",
@@ -626,10 +679,10 @@ class StandIn:
         }
         for port in data["AllocatedResources"]["Shared"]["Ports"] or []:
             label, value, ip = port["Label"], str(port["Value"]), port["HostIP"]
+            address = f"[{ip}]:{value}" if ":" in ip else f"{ip}:{value}"   # net.JoinHostPort
             env.update({f"NOMAD_IP_{label}": ip, f"NOMAD_PORT_{label}": value,
                         f"NOMAD_HOST_PORT_{label}": value, f"NOMAD_HOST_IP_{label}": ip,
-                        f"NOMAD_ADDR_{label}": f"{ip}:{value}",
-                        f"NOMAD_HOST_ADDR_{label}": f"{ip}:{value}",
+                        f"NOMAD_ADDR_{label}": address, f"NOMAD_HOST_ADDR_{label}": address,
                         f"NOMAD_ALLOC_PORT_{label}": value})
         meta = {**(job.get("Meta") or {}), **(group.get("Meta") or {}),
                 **(task.spec.get("Meta") or {})}
@@ -757,8 +810,12 @@ class StandIn:
         else:
             status, description = "pending", "No tasks have started"
         if (alloc.data["ClientStatus"], alloc.data["ClientDescription"]) != (status, description):
+            freed = status in ("complete", "failed") and alloc.data["ClientStatus"] not in (
+                "complete", "failed")
             alloc.data.update(ClientStatus=status, ClientDescription=description)
             self._touch(alloc)
+            if freed:
+                self._unblock()
         job = self.jobs.get((alloc.data["Namespace"], alloc.data["JobID"]))
         if job is not None:
             self._refresh_job(job)
@@ -935,10 +992,24 @@ class StandIn:
                            "member": {"Name": NODE_NAME}, "stats": {}})
 
     async def nodes(self, request: web.Request) -> web.Response:
-        return self._json([{"ID": self.node_id, "Name": NODE_NAME, "Datacenter": DATACENTER,
-                            "NodePool": NODE_POOL, "Status": "ready", "Drain": False,
-                            "SchedulingEligibility": "eligible", "Address": "127.0.0.1",
-                            "Drivers": {d: {"Detected": True, "Healthy": True} for d in DRIVERS}}])
+        """``NodeListStub``s; with ``resources=true`` their ``NodeResources`` and
+        ``ReservedResources`` too (api/nodes.go)."""
+        node: dict[str, Any] = {
+            "ID": self.node_id, "Name": NODE_NAME, "Datacenter": DATACENTER,
+            "NodePool": NODE_POOL, "NodeClass": "", "Status": "ready", "Drain": False,
+            "SchedulingEligibility": "eligible", "Address": self.node_address,
+            "Drivers": {d: {"Detected": True, "Healthy": True} for d in DRIVERS}}
+        if _truthy(request.query.get("resources")):
+            node["NodeResources"] = {
+                "Cpu": {"CpuShares": self.cpu_mhz, "TotalCpuCores": os.cpu_count() or 1,
+                        "ReservableCpuCores": list(range(os.cpu_count() or 1))},
+                "Memory": {"MemoryMB": self.memory_mb}, "Disk": {"DiskMB": 100_000},
+                "Networks": None, "Devices": None,
+                "MinDynamicPort": MIN_DYNAMIC_PORT, "MaxDynamicPort": MAX_DYNAMIC_PORT}
+            node["ReservedResources"] = {
+                "Cpu": {"CpuShares": 0}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0},
+                "Networks": {"ReservedHostPorts": ""}}
+        return self._json([node])
 
     async def get_faults(self, request: web.Request) -> web.Response:
         return web.json_response(self.faults)
@@ -959,9 +1030,16 @@ def _glob(pattern: str, value: str) -> bool:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port in the client's dynamic range, picked at random as Nomad picks one
+    (nomad/structs/network.go, ``getDynamicPortsStochastic``)."""
+    for port in random.sample(range(MIN_DYNAMIC_PORT, MAX_DYNAMIC_PORT + 1), 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {MIN_DYNAMIC_PORT}-{MAX_DYNAMIC_PORT}")
 
 
 def _tree_rss(root: int) -> int:

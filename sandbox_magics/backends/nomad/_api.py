@@ -104,7 +104,7 @@ class NomadAPI:
                 exc, nomad_errors.TimeoutNomadException):
             return NomadAPIError(f"Nomad at {self.address} did not answer {what} within "
                                  f"{self.settings.api_timeout:g} s.")
-        reason = _reason(cause)
+        reason = connection_reason(cause)
         return NomadAPIError(f"Nomad at {self.address} cannot be reached ({reason}); check the "
                              "profile's nomad address (or $NOMAD_ADDR) and that Nomad runs.")
 
@@ -178,6 +178,10 @@ class NomadAPI:
         body, _ = self._get(f"evaluation {eval_id[:8]}", self.client.evaluation, eval_id, params={})
         return dict(body)
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The client nodes with their resources (``node:read``)."""
+        return list(self._do("the node list", self.client.nodes.get_nodes, resources=True))
+
     def stop_allocation(self, alloc_id: str) -> None:
         self._do(f"allocation {alloc_id[:8]}", self.client.allocation.stop_allocation, alloc_id)
 
@@ -231,8 +235,11 @@ def _requesters(client: nomad.Nomad) -> Iterator[nomad.api.base.Requester]:
                         if isinstance(e, nomad.api.base.Requester))
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost cause of a connection error, in a few words."""
+def connection_reason(exc: BaseException) -> str:
+    """The innermost cause of a connection error, in a few words ("connection refused")."""
+    errno = getattr(getattr(exc, "os_error", exc), "errno", None)   # aiohttp's, or an OSError
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno).lower()
     text = str(exc)
     for marker in ("Connection refused", "Name or service not known", "timed out",
                    "No route to host", "Temporary failure in name resolution",

@@ -1,12 +1,16 @@
 """`Backend` and `NomadSandbox`: a sandbox is one Nomad batch job whose task runs the agent.
 
 Start: a fresh token is kept in this kernel's `SecretStore` (so a restarted kernel can
-adopt), the job goes to Nomad with only the token's SHA-256, and the allocation is
-watched (blocking queries) until its agent answers a health check. Whatever ends the
-wait early — no node fits (the evaluation's ``FailedTGAllocs``), an image that cannot be
-pulled, a task that dies at start, an OOM kill, a Nomad that refuses the token or cannot
-be reached — becomes one sentence naming the job or allocation and the cause, and the job
-is purged.
+adopt), the job goes to Nomad with only the token's SHA-256, the job's allocations are
+watched (blocking queries) until one runs, then its agent is asked for its health at the
+allocation's address until it answers. While the nodes that fit are only full (the
+evaluation's ``FailedTGAllocs`` count exhausted nodes), the start waits on the blocked
+evaluation Nomad made, within the profile's ``start_timeout``, its stage ("waiting for
+capacity: memory exhausted on 1 node(s)") logged. Whatever ends the wait early — no node
+fits (filtered, or asked more than any node has), an image that cannot be pulled, a task
+that dies at start, an OOM kill, an agent that listens where this kernel cannot reach it,
+a Nomad that refuses the token or cannot be reached — becomes one sentence naming the job
+or allocation and the cause, and the job is purged.
 
 Liveness: the agent exits once no request (the pool's health checks are requests) has
 come for the profile's ``heartbeat_window`` and no run is active, so a kernel that died
@@ -23,14 +27,17 @@ import concurrent.futures
 import contextlib
 import functools
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
 
 from ... import identity
+from ...agent import protocol
 from ...exceptions import SandboxError, SandboxStartError
 from ...identity import Identity, SecretStore
 from ...profiles import Profile
@@ -38,19 +45,52 @@ from ..agent_client import AgentSandbox
 from ..base import Backend as BaseBackend
 from ..base import Health
 from . import _job
-from ._api import NomadAPI, NomadAPIError
+from ._api import NomadAPI, NomadAPIError, connection_reason
 from ._settings import Settings
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
-READY_POLL = 0.03
-ALLOC_WAIT = 0.5
+READY_POLL = 0.02            # seconds between health probes of a starting agent
+ALLOC_WAIT = 0.5             # the longest blocking query on a starting job's allocations
+ALLOC_CHECK = 0.5            # seconds between looks at a starting allocation and its log
+UNREACHABLE_AFTER = 1.0      # an agent that listens but cannot be reached this long is cut off
+PROBE_TIMEOUT = 2.0
 LOSS_WAIT = 3.0
 STOP_WAIT = _job.KILL_TIMEOUT + 3.0
 HEALTH_LOOKUP = 1.0
 LOG_TAIL = 2048
 THREADS = 8
 READ_BUFFER = 1024 * 1024
+
+
+@dataclass
+class _Start:
+    """One sandbox's start: its job, evaluation, profile and deadline (loop time), and its
+    stage, what it waits for now (logged as it changes: no view shows a starting sandbox's
+    stage yet)."""
+
+    job_id: str
+    eval_id: str
+    profile: Profile
+    deadline: float
+    stage: str = "its evaluation was not processed yet"
+
+    @property
+    def job(self) -> str:
+        return f"Nomad job {self.job_id}"
+
+    def left(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+    def at(self, stage: str) -> None:
+        if stage != self.stage:
+            self.stage = stage
+            logger.info("%s: %s", self.job, stage)
+
+    def expired(self) -> SandboxStartError:
+        return SandboxStartError(f"{self.job} did not start within "
+                                 f"{self.profile.start_timeout:g} s: {self.stage}.")
 
 
 class NomadSandbox(AgentSandbox):
@@ -197,52 +237,134 @@ class Backend(BaseBackend):
 
     async def _wait_ready(self, profile: Profile, sandbox_id: str, eval_id: str, token: str,
                           tags: Mapping[str, str]) -> NomadSandbox:
-        """Watch the job's allocation until its agent answers; fail with a sentence as soon
-        as Nomad says it cannot be."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + profile.start_timeout
-        index, seen = 0, "its evaluation was not processed yet"
-        job = f"Nomad job {sandbox_id}"
-        gpu = _job.gpu_wanted(self.settings, profile.gpu) if profile.gpu else None
+        """Watch the job until its allocation runs, then ask its agent until it answers;
+        fail with a sentence as soon as Nomad says it cannot be."""
+        start = _Start(sandbox_id, eval_id, profile,
+                       asyncio.get_running_loop().time() + profile.start_timeout)
+        alloc = await self._placed(start)
+        base_url = _job.address(alloc)
+        if base_url is None:
+            raise SandboxStartError(f"{start.job} runs allocation {_job.short(alloc['ID'])}, "
+                                    f"but Nomad gave it no '{_job.PORT}' port.")
+        await self._answering(start, alloc, base_url, token)
+        return NomadSandbox(self, sandbox_id, alloc, profile.slots_per_sandbox, base_url, token,
+                            tags, profile.memory_mb)
+
+    async def _placed(self, start: _Start) -> dict[str, Any]:
+        """The job's allocation once it runs (blocking queries on the job's allocations)."""
+        index = 0
         while True:
-            left = deadline - loop.time()
+            left = start.left()
             if left <= 0:
-                raise SandboxStartError(f"{job} did not start within "
-                                        f"{profile.start_timeout:g} s: {seen}.")
+                raise start.expired()
             try:
-                allocs, index = await self._call(self.api.job_allocations, sandbox_id, index,
-                                                 min(ALLOC_WAIT if not seen.startswith("its agent")
-                                                     else READY_POLL, left))
+                allocs, index = await self._call(self.api.job_allocations, start.job_id, index,
+                                                 min(ALLOC_WAIT, left))
                 alloc = _job.latest(allocs)
                 if alloc is None:
-                    evaluation = await self._call(self.api.evaluation, eval_id) if eval_id else {}
-                    failure = _job.placement_failure(evaluation, gpu)
-                    if failure:
-                        raise SandboxStartError(f"{job} cannot be placed: {failure.reasons}.")
-                    if evaluation.get("Status") == "complete":
-                        seen = "Nomad placed no allocation yet"
+                    await self._unplaced(start)
                     continue
             except NomadAPIError as exc:
-                raise SandboxStartError(f"{job} could not be watched: {exc}") from None
-            short = _job.short(alloc["ID"])
-            ended = _job.alloc_ended(alloc, profile.memory_mb)
-            if ended:
-                tail = await self.log_tail(alloc["ID"])
-                raise SandboxStartError(f"{job} did not start: its allocation {short} "
-                                        f"{ended}{tail}.")
-            if alloc.get("ClientStatus") != "running":
-                seen = f"its allocation {short} is {alloc.get('ClientStatus', 'pending')}"
-                continue
-            base_url = _job.address(alloc)
-            if base_url is None:
-                raise SandboxStartError(f"{job} runs allocation {short}, but Nomad gave it no "
-                                        f"'{_job.PORT}' port.")
-            sandbox = NomadSandbox(self, sandbox_id, alloc, profile.slots_per_sandbox, base_url,
-                                   token, tags, profile.memory_mb)
-            health = await AgentSandbox.health(sandbox)
-            if health.ok:
-                return sandbox
-            seen = f"its agent at {base_url} does not answer yet (allocation {short})"
+                raise SandboxStartError(f"{start.job} could not be watched: {exc}") from None
+            await self._fail_if_ended(start, alloc)
+            if alloc.get("ClientStatus") == "running":
+                return alloc
+            start.at(f"its allocation {_job.short(alloc['ID'])} is "
+                     f"{alloc.get('ClientStatus', 'pending')}")
+
+    async def _unplaced(self, start: _Start) -> None:
+        """Fail if the job's evaluation cannot place it; while nodes that fit are only
+        full, wait on the blocked evaluation Nomad made (capacity often frees up soon)."""
+        evaluation = await self._call(self.api.evaluation, start.eval_id) if start.eval_id else {}
+        gpu = _job.gpu_wanted(self.settings, start.profile.gpu) if start.profile.gpu else None
+        failure = _job.placement_failure(evaluation, gpu)
+        if failure is None:
+            if evaluation.get("Status") == "complete":
+                start.at("Nomad placed no allocation yet")
+            return
+        if not failure.busy:
+            raise SandboxStartError(f"{start.job} cannot be placed: {failure.reasons}.")
+        if start.stage != (stage := f"waiting for capacity: {failure.reasons}"):
+            room = await self._room_problem(start)
+            if room:
+                raise SandboxStartError(f"{start.job} cannot be placed: {failure.reasons}; "
+                                        f"{room}.")
+            start.at(stage)
+
+    async def _room_problem(self, start: _Start) -> str | None:
+        """Whether the job asks more than any node has when idle; None when the nodes
+        cannot be read (a token without ``node:read``): then the wait decides."""
+        job = _job.job_spec(self.settings, start.profile, start.job_id, {}, "", None, None)
+        try:
+            nodes = await self._call(self.api.nodes)
+        except NomadAPIError:
+            return None
+        return _job.room_problem(nodes, job)
+
+    async def _fail_if_ended(self, start: _Start, alloc: Mapping[str, Any]) -> None:
+        ended = _job.alloc_ended(alloc, start.profile.memory_mb)
+        if ended:
+            tail = await self.log_tail(alloc["ID"])
+            raise SandboxStartError(f"{start.job} did not start: its allocation "
+                                    f"{_job.short(alloc['ID'])} {ended}{tail}.")
+
+    async def _answering(self, start: _Start, alloc: Mapping[str, Any], base_url: str,
+                         token: str) -> None:
+        """Ask the agent at ``base_url`` for its health until it answers. Every
+        ``ALLOC_CHECK`` seconds, ask Nomad whether the allocation ended, and the agent's
+        log whether it listens: one that listens yet cannot be reached for
+        ``UNREACHABLE_AFTER`` seconds is behind a network this kernel cannot cross."""
+        loop = asyncio.get_running_loop()
+        short = _job.short(alloc["ID"])
+        start.at(f"its agent at {base_url} does not answer yet (allocation {short})")
+        next_check, port, listening_since = loop.time() + ALLOC_CHECK, None, 0.0
+        while True:
+            healthy, unreached = await self._probe(base_url, token)
+            if healthy:
+                return
+            now = loop.time()
+            if now >= start.deadline:
+                raise start.expired()
+            if now >= next_check:
+                next_check = now + ALLOC_CHECK
+                try:
+                    current, _ = await self._call(self.api.allocation, alloc["ID"])
+                except NomadAPIError as exc:
+                    raise SandboxStartError(f"{start.job} could not be watched: {exc}") from None
+                await self._fail_if_ended(start, current)
+                if port is None and (port := await self._listening_port(alloc["ID"])):
+                    listening_since = now
+                if unreached and port and now - listening_since >= UNREACHABLE_AFTER:
+                    raise SandboxStartError(
+                        f"{start.job} runs allocation {short}, whose agent listens on port "
+                        f"{port}, but this kernel cannot reach it at {base_url} ({unreached}); "
+                        "the machine running the kernel must reach the Nomad clients' "
+                        "addresses on their dynamic ports (20000-32000 unless the clients "
+                        "set min_dynamic_port and max_dynamic_port).")
+            await asyncio.sleep(READY_POLL)
+
+    async def _listening_port(self, alloc_id: str) -> int | None:
+        """The port the agent says (on its stdout) it listens on; None if it has not said
+        so yet or the log cannot be read (a token without ``read-logs``)."""
+        try:
+            stdout = await self._call(self.api.log, alloc_id, _job.TASK, "stdout", LOG_TAIL)
+        except NomadAPIError:
+            return None
+        return _job.agent_port(stdout.decode("utf-8", errors="replace"))
+
+    async def _probe(self, base_url: str, token: str) -> tuple[bool, str | None]:
+        """Whether the agent at ``base_url`` answers its health check (``GET /v1/health``
+        with its token), and if it could not be connected to, why."""
+        try:
+            async with self._client().get(f"{base_url}{protocol.API}/health",
+                                          headers={"Authorization": f"Bearer {token}"},
+                                          timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+                                          ) as resp:
+                return resp.status == 200, None
+        except asyncio.TimeoutError:
+            return False, f"no answer within {PROBE_TIMEOUT:g} s"
+        except aiohttp.ClientError as exc:
+            return False, connection_reason(exc)
 
     async def log_tail(self, alloc_id: str) -> str:
         """``"; its log ends with: ..."`` (the task's last stderr line), or "" if none."""

@@ -8,6 +8,8 @@ SHA-256 of the agent's token in its environment.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -249,3 +251,48 @@ def placement_failure(evaluation: Mapping[str, Any], gpu: str | None = None
     summary = "; ".join(reasons) or f"{evaluated} node(s) evaluated, none fit"
     busy = bool(metric.get("NodesExhausted") or metric.get("QuotaExhausted"))
     return PlacementFailure(summary, busy)
+
+
+def room_problem(nodes: list[dict[str, Any]], job: Mapping[str, Any]) -> str | None:
+    """Why no node of the job's pool and datacenters could hold its task even when idle
+    (from ``NodeResources`` less ``ReservedResources``), as the end of a sentence; None if
+    one could, or if the nodes' resources are not known."""
+    asked = ((job["TaskGroups"][0]["Tasks"][0]).get("Resources") or {})
+    cpu, memory = int(asked.get("CPU") or 0), int(asked.get("MemoryMB") or 0)
+    pool = job.get("NodePool") or "default"
+    rooms = [_room(n) for n in nodes
+             if n.get("Status") == "ready" and n.get("SchedulingEligibility") == "eligible"
+             and pool in ("all", n.get("NodePool"))
+             and any(fnmatch.fnmatchcase(str(n.get("Datacenter")), dc)
+                     for dc in job.get("Datacenters") or ["*"])]
+    known = [room for room in rooms if room is not None]
+    if not known or len(known) < len(rooms) or any(c >= cpu and m >= memory for c, m in known):
+        return None
+    most_cpu, most_memory = max(c for c, _ in known), max(m for _, m in known)
+    return (f"it asks {memory} MB of memory and {cpu} MHz of CPU, more than any node has when "
+            f"idle (at most {most_memory} MB and {most_cpu} MHz); lower the profile's "
+            "memory_mb or cpu")
+
+
+def _room(node: Mapping[str, Any]) -> tuple[int, int] | None:
+    """A node's CPU (MHz) and memory (MB) for tasks, or None if not listed."""
+    total = node.get("NodeResources") or {}
+    reserved = node.get("ReservedResources") or {}
+    if not total:
+        return None
+    cpu = int((total.get("Cpu") or {}).get("CpuShares") or 0)
+    memory = int((total.get("Memory") or {}).get("MemoryMB") or 0)
+    return (cpu - int((reserved.get("Cpu") or {}).get("CpuShares") or 0),
+            memory - int((reserved.get("Memory") or {}).get("MemoryMB") or 0))
+
+
+def agent_port(stdout: str) -> int | None:
+    """The port the agent says it listens on (its first stdout line, ``{"port": ...}``)."""
+    for line in stdout.splitlines():
+        try:
+            said = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(said, dict) and isinstance(said.get("port"), int):
+            return int(said["port"])
+    return None
