@@ -2,9 +2,13 @@
 
 Routes (all under ``/v1``, all behind the bearer token)::
 
-    GET  /health                          slots, running runs, pid
+    GET  /health                          slots, running runs, each slot's run, pid
     POST /slots/{slot}/exec               run argv in the slot, fed the body's rest on
                                           stdin; stream frames (protocol.py)
+    GET  /slots/{slot}/runs/{run_id}      the slot's run: state, output size, EXIT payload
+    GET  /slots/{slot}/runs/{run_id}/output?offset=N
+                                          the run's frames from output offset N (default
+                                          0): what is kept, then live until EXIT
     POST /slots/{slot}/signal             deliver one signal to the run's process group
     POST /slots/{slot}/reset              empty the slot's workspace
     GET  /slots/{slot}/files              list files  (?path= is not taken: whole workspace)
@@ -17,11 +21,11 @@ The file routes answer only while the slot runs nothing, and only for regular fi
 the workspace with a single hard link (workspace.py says why); the listing leaves out
 every other entry.
 
-An exec's body is one line of JSON (run id, argv, env), then the bytes the run reads on
-stdin. The agent checks the JSON line before it reads on, then streams the rest to an
-unlinked temporary file, which the process gets as its stdin once the body has ended:
-stdin costs the agent no memory whatever its size, and a body that breaks off starts
-nothing.
+An exec's body is one line of JSON (run id, argv, env, detach), then the bytes the run
+reads on stdin. The agent checks the JSON line before it reads on, then streams the rest
+to an unlinked temporary file, which the process gets as its stdin once the body has
+ended: stdin costs the agent no memory whatever its size, and a body that breaks off
+starts nothing.
 
 JSON (an exec's first line, the signal's body) is checked by `bodies` before anything runs
 and may be `MAX_JSON_BODY` (16 MiB) long; uploads and an exec's stdin stream to disk and
@@ -29,8 +33,16 @@ may be ``--max-upload-mb`` long each. Refusals are JSON ``{"error": "<one senten
 with a 4xx status (413 past a limit, naming it); a 5xx means the sandbox itself failed (a
 slot that cannot be emptied, a full disk).
 
+Every run's output is kept by the slot (output.py) as it comes, whoever reads it: an
+exec streams it from there, as does the output route, from any offset, to as many clients
+as come. A slot keeps its last run (its state and output) until its next exec; a run id
+the slot does not keep is a 404.
+
 If the client of an exec goes away mid-stream, the run is killed: nobody could read its
-output or its exit code, and a kernel that died must not leave work running.
+output or its exit code, and a kernel that died must not leave work running. A run
+exec'd with ``"detach": true`` goes on instead, for a client to find and follow later;
+it ends by itself, by a signal, or when no client has been seen for the heartbeat window
+(``__main__`` watches that, and `owner_gone`, `stop_runs` act on it).
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ import contextlib
 import errno
 import functools
 import os
-import signal
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -56,20 +68,24 @@ SLOTS = web.AppKey("slots", list[process.Slot])
 STATE = web.AppKey("state", dict)
 STOP = web.AppKey("stop", asyncio.Event)
 MAX_UPLOAD_MB = web.AppKey("max_upload_mb", int)
+MAX_OUTPUT_MB = web.AppKey("max_output_mb", int)
 
 _DISCONNECT_POLL = 1.0
-FLUSH_INTERVAL = 0.05
 FILE_READ = 1024 * 1024
 MAX_JSON_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_MB = 2048
+DEFAULT_MAX_OUTPUT_MB = 1024
+OUTPUT_FOLDER = "output"
 
 T = TypeVar("T")
 
 
 def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
              base_env: dict[str, str] | None = None,
-             max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB) -> web.Application:
-    """Build the agent app serving ``slots`` workspaces below ``root``.
+             max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
+             max_output_mb: int = DEFAULT_MAX_OUTPUT_MB) -> web.Application:
+    """Build the agent app serving ``slots`` workspaces below ``root``, each run's output
+    kept below ``root/output`` (up to ``max_output_mb`` a run).
 
     ``client_max_size`` bounds the bodies read whole (`MAX_JSON_BODY`, as an exec's JSON
     line is); uploads and an exec's stdin stream to disk past it, up to ``max_upload_mb``.
@@ -79,16 +95,18 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
     app = web.Application(middlewares=[bearer_auth(token), _activity, _answer_refusals],
                           client_max_size=MAX_JSON_BODY)
     app[MAX_UPLOAD_MB] = max_upload_mb
+    app[MAX_OUTPUT_MB] = max_output_mb
     app[SLOTS] = []
     for i in range(slots):
         path = root / f"slot-{i}"
         path.mkdir(parents=True, exist_ok=True)
-        app[SLOTS].append(process.Slot(index=i, path=path))
-    app[STATE] = {"last_activity": time.monotonic(),
+        app[SLOTS].append(process.Slot(index=i, path=path,
+                                       output=root / OUTPUT_FOLDER / f"slot-{i}"))
+    app[STATE] = {"last_activity": time.monotonic(), "requests": 0,
                   "base_env": dict(os.environ if base_env is None else base_env)}
     app[STATE]["base_env"].pop(protocol.TOKEN_ENV, None)
     app[STOP] = stop
-    app.cleanup_ctx.append(_kill_children_on_exit)
+    app.cleanup_ctx.append(_end_runs_on_exit)
     p = protocol.API
     # Every request meets a route of ours, the last one if no other: aiohttp's own Expect
     # handling, which its fallback routes use, answers 500 to a header that is not UTF-8.
@@ -97,6 +115,8 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
     app.router.add_routes([
         get(f"{p}/health", health),
         post(f"{p}/slots/{{slot}}/exec", exec_run),
+        get(f"{p}/slots/{{slot}}/runs/{{run_id}}", run_state),
+        get(f"{p}/slots/{{slot}}/runs/{{run_id}}/output", run_output),
         post(f"{p}/slots/{{slot}}/signal", signal_run),
         post(f"{p}/slots/{{slot}}/reset", reset),
         get(f"{p}/slots/{{slot}}/files", list_files),
@@ -108,11 +128,41 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
     return app
 
 
+def unseen_seconds(app: web.Application) -> float:
+    """Seconds since a client was last seen: 0 while a request is in progress, else since
+    the last one ended."""
+    state = app[STATE]
+    return 0.0 if state["requests"] else time.monotonic() - state["last_activity"]
+
+
 def idle_seconds(app: web.Application) -> float:
-    """Seconds since the last request ended, or 0 while any slot is running."""
-    if any(slot.busy for slot in app[SLOTS]):
+    """`unseen_seconds`, or 0 while any slot is running or keeps a detached run for a
+    client to come (`process.Run.kept_for_a_client`)."""
+    if any(slot.busy or (slot.run and slot.run.kept_for_a_client) for slot in app[SLOTS]):
         return 0.0
-    return time.monotonic() - app[STATE]["last_activity"]
+    return unseen_seconds(app)
+
+
+def owner_gone(app: web.Application) -> bool:
+    """The agent's owner went (its parent process died): kill the runs that are not
+    detached, as a kernel's blocking cells die with it, and count the owner as seen until
+    now. Return whether a detached run is kept for a client to come."""
+    for run in _going(app):
+        if not run.detach and run.job is not None:
+            process.kill(run.job, "owner-gone")
+    app[STATE]["last_activity"] = time.monotonic()
+    return any(slot.run and slot.run.kept_for_a_client for slot in app[SLOTS])
+
+
+async def stop_runs(app: web.Application, reason: str) -> None:
+    """Stop every running run as a cancel does (`process.stop`); their EXIT frames give
+    ``reason``."""
+    await asyncio.gather(*(process.stop(run.job, reason) for run in _going(app) if run.job))
+
+
+def _going(app: web.Application) -> list[process.Run]:
+    """The runs going in the app's slots."""
+    return [slot.run for slot in app[SLOTS] if slot.run is not None and slot.busy]
 
 
 class Refusal(Exception):
@@ -163,10 +213,14 @@ async def no_route(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def _activity(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the requests in progress, and when the last one ended (`unseen_seconds`)."""
+    state = request.app[STATE]
+    state["requests"] += 1
     try:
         return await handler(request)
     finally:
-        request.app[STATE]["last_activity"] = time.monotonic()
+        state["requests"] -= 1
+        state["last_activity"] = time.monotonic()
 
 
 def _slot(request: web.Request) -> process.Slot:
@@ -184,9 +238,24 @@ def _slot(request: web.Request) -> process.Slot:
 def _idle(slot: process.Slot) -> process.Slot:
     """The slot, if no run is using it: files move only between runs, never during one."""
     if slot.busy:
-        raise Refusal(409, f"slot {slot.index} is busy with run {slot.run_id}; "
+        assert slot.run is not None
+        raise Refusal(409, f"slot {slot.index} is busy with run {slot.run.run_id}; "
                            "wait for it to end or cancel it")
     return slot
+
+
+def _run(request: web.Request) -> tuple[process.Slot, process.Run]:
+    """The slot and the run that the request's ``{slot}`` and ``{run_id}`` name; a
+    `Refusal` (404) if the slot does not keep that run."""
+    slot = _slot(request)
+    run_id = request.match_info["run_id"]
+    run = slot.run
+    if run is None or run.run_id != run_id:
+        kept = f"its last run is {workspace.shown(run.run_id)}" if run else \
+            "it has run nothing since the agent started"
+        raise Refusal(404, f"slot {slot.index} keeps no run {workspace.shown(run_id)}: "
+                           f"a slot keeps only its last run, and {kept}")
+    return slot, run
 
 
 _FILE_ERRORS = {
@@ -328,7 +397,18 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({
         "ok": True, "pid": os.getpid(), "slots": len(slots),
         "running": [s.index for s in slots if s.busy],
+        "runs": [_state(s.index, s.run) for s in slots if s.run is not None],
     })
+
+
+def _state(index: int, run: process.Run) -> dict[str, Any]:
+    """What the run-state route says of ``run``, the run of slot ``index``."""
+    return {
+        "run_id": run.run_id, "slot": index, "state": "ended" if run.log.ended else "running",
+        "detached": run.detach, "pgid": run.job.pgid if run.job else None,
+        "bytes": run.log.size, "dropped": run.log.dropped, "followers": run.followers,
+        "read": run.read, "exit": run.log.exit,
+    }
 
 
 async def exec_run(request: web.Request) -> web.StreamResponse:
@@ -336,8 +416,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     body, stdin_head = await _exec_line(request)
     _idle(slot)
     env = {**request.app[STATE]["base_env"], **body.env}
-    response = web.StreamResponse(headers={"Content-Type": protocol.FRAME_CONTENT_TYPE})
-    slot.run_id = body.run_id
+    run = slot.begin(body.run_id, body.detach, request.app[MAX_OUTPUT_MB] * 2**20)
     try:
         slot.path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile() as stdin:
@@ -345,22 +424,17 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
             try:
                 job = process.start(body.argv, slot.path, env, stdin)
             except OSError as exc:
-                return await _not_started(request, response, body.argv, exc)
-        slot.job = job
-        try:
-            return await _stream(request, response, job, slot)
-        finally:
-            if not job.finished.is_set():
-                job.stop_reason = job.stop_reason or "client-gone"
-                process.killpg(job.pgid, signal.SIGKILL)
-            job.close_pipes()
-    finally:
-        slot.run_id, slot.job = None, None
+                _not_started(run, body.argv, exc)
+                return await _follow(request, run, 0)
+    except BaseException:
+        slot.abandon(run)
+        raise
+    run.start(job, slot.path)
+    return await _follow(request, run, 0, owner=True)
 
 
-async def _not_started(request: web.Request, response: web.StreamResponse, argv: list[str],
-                       exc: OSError) -> web.StreamResponse:
-    """Answer an exec whose program did not start: a `Refusal` if the request was too large
+def _not_started(run: process.Run, argv: list[str], exc: OSError) -> None:
+    """End ``run``, whose program did not start: a `Refusal` if the request was too large
     or the sandbox is out of processes, else a lone EXIT frame saying why."""
     if exc.errno == errno.E2BIG:
         raise Refusal(400, "argv and env are too large to start a process (E2BIG); "
@@ -368,75 +442,60 @@ async def _not_started(request: web.Request, response: web.StreamResponse, argv:
     if exc.errno in (errno.EAGAIN, errno.ENOMEM):
         raise Refusal(503, f"the sandbox cannot start another process now ({exc.strerror}); "
                            "retry once runs have ended")
-    await response.prepare(request)
     program = workspace.shown(str(exc.filename or argv[0]))
-    await response.write_eof(protocol.json_frame(protocol.EXIT, {
+    run.log.end({
         "exit_code": protocol.EXIT_NOT_FOUND, "signal": None, "reason": "not-found",
         "error": f"{program} cannot be run in the sandbox ({exc.strerror}); "
                  "install it in the image or pick another interpreter",
-    }))
-    return response
+    })
 
 
-async def _stream(request: web.Request, response: web.StreamResponse, job: process.Job,
-                  slot: process.Slot) -> web.StreamResponse:
-    """Send START, the output as it comes, then EXIT."""
-    await response.prepare(request)
-    await response.write(protocol.json_frame(protocol.START, {"pid": job.pgid, "pgid": job.pgid}))
-    out = process.OutputBuffer()
-    pumper = asyncio.ensure_future(_pump_then_close(job, out))
-    watchdog = asyncio.ensure_future(_watch_client(request, job))
-    try:
-        await _forward(response, out)
-    finally:
-        watchdog.cancel()
-        if not pumper.done():
-            job.stop_reason = "client-gone"
-            process.killpg(job.pgid, signal.SIGKILL)
-            pumper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pumper
-    exit_info = {**pumper.result(), "workspace_empty": workspace.is_empty(slot.path)}
-    await response.write_eof(protocol.json_frame(protocol.EXIT, exit_info))
-    return response
+async def run_state(request: web.Request) -> web.Response:
+    slot, run = _run(request)
+    return web.json_response(_state(slot.index, run))
 
 
-async def _pump_then_close(job: process.Job, out: process.OutputBuffer) -> dict[str, Any]:
-    try:
-        return await process.pump(job, out)
-    finally:
-        out.close()
+async def run_output(request: web.Request) -> web.StreamResponse:
+    _, run = _run(request)
+    raw = request.query.get("offset", "0")
+    if not re.fullmatch(r"[0-9]+", raw) or int(raw) > run.log.size:
+        raise Refusal(400, f"offset must be a whole number of bytes from 0 to "
+                           f"{run.log.size} (the run's output so far), got: {workspace.shown(raw)}")
+    return await _follow(request, run, int(raw))
 
 
-async def _forward(response: web.StreamResponse, out: process.OutputBuffer) -> None:
-    """Write output frames until the run's output ends (a closed connection raises).
+async def _follow(request: web.Request, run: process.Run, offset: int,
+                  owner: bool = False) -> web.StreamResponse:
+    """Answer with the run's frames from output ``offset``: START (if its process
+    started), its output as kept and then as it comes, EXIT.
 
-    Output after a quiet spell goes out at once; while it trickles in, writes are at least
-    `FLUSH_INTERVAL` apart and carry everything gathered meanwhile, so a chatty run costs
-    its client ~20 frames a second, not one per ``print``. A flood is written as fast as
-    the client reads.
+    If the client goes away first, and this is the exec (``owner``) of a run that is not
+    detached, the run is killed; a client that goes away while the run prints nothing is
+    noticed within `_DISCONNECT_POLL` seconds.
     """
-    loop = asyncio.get_running_loop()
-    rate = process.RateMeter()
-    last_write = -FLUSH_INTERVAL
-    while await out.wait():
-        pause = last_write + FLUSH_INTERVAL - loop.time()
-        if pause > 0 and not rate.flooding:
-            await asyncio.sleep(pause)
-        size, data = out.take()
-        rate.add(size)
-        await response.write(data)
-        last_write = loop.time()
-
-
-async def _watch_client(request: web.Request, job: process.Job) -> None:
-    """Kill the job if its client goes away while it prints nothing."""
-    while not job.finished.is_set():
-        await asyncio.sleep(_DISCONNECT_POLL)
-        if request.transport is None or request.transport.is_closing():
-            job.stop_reason = "client-gone"
-            process.killpg(job.pgid, signal.SIGKILL)
-            return
+    response = web.StreamResponse(headers={"Content-Type": protocol.FRAME_CONTENT_TYPE})
+    sent = False
+    run.followers += 1
+    try:
+        await response.prepare(request)
+        if run.job is not None:
+            await response.write(protocol.json_frame(protocol.START, {
+                "pid": run.job.pgid, "pgid": run.job.pgid, "offset": offset}))
+        async for data in run.log.follow(offset, _DISCONNECT_POLL):
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            if data:
+                await response.write(data)
+        await response.write_eof()
+        sent = run.log.ended and not run.log.removed
+        run.read = run.read or sent
+    except ConnectionResetError:
+        pass
+    finally:
+        run.followers -= 1
+        if owner and not sent and not run.detach and run.job is not None:
+            process.kill(run.job, "client-gone")
+    return response
 
 
 async def signal_run(request: web.Request) -> web.Response:
@@ -448,8 +507,9 @@ async def signal_run(request: web.Request) -> web.Response:
     """
     slot = _slot(request)
     body = await _body(request, bodies.signal_body)
-    job = slot.job
-    if job is None or slot.run_id != body.run_id or job.finished.is_set():
+    run = slot.run
+    job = run.job if run is not None and run.run_id == body.run_id else None
+    if job is None or job.finished.is_set():
         return web.json_response({"delivered": False, "running": False})
     delivered = process.killpg(job.pgid, body.signal)
     if delivered and body.signal in bodies.STOPPING:
@@ -521,8 +581,16 @@ async def shutdown(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-async def _kill_children_on_exit(app: web.Application) -> AsyncIterator[None]:
+async def _end_runs_on_exit(app: web.Application) -> AsyncIterator[None]:
+    """On the way out, kill the runs still going and remove what their slots kept."""
     yield
-    for slot in app[SLOTS]:
-        if slot.job is not None:
-            process.killpg(slot.job.pgid, signal.SIGKILL)
+    for run in _going(app):
+        if run.job is not None:
+            process.kill(run.job, "agent-exit")
+    slots = app[SLOTS]
+    for slot in slots:
+        if slot.run is not None:
+            slot.run.log.remove()
+    for folder in [*(slot.output for slot in slots), slots[0].output.parent]:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -29,11 +29,13 @@ class BadBody(ValueError):
 @dataclass(frozen=True)
 class ExecBody:
     """``POST /slots/{slot}/exec``'s JSON line: run ``argv`` with ``env`` added to the
-    agent's own, the rest of the body as its stdin."""
+    agent's own, the rest of the body as its stdin; a ``detach``-ed run goes on when its
+    client goes away."""
 
     run_id: str
     argv: list[str]
     env: dict[str, str]
+    detach: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,16 @@ def exec_body(raw: bytes) -> ExecBody:
     if "stdin" in body:
         raise BadBody("stdin is the rest of the exec body, after the JSON line; "
                       "send it there instead of as a JSON field")
+    detach = body.get("detach", False)
+    if not isinstance(detach, bool):
+        raise BadBody(f"detach must be true or false, got: {_shown(detach)}")
     return ExecBody(
         run_id=run_id,
         argv=[_os_text(arg, "argv items") for arg in argv],
         env={_os_text(name, "env names"): _os_text(value, f"the value of env {name!r}",
                                                     shown=False)
              for name, value in env.items()},
+        detach=detach,
     )
 
 

@@ -1,11 +1,12 @@
-"""One slot's process: start it in its own process group, pump its output, stop it.
+"""One slot's run: start its process in its own process group, record its output, stop it.
 
-Output is read in chunks as produced into a buffer bounded in bytes, so a slow client
-slows the process down instead of filling the agent's memory. A run ends
-when its main process exits; whatever it left in its process group (a ``cmd &`` holding
-stdout open) is killed after a short grace, so the run cannot hang on a straggler. What
-escaped the group with ``setsid`` is adopted by the agent (a subreaper) and killed once
-no slot is running (`kill_strays`).
+Output is read in chunks as produced into a buffer bounded in bytes, which `record`
+drains into the run's `output.RunLog`, whether or not a client follows it: a slow disk
+slows the process down, a slow client does not. A run ends when its main process exits;
+whatever it left in its process group (a ``cmd &`` holding stdout open) is killed after a
+short grace, so the run cannot hang on a straggler. What escaped the group with
+``setsid`` is adopted by the agent (a subreaper) and killed once no slot is running
+(`kill_strays`).
 
 `Job.exited` is set the moment the main process itself exits, while a straggler may still
 hold the pipes open.
@@ -26,9 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import protocol
+from . import output, protocol, workspace
 
 STRAGGLER_GRACE = 0.5
+STOP_GRACE = 2.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+FLUSH_INTERVAL = 0.05
 PR_SET_CHILD_SUBREAPER = 36
 BUFFER_LIMIT = 4 * 1024 * 1024
 SMALL_READ = 16 * 1024
@@ -92,12 +96,13 @@ class OutputBuffer:
             await self._ready.wait()
         return bool(self._items)
 
-    def take(self) -> tuple[int, bytes]:
-        """Everything buffered, as frames (one per stream switch), and its output size."""
+    def take(self) -> tuple[int, list[tuple[int, list[bytes]]]]:
+        """Everything buffered, as (kind, chunks) groups (one per stream switch), and its
+        output size."""
         items, size = self._items, self.size
         self._items, self.size = [], 0
         self._room.set()
-        return size, protocol.frames(items)
+        return size, items
 
 
 @dataclass(eq=False)
@@ -121,17 +126,57 @@ class Job:
 
 
 @dataclass(eq=False)
+class Run:
+    """A run of a slot: its output ``log``, its ``job`` once started, whether it goes on
+    when its client goes away (``detach``), how many clients follow its output now, and
+    whether one has read its end."""
+
+    run_id: str
+    detach: bool
+    log: output.RunLog
+    job: Job | None = None
+    recorder: asyncio.Future[None] | None = None
+    followers: int = 0
+    read: bool = False
+
+    def start(self, job: Job, workspace_path: Path) -> None:
+        """Record ``job``, started for this run in ``workspace_path``, until it ends."""
+        self.job = job
+        self.recorder = asyncio.ensure_future(record(self, workspace_path))
+
+    @property
+    def kept_for_a_client(self) -> bool:
+        """Whether the agent holds this run for a client to come: a detached run that is
+        going, or whose end no client has read yet."""
+        return self.detach and not (self.log.ended and self.read)
+
+
+@dataclass(eq=False)
 class Slot:
-    """A workspace directory and at most one job."""
+    """A workspace directory, its running or last `Run`, and the folder of its output."""
 
     index: int
     path: Path
-    run_id: str | None = None
-    job: Job | None = None
+    output: Path
+    run: Run | None = None
 
     @property
     def busy(self) -> bool:
-        return self.run_id is not None
+        """Whether a run is going (from its exec's arrival to its EXIT frame)."""
+        return self.run is not None and not self.run.log.ended
+
+    def begin(self, run_id: str, detach: bool, output_limit: int) -> Run:
+        """Make ``run_id`` the slot's run; its last run's output goes."""
+        if self.run is not None:
+            self.run.log.remove()
+        self.run = Run(run_id, detach, output.RunLog(self.output, output_limit))
+        return self.run
+
+    def abandon(self, run: Run) -> None:
+        """Forget ``run``, which never started."""
+        run.log.remove()
+        if self.run is run:
+            self.run = None
 
 
 def become_subreaper() -> bool:
@@ -176,6 +221,24 @@ def killpg(pgid: int, sig: int) -> bool:
     return True
 
 
+def kill(job: Job, reason: str) -> None:
+    """SIGKILL the job's process group; its EXIT frame gives ``reason`` unless it has one."""
+    job.stop_reason = job.stop_reason or reason
+    killpg(job.pgid, signal.SIGKILL)
+
+
+async def stop(job: Job, reason: str, grace: float = STOP_GRACE) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL to the job's process group, each given ``grace``
+    seconds to end it, as the kernel's cancel escalates; its EXIT frame gives ``reason``
+    unless it has one."""
+    job.stop_reason = job.stop_reason or reason
+    for sig in STOP_SIGNALS:
+        if job.finished.is_set() or not killpg(job.pgid, sig):
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(job.finished.wait(), grace)
+
+
 def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: IO[bytes]) -> Job:
     """Start ``argv`` in ``cwd`` as the leader of a new process group, ``stdin`` as its input.
 
@@ -193,6 +256,54 @@ def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: IO[bytes]) -> 
     job = Job(popen)
     _watch_exit(asyncio.get_running_loop(), job)
     return job
+
+
+async def record(run: Run, workspace_path: Path) -> None:
+    """Keep the run's output in its log as it comes, then its EXIT payload (with whether
+    ``workspace_path`` is empty and the output's size)."""
+    job = run.job
+    assert job is not None
+    out = OutputBuffer()
+    pumper = asyncio.ensure_future(_pump_then_close(job, out))
+    try:
+        await _keep(out, run.log)
+        info = await pumper
+    finally:
+        if not pumper.done():
+            kill(job, "agent-exit")
+            pumper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pumper
+    run.log.end({**info, "workspace_empty": workspace.is_empty(workspace_path),
+                 "bytes": run.log.size})
+
+
+async def _pump_then_close(job: Job, out: OutputBuffer) -> dict[str, Any]:
+    try:
+        return await pump(job, out)
+    finally:
+        out.close()
+
+
+async def _keep(out: OutputBuffer, log: output.RunLog) -> None:
+    """Move output frames from ``out`` to ``log`` until the run's output ends.
+
+    Output after a quiet spell is kept at once; while it trickles in, appends are at least
+    `FLUSH_INTERVAL` apart and carry everything gathered meanwhile, so a chatty run costs
+    its followers ~20 frames a second, not one per ``print``. A flood is kept as fast as
+    it comes.
+    """
+    loop = asyncio.get_running_loop()
+    rate = RateMeter()
+    last_append = -FLUSH_INTERVAL
+    while await out.wait():
+        pause = last_append + FLUSH_INTERVAL - loop.time()
+        if pause > 0 and not rate.flooding:
+            await asyncio.sleep(pause)
+        size, groups = out.take()
+        rate.add(size)
+        log.append(groups)
+        last_append = loop.time()
 
 
 async def pump(job: Job, out: OutputBuffer) -> dict[str, Any]:

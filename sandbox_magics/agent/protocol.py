@@ -1,8 +1,14 @@
 """The agent's wire protocol, shared by the agent and its client (stdlib only).
 
-``POST /v1/slots/{slot}/exec`` answers with a stream of frames: a 5-byte header
-(kind: 1 byte, payload length: 4 bytes big-endian) and the payload. ``START`` and ``EXIT``
-carry JSON; ``STDOUT``/``STDERR`` carry raw bytes as the process produced them.
+``POST /v1/slots/{slot}/exec`` and ``GET /v1/slots/{slot}/runs/{run_id}/output`` answer
+with a stream of frames: a 5-byte header (kind: 1 byte, payload length: 4 bytes
+big-endian) and the payload. ``START``, ``EXIT`` and ``DROPPED`` carry JSON;
+``STDOUT``/``STDERR`` carry raw bytes as the process produced them.
+
+A run's output offsets count the bytes of its STDOUT and STDERR payloads together, in the
+order the run wrote them. START says at which offset the stream's output begins;
+DROPPED (``{"offset": ..., "dropped": ...}``) stands for output the agent no longer keeps
+and says at which offset the output goes on.
 """
 
 from __future__ import annotations
@@ -19,23 +25,15 @@ START = 0
 STDOUT = 1
 STDERR = 2
 EXIT = 3
+DROPPED = 4
 
 HEADER = struct.Struct(">BI")
 MAX_CHUNK = 64 * 1024
 EXIT_NOT_FOUND = 127
 
 
-def frame(kind: int, payload: bytes) -> bytes:
+def frame(kind: int, payload: bytes | memoryview) -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
-
-
-def frames(groups: list[tuple[int, list[bytes]]]) -> bytes:
-    """One frame per (kind, chunks) group, all joined in a single copy."""
-    parts: list[bytes] = []
-    for kind, chunks in groups:
-        parts.append(HEADER.pack(kind, sum(len(chunk) for chunk in chunks)))
-        parts.extend(chunks)
-    return b"".join(parts)
 
 
 def json_frame(kind: int, data: dict[str, Any]) -> bytes:

@@ -35,13 +35,32 @@ class Reply(NamedTuple):
 
 @dataclass
 class Result:
-    """What one exec streamed: START, the output, EXIT, and when each frame arrived."""
+    """What one stream of frames held: START, the output (each stream, and all of it in
+    order as (kind, bytes) frames), DROPPED frames, EXIT, and when each frame arrived."""
 
     start: dict[str, Any] | None = None
     stdout: bytes = b""
     stderr: bytes = b""
+    output: list[tuple[int, bytes]] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
     exit: dict[str, Any] | None = None
     times: list[float] = field(default_factory=list)
+
+    def add(self, kind: int, payload: bytes) -> None:
+        """Take in one frame."""
+        self.times.append(time.monotonic())
+        if kind == protocol.START:
+            self.start = json.loads(payload)
+        elif kind == protocol.STDOUT:
+            self.stdout += payload
+        elif kind == protocol.STDERR:
+            self.stderr += payload
+        elif kind == protocol.EXIT:
+            self.exit = json.loads(payload)
+        elif kind == protocol.DROPPED:
+            self.dropped.append(json.loads(payload))
+        if kind in (protocol.STDOUT, protocol.STDERR):
+            self.output.append((kind, payload))
 
     @property
     def exit_code(self) -> int | None:
@@ -52,11 +71,13 @@ class Result:
 
 @dataclass
 class Agent:
-    """An agent process listening on ``port``, serving workspaces below ``root``."""
+    """An agent listening on ``port``, serving workspaces below ``root``: process ``pid``,
+    started by ``process`` (the agent itself, or the parent it watches)."""
 
     process: subprocess.Popen[bytes]
     port: int
     root: Path
+    pid: int
 
     def slot(self, index: int) -> Path:
         return self.root / f"slot-{index}"
@@ -113,11 +134,21 @@ class Agent:
     def frames(self, slot: int, body: bytes | Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
         """POST an exec body (`exec_body`) and yield its frames as they arrive; fail on any
         answer but 200."""
-        conn = self._send("POST", f"/slots/{slot}/exec", body, TOKEN, None)
+        return self.stream("POST", f"/slots/{slot}/exec", body)
+
+    def output_frames(self, slot: int, run_id: str, offset: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Follow a run's output from ``offset``: yield its frames as they arrive."""
+        return self.stream("GET", f"/slots/{slot}/runs/{run_id}/output?offset={offset}")
+
+    def stream(self, method: str, path: str,
+               body: bytes | Iterable[bytes] | None = None) -> Iterator[tuple[int, bytes]]:
+        """Send one request below ``/v1`` and yield the frames of its answer as they
+        arrive; fail on any answer but 200. Closing the generator closes the connection."""
+        conn = self._send(method, path, body, TOKEN, None)
         try:
             resp = conn.getresponse()
             if resp.status != 200:
-                raise AssertionError(f"exec answered {resp.status}: {resp.read()!r}")
+                raise AssertionError(f"{method} {path} answered {resp.status}: {resp.read()!r}")
             while header := resp.read(protocol.HEADER.size):
                 kind, length = protocol.HEADER.unpack(header)
                 yield kind, resp.read(length)
@@ -130,18 +161,17 @@ class Agent:
 
     def run_body(self, slot: int, body: bytes | Iterable[bytes]) -> Result:
         """POST an exec body (`exec_body`) to ``slot`` and collect every frame."""
-        result = Result()
-        for kind, payload in self.frames(slot, body):
-            result.times.append(time.monotonic())
-            if kind == protocol.START:
-                result.start = json.loads(payload)
-            elif kind == protocol.STDOUT:
-                result.stdout += payload
-            elif kind == protocol.STDERR:
-                result.stderr += payload
-            elif kind == protocol.EXIT:
-                result.exit = json.loads(payload)
-        return result
+        return collect(self.frames(slot, body))
+
+    def replay(self, slot: int, run_id: str, offset: int = 0) -> Result:
+        """A run's output from ``offset``, followed to its end, every frame collected."""
+        return collect(self.output_frames(slot, run_id, offset))
+
+    def state(self, slot: int, run_id: str) -> dict[str, Any]:
+        """The run-state route's answer; fails unless it is a 200."""
+        reply = self.request("GET", f"/slots/{slot}/runs/{run_id}")
+        assert reply.status == 200, reply
+        return reply.json()  # type: ignore[no-any-return]
 
     @property
     def log(self) -> str:
@@ -153,6 +183,14 @@ class Agent:
         self.process.wait()
         assert self.process.stdout is not None
         self.process.stdout.close()
+
+
+def collect(frames: Iterable[tuple[int, bytes]]) -> Result:
+    """Every frame of a stream, taken into one `Result`."""
+    result = Result()
+    for kind, payload in frames:
+        result.add(kind, payload)
+    return result
 
 
 def exec_line(run_id: str = "r1", **fields: Any) -> bytes:
@@ -169,12 +207,27 @@ def exec_body(script: str | bytes, run_id: str = "r1", **fields: Any) -> bytes:
 def start_agent(root: Path, *extra: str, slots: int = 2) -> Agent:
     """Start an agent with ``slots`` workspaces below ``root``; its stderr goes to
     ``root/agent.log``, beside the workspaces."""
+    return _start([], root, extra, slots)
+
+
+def start_agent_under_a_parent(root: Path, *extra: str, slots: int = 2) -> Agent:
+    """Start an agent as `start_agent` does, but from a parent process that it watches
+    (``--parent-pid``), as a kernel starts it; the `Agent`'s ``process`` is that parent,
+    for the test to kill."""
+    parent = ("import os, subprocess, sys, time; "
+              "subprocess.Popen(sys.argv[1:] + ['--parent-pid', str(os.getpid())]); time.sleep(600)")
+    return _start([sys.executable, "-c", parent], root, extra, slots)
+
+
+def _start(launcher: list[str], root: Path, extra: Iterable[str], slots: int) -> Agent:
+    """Start an agent through ``launcher`` (which runs the argv it is given, its output
+    going where the launcher's goes), and wait for its ready line."""
     env = {**os.environ, protocol.TOKEN_ENV: TOKEN}
-    argv = [sys.executable, "-m", "sandbox_magics.agent", "--root", str(root),
+    argv = [*launcher, sys.executable, "-m", "sandbox_magics.agent", "--root", str(root),
             "--slots", str(slots), *extra]
     root.mkdir(parents=True, exist_ok=True)
     with open(root / LOG_NAME, "wb") as log:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=env)
     assert process.stdout is not None
     ready = json.loads(process.stdout.readline())
-    return Agent(process, ready["port"], root)
+    return Agent(process, ready["port"], root, ready["pid"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_magics.agent import protocol
-from tests.agent.agent_driver import TOKEN, Agent, exec_body, start_agent
+from tests.agent.agent_driver import Agent, exec_body, start_agent, start_agent_under_a_parent
 from tests.kernel_driver import pid_alive, wait_until
 
 
@@ -98,21 +97,10 @@ def test_agent_exits_after_idle_timeout(tmp_path: Path) -> None:
 
 
 def test_agent_exits_when_its_parent_dies(tmp_path: Path) -> None:
-    code = (
-        "import subprocess, sys, os, json;"
-        f"p = subprocess.Popen([sys.executable, '-m', 'sandbox_magics.agent', '--root', {str(tmp_path)!r},"
-        " '--parent-pid', str(os.getpid())], stdout=subprocess.PIPE);"
-        "print(json.loads(p.stdout.readline())['pid'], flush=True); import time; time.sleep(60)"
-    )
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                              env={**os.environ, protocol.TOKEN_ENV: TOKEN})
-    assert parent.stdout is not None
-    agent_pid = int(parent.stdout.readline())
-    assert pid_alive(agent_pid)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    parent.stdout.close()
-    assert wait_until(lambda: not pid_alive(agent_pid), 15)
+    agent = start_agent_under_a_parent(tmp_path)
+    assert pid_alive(agent.pid)
+    agent.stop()
+    assert wait_until(lambda: not pid_alive(agent.pid), 15)
 
 
 def test_agent_refuses_to_start_without_a_token(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Random and malformed requests to one real agent: never a 5xx, the agent stays healthy,
-and nothing beside the slot workspaces is created or changed.
+and nothing beside the slot workspaces and the runs' kept output is created or changed.
 
 Slot 0 holds lures that lead out of it (a symlink to a sentinel folder beside the root, a
 symlink and a hard link to a file in it); they are put back before each example, since
@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from sandbox_magics.agent import protocol
+from sandbox_magics.agent.app import OUTPUT_FOLDER
 from tests.agent.agent_driver import LOG_NAME, TOKEN, start_agent
 
 SAFE_PROGRAMS = ["true", "false", "echo", "cat", "printf", "no-such-program", "./missing", "/"]
@@ -112,12 +113,12 @@ headers = _mostly(st.just({}), st.dictionaries(
 
 
 def _snapshot(base: Path, root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every entry below ``base`` except the slot workspaces and the agent's log: folders
-    by name, files by mode, size, modification time and content."""
+    """Every entry below ``base`` except the slot workspaces, the runs' kept output and the
+    agent's log: folders by name, files by mode, size, modification time and content."""
     seen: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(base):
         if Path(dirpath) == root:
-            dirnames[:] = [d for d in dirnames if not d.startswith("slot-")]
+            dirnames[:] = [d for d in dirnames if not d.startswith("slot-") and d != OUTPUT_FOLDER]
             filenames = [f for f in filenames if f != LOG_NAME]
         for name in dirnames:
             seen[os.path.relpath(os.path.join(dirpath, name), base)] = ("folder",)

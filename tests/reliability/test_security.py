@@ -45,7 +45,7 @@ def agent_routes(root: Path) -> list[tuple[str, str]]:
     """(method, path) of every route of the agent's app, placeholders filled in; the
     catch-all route is tried with every method on a path no other route takes."""
     app = make_app("unused", root, 1, asyncio.Event())
-    fill = {"{slot}": "0", "{path}": "target.txt", "{tail}": "v1/nowhere"}
+    fill = {"{slot}": "0", "{run_id}": "r1", "{path}": "target.txt", "{tail}": "v1/nowhere"}
     routes = []
     for route in app.router.routes():
         path = route.resource.canonical if route.resource else ""
