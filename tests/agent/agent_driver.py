@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -204,10 +204,11 @@ def exec_body(script: str | bytes, run_id: str = "r1", **fields: Any) -> bytes:
     return exec_line(run_id, **fields) + stdin
 
 
-def start_agent(root: Path, *extra: str, slots: int = 2) -> Agent:
+def start_agent(root: Path, *extra: str, slots: int = 2, launcher: Sequence[str] = ()) -> Agent:
     """Start an agent with ``slots`` workspaces below ``root``; its stderr goes to
-    ``root/agent.log``, beside the workspaces."""
-    return _start([], root, extra, slots)
+    ``root/agent.log``, beside the workspaces. A ``launcher`` (a command that runs the
+    argv it is given) starts it, if given."""
+    return _start(list(launcher), root, extra, slots)
 
 
 def start_agent_under_a_parent(root: Path, *extra: str, slots: int = 2) -> Agent:

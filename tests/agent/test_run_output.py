@@ -183,6 +183,23 @@ def test_past_its_limit_the_log_keeps_the_head_and_the_latest_and_says_what_it_d
         agent.stop()
 
 
+def test_where_the_disk_refuses_the_output_the_log_goes_on_in_memory(tmp_path: Path) -> None:
+    small_files = ["bash", "-c", 'ulimit -f 256 && exec "$@"', "launcher"]  # 256 KiB a file
+    agent = start_agent(tmp_path / "root", launcher=small_files)
+    try:
+        script = "for i in $(seq 30000); do printf '%099d\\n' $i; [ $((i % 7)) = 0 ] && echo $i >&2; done; exit 0"
+        streamed = agent.run(0, script, run_id="full")
+        assert streamed.exit_code == 0 and len(streamed.stdout) == 3_000_000
+        sizes = [f.stat().st_size for f in (agent.root / OUTPUT_FOLDER / "slot-0").iterdir()]
+        assert sizes and max(sizes) <= 256 * 1024 and sum(sizes) < len(streamed.stdout)
+        for offset in (0, 256 * 1024 - 3, 1_000_001):
+            replayed = agent.replay(0, "full", offset)
+            assert merged(replayed.output) == from_offset(streamed.output, offset), offset
+            assert replayed.dropped == [] and replayed.exit == streamed.exit
+    finally:
+        agent.stop()
+
+
 def test_the_next_exec_in_the_slot_replaces_the_kept_run(agent: Agent) -> None:
     agent.run(0, "echo one", run_id="first")
     agent.run(0, "echo two", run_id="second")
