@@ -14,6 +14,7 @@ import secrets
 import signal
 import sys
 import tracemalloc
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -415,39 +416,56 @@ def test_a_nomad_that_answers_too_slowly_is_one_sentence(cluster: Cluster, prefi
     assert cluster.jobs(prefix) == []
 
 
+ACL_TOKEN = str(uuid.uuid4())        # a Nomad token's secret ID is a UUID
+
+
 @pytest.fixture(scope="module")
 def acl_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    running = start_standin(tmp_path_factory.mktemp("nomad-acl"), token="s3cret-acl-token")
+    running = start_standin(tmp_path_factory.mktemp("nomad-acl"), token=ACL_TOKEN)
     yield running
     running.stop()
 
 
 def test_a_token_nomad_refuses_is_one_sentence_that_names_the_variable_not_the_token(
         acl_cluster: Cluster, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEAM_NOMAD_TOKEN", "wrong-token-value")
-    monkeypatch.setenv("NOMAD_TOKEN", "s3cret-acl-token")   # not the variable the profile names
-    message, _ = start_failure(profile(acl_cluster, prefix,
-                                       nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
-    assert "refused the submission of job" in message, message
-    assert ("with the token in $TEAM_NOMAD_TOKEN (403 Permission denied); set "
-            "$TEAM_NOMAD_TOKEN to a token whose policy") in message, message
-    assert "wrong-token-value" not in message
+    unknown = str(uuid.uuid4())
+    monkeypatch.setenv("TEAM_NOMAD_TOKEN", unknown)
+    monkeypatch.setenv("NOMAD_TOKEN", ACL_TOKEN)   # not the variable the profile names
+    p = profile(acl_cluster, prefix, nomad={"token_env": "TEAM_NOMAD_TOKEN"})
+    message, _ = start_failure(p)
+    assert re.fullmatch(
+        rf"Nomad at {acl_cluster.address} refused the submission of job {prefix}\S+ with the "
+        r"token in \$TEAM_NOMAD_TOKEN \(403 Permission denied\): Nomad does not know that "
+        r"token, or its policy does not allow this; set \$TEAM_NOMAD_TOKEN to a token whose "
+        r"policy may submit, list and read jobs and read their logs in namespace 'default'\.",
+        message), message
     monkeypatch.delenv("TEAM_NOMAD_TOKEN")
-    message, _ = start_failure(profile(acl_cluster, prefix,
-                                       nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
-    assert "with no token ($TEAM_NOMAD_TOKEN is not set)" in message, message
+    message, _ = start_failure(p)
+    assert "with no token ($TEAM_NOMAD_TOKEN is not set; 403 Permission denied); set " \
+        "$TEAM_NOMAD_TOKEN to a token whose policy" in message, message
 
-    monkeypatch.setenv("TEAM_NOMAD_TOKEN", "s3cret-acl-token")
-
-    async def scenario() -> None:
-        backend, sandbox = await started(profile(acl_cluster, prefix,
-                                                 nomad={"token_env": "TEAM_NOMAD_TOKEN"}))
-        process = await sandbox.exec(0, ExecRequest("r", ("sh",), {}, "echo ok"))
-        events, exited = await collect(process)
-        assert text(events) == "ok\n" and exited.exit_code == 0
-        await sandbox.terminate()
-        await backend.aclose()
-    run(scenario)
+    async def scenario() -> str:
+        monkeypatch.setenv("TEAM_NOMAD_TOKEN", ACL_TOKEN)
+        backend, sandbox = await started(p)
+        try:
+            events, exited = await collect(await sandbox.exec(0, ExecRequest(
+                "r", ("sh",), {}, "echo ok")))
+            assert text(events) == "ok\n" and exited.exit_code == 0
+            monkeypatch.setenv("TEAM_NOMAD_TOKEN", unknown)     # deleted since, or expired
+            with pytest.raises(SandboxError) as info:
+                await sandbox.log()
+            return str(info.value)
+        finally:
+            monkeypatch.setenv("TEAM_NOMAD_TOKEN", ACL_TOKEN)
+            await sandbox.terminate()
+            await backend.aclose()
+    message = run(scenario)
+    assert re.fullmatch(
+        rf"Nomad at {acl_cluster.address} refused the log of allocation [0-9a-f]{{8}}: it does "
+        r"not accept the token in \$TEAM_NOMAD_TOKEN \(500 ACL token not found\); set "
+        r"\$TEAM_NOMAD_TOKEN to the secret ID of a current token \(it may have expired or been "
+        r"deleted\)\.", message), message
+    assert unknown not in message and ACL_TOKEN not in message
 
 
 async def lost_mid_run(sandbox: NomadSandbox, hit: Callable[[], object]) -> str:

@@ -16,11 +16,14 @@ task directory of their own, their output in ``alloc/logs/<task>.stdout.0`` as N
 writes it and served as frames by ``/v1/client/fs/logs``.
 
 What a cluster does, it does: registration validated as Nomad validates it (`validation`:
-minimum resources, constraint operands and regular expressions, in Nomad's words), ACL tokens (``X-Nomad-Token``; a wrong one is a 403
-"Permission denied"), blocking queries (``index``/``wait``, ``X-Nomad-Index``), placement
-against the node's free CPU and memory (an evaluation that cannot place records
-``FailedTGAllocs`` and a blocked evaluation), datacenter, node pool, constraint and device
-checks, restart and reschedule policies (attempts 0: a task that exits ends its
+minimum resources, constraint operands and regular expressions, in Nomad's words), ACL
+tokens (``X-Nomad-Token``: one management token, a UUID; others are refused with Nomad's
+bodies, "Permission denied" or, on client endpoints, "ACL token not found"), blocking
+queries (``index``/``wait``, ``X-Nomad-Index``), placement against the node's free CPU and
+memory (an evaluation that cannot place records ``FailedTGAllocs`` and a blocked
+evaluation, processed again whenever an allocation ends and so frees room), datacenter,
+node pool, constraint and device checks (the node has no devices: "missing devices"),
+restart and reschedule policies (attempts 0: a task that exits ends its
 allocation), memory limits (a task tree above its ``MemoryMB`` is OOM killed), kill
 signals and timeouts, ``alloc stop`` (the allocation is replaced, as a migration is), and
 deregistration with ``purge``.
@@ -131,6 +134,8 @@ class StandIn:
 
     def __init__(self, root: Path, token: str | None = None, cpu_mhz: int = 16000,
                  memory_mb: int = 32768, node_address: str = "127.0.0.1") -> None:
+        if token is not None and not _is_uuid(token):
+            raise ValueError("a Nomad ACL token's secret ID is a UUID")
         self.root = root
         self.token = token
         self.cpu_mhz = cpu_mhz
@@ -228,9 +233,29 @@ class StandIn:
             await request.read()      # the request as sent, before any delay
         if self.faults.get("delay"):
             await asyncio.sleep(float(self.faults["delay"]))
-        if self.token is not None and request.headers.get("X-Nomad-Token") != self.token:
+        refusal = self._refusal(request.path, request.headers.get("X-Nomad-Token", ""))
+        return refusal or await handler(request)
+
+    def _refusal(self, path: str, secret: str) -> web.Response | None:
+        """How Nomad refuses a request whose token is not the management one (None: it may).
+
+        A server endpoint answers any failed authentication with ``ErrPermissionDenied``
+        (``authErr`` in nomad/job_endpoint.go, alloc_endpoint.go, eval_endpoint.go,
+        node_endpoint.go), which command/agent/http.go sends as 403 "Permission denied".
+        A client endpoint (``/v1/client/``) resolves the token through ``ACL.WhoAmI``
+        (client/acl.go): an unknown secret is "ACL token not found" and one that is no
+        UUID a claim that fails to parse (nomad/auth/auth.go, nomad/encrypter.go), both
+        streamed back without a code, so 500 (command/agent/fs_endpoint.go); the anonymous
+        token has no read-logs: 403 "Permission denied".
+        """
+        if self.token is None or secret == self.token:
+            return None
+        if not path.startswith("/v1/client/") or not secret:
             return web.Response(status=403, text="Permission denied")
-        return await handler(request)
+        if _is_uuid(secret):
+            return web.Response(status=500, text="ACL token not found")
+        return web.Response(status=500, text="failed to parse signed token: go-jose/go-jose: "
+                                             "compact JWS format must have three parts")
 
     async def _blocking(self, request: web.Request) -> None:
         """Hold a blocking query until the state changes past ``index`` or ``wait`` passes."""
@@ -1023,6 +1048,11 @@ class StandIn:
             {"alloc": a.data["ID"], "job": a.data["JobID"], "task": t.name, "pid": t.process.pid}
             for a in self.allocs.values() for t in a.tasks.values()
             if t.process is not None and t.process.returncode is None])
+
+
+def _is_uuid(text: str) -> bool:
+    """``helper.IsUUID``: 36 characters, hex digits and dashes in UUID form."""
+    return re.fullmatch(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}", text) is not None
 
 
 def _glob(pattern: str, value: str) -> bool:

@@ -30,13 +30,14 @@ import nomad.api.exceptions as nomad_errors
 import requests
 
 from ... import __version__
+from ...exceptions import SandboxError
 from ._settings import Settings
 
 USER_AGENT = f"sandbox_magics/{__version__} python-nomad/2.1.0"
 LOG_READ = 64 * 1024
 
 
-class NomadAPIError(Exception):
+class NomadAPIError(SandboxError):
     """A Nomad API call failed; the message is one sentence naming the cause."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -88,13 +89,9 @@ class NomadAPI:
         resp = getattr(exc, "nomad_resp", None)
         if isinstance(resp, requests.Response):
             body = " ".join(resp.text.split())[:300] or resp.reason
-            if resp.status_code == 403:
-                given = (f"the token in ${self.settings.token_env}" if self._token
-                         else f"no token (${self.settings.token_env} is not set)")
-                return NomadAPIError(
-                    f"Nomad at {self.address} refused {what} with {given} ({resp.status_code} "
-                    f"{body}); set ${self.settings.token_env} to a token whose policy may "
-                    f"submit and read jobs in namespace {self.namespace or 'default'!r}.", 403)
+            refusal = self._acl_refusal(resp.status_code, body, what)
+            if refusal:
+                return refusal
             if resp.status_code == 404:
                 return NotFound(f"Nomad at {self.address} has no {what} (404 {body}).", 404)
             return NomadAPIError(f"Nomad at {self.address} refused {what} "
@@ -107,6 +104,31 @@ class NomadAPI:
         reason = connection_reason(cause)
         return NomadAPIError(f"Nomad at {self.address} cannot be reached ({reason}); check the "
                              "profile's nomad address (or $NOMAD_ADDR) and that Nomad runs.")
+
+    def _acl_refusal(self, status: int, body: str, what: str) -> NomadAPIError | None:
+        """Nomad's ACL refusals as one sentence, None for any other answer. Server
+        endpoints say "Permission denied" (403) for a token they do not know as for one
+        whose policy forbids the call; client endpoints (logs) say "ACL token not found"
+        or "ACL token expired", with a 500 (command/agent/http.go, client/acl.go)."""
+        env = f"${self.settings.token_env}"
+        namespace = repr(self.namespace or "default")
+        if body in ("ACL token not found", "ACL token expired"):
+            return NomadAPIError(
+                f"Nomad at {self.address} refused {what}: it does not accept the token in "
+                f"{env} ({status} {body}); set {env} to the secret ID of a current token "
+                "(it may have expired or been deleted).", status)
+        if body != "Permission denied":
+            return None
+        if not self._token:
+            return NomadAPIError(
+                f"Nomad at {self.address} refused {what} with no token ({env} is not set; "
+                f"{status} {body}); set {env} to a token whose policy may submit, list and "
+                f"read jobs and read their logs in namespace {namespace}.", status)
+        return NomadAPIError(
+            f"Nomad at {self.address} refused {what} with the token in {env} ({status} "
+            f"{body}): Nomad does not know that token, or its policy does not allow this; set "
+            f"{env} to a token whose policy may submit, list and read jobs and read their logs "
+            f"in namespace {namespace}.", status)
 
     def _do(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         try:
