@@ -6,6 +6,12 @@ An exec sends one line of JSON, then the run's stdin encoded a slice at a time, 
 of any size goes out without a second copy of it in memory. It returns an `AgentProcess`:
 the agent's frame stream, read as the command runs, and its ``signal`` route for the
 core's escalation.
+
+The agent keeps each slot's last run, so a run can be found again by its id, from this
+kernel or a later one: `AgentSandbox.run_state` says how it stands (`AgentRunState`), and
+`AgentSandbox.output` follows its output from any offset as the same `AgentProcess` an
+exec returns (its ``offset`` says how far the output read so far goes, for the next
+call to go on from). A run exec'd with ``detach`` goes on when its stream is closed.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
@@ -30,6 +38,25 @@ STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=N
 STDIN_SLICE = 256 * 1024
 _LOST = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError,
          ConnectionError)
+
+
+@dataclass(frozen=True)
+class AgentRunState:
+    """How the agent keeps a run of a slot: ``running`` or ``ended`` (then ``exited`` says
+    how); whether it was exec'd ``detached``; ``bytes`` of output so far, of which
+    ``dropped`` are no longer kept; how many clients follow its output now; whether a
+    client has read its end."""
+
+    run_id: str
+    slot: int
+    state: Literal["running", "ended"]
+    detached: bool
+    pgid: int | None
+    bytes: int
+    dropped: int
+    followers: int
+    read: bool
+    exited: Exited | None
 
 
 class AgentSandbox(Sandbox):
@@ -70,11 +97,45 @@ class AgentSandbox(Sandbox):
         stdin = request.stdin or ""
         _check_utf8(stdin, request.run_id)
         line = json.dumps({"run_id": request.run_id, "argv": list(request.argv),
-                           "env": dict(request.env)}).encode() + b"\n"
+                           "env": dict(request.env), "detach": request.detach}).encode() + b"\n"
+        return await self._stream("POST", f"/slots/{slot}/exec", slot, request.run_id,
+                                  data=_exec_body(line, stdin))
+
+    async def output(self, slot: int, run_id: str, offset: int = 0) -> AgentProcess:
+        """Follow the output of ``run_id``, the run the agent keeps for ``slot``, from
+        ``offset`` bytes on: what is kept, then live until it ends, as the `AgentProcess`
+        an exec returns (Started only if its process started; output the agent no longer
+        keeps stands as one line on stderr).
+
+        Raises:
+            AgentRequestError: the slot keeps no such run (status 404), or ``offset`` is
+                past its output (400).
+            SandboxLostError: the sandbox could not be reached.
+        """
+        return await self._stream("GET", f"/slots/{slot}/runs/{_segment(run_id)}/output",
+                                  slot, run_id, params={"offset": str(offset)})
+
+    async def run_state(self, slot: int, run_id: str) -> AgentRunState:
+        """How the agent keeps ``run_id``, the run of ``slot``.
+
+        Raises:
+            AgentRequestError: the slot keeps no such run (status 404).
+            SandboxLostError: the sandbox could not be reached.
+        """
+        info = await self._request("GET", f"/slots/{slot}/runs/{_segment(run_id)}")
+        return AgentRunState(
+            run_id=info["run_id"], slot=info["slot"], state=info["state"],
+            detached=info["detached"], pgid=info["pgid"], bytes=info["bytes"],
+            dropped=info["dropped"], followers=info["followers"], read=info["read"],
+            exited=_exited(info["exit"]) if info["exit"] is not None else None)
+
+    async def _stream(self, method: str, path: str, slot: int, run_id: str,
+                      **kwargs: Any) -> AgentProcess:
+        """Send a request answered with frames; return the `AgentProcess` reading them."""
         try:
-            resp = await self._session.post(f"{self.base_url}/slots/{slot}/exec",
-                                            data=_exec_body(line, stdin), headers=self._headers,
-                                            timeout=STREAM_TIMEOUT)
+            resp = await self._session.request(method, URL(self.base_url + path, encoded=True),
+                                               headers=self._headers, timeout=STREAM_TIMEOUT,
+                                               **kwargs)
         except _LOST as exc:
             raise SandboxLostError(await self.explain_loss(
                 f"Sandbox {self.id} stopped answering ({_broken(exc)}).")) from None
@@ -83,7 +144,7 @@ class AgentSandbox(Sandbox):
         except BaseException:
             resp.release()
             raise
-        return AgentProcess(self, slot, request.run_id, resp)
+        return AgentProcess(self, slot, run_id, resp)
 
     async def signal(self, slot: int, run_id: str, sig: int) -> bool:
         """Deliver ``sig`` to the process group of ``run_id`` in ``slot``."""
@@ -136,12 +197,14 @@ class AgentSandbox(Sandbox):
 
 
 class AgentProcess(Process):
-    """A command the agent runs: its frames, read from the exec response as they come."""
+    """A command the agent runs: its frames, read from the exec (or output) response as
+    they come. ``offset`` is the run's output offset the output read so far reaches."""
 
     def __init__(self, sandbox: AgentSandbox, slot: int, run_id: str,
                  resp: aiohttp.ClientResponse) -> None:
         self._sandbox, self._slot, self._run_id, self._resp = sandbox, slot, run_id, resp
         self.returncode: int | None = None
+        self.offset = 0
 
     async def __aiter__(self) -> AsyncIterator[ExecEvent]:
         content = self._resp.content
@@ -149,17 +212,21 @@ class AgentProcess(Process):
             while True:
                 kind, length = protocol.HEADER.unpack(await content.readexactly(protocol.HEADER.size))
                 payload = await content.readexactly(length) if length else b""
-                if kind == protocol.STDOUT:
-                    yield Output("stdout", payload)
-                elif kind == protocol.STDERR:
-                    yield Output("stderr", payload)
+                if kind in (protocol.STDOUT, protocol.STDERR):
+                    self.offset += len(payload)
+                    yield Output("stdout" if kind == protocol.STDOUT else "stderr", payload)
                 elif kind == protocol.START:
-                    yield Started(json.loads(payload).get("pgid"))
-                elif kind == protocol.EXIT:
                     info = json.loads(payload)
-                    self.returncode = info.get("exit_code")
-                    yield Exited(info.get("exit_code"), info.get("signal"), info.get("reason"),
-                                 info.get("error"), info.get("workspace_empty"))
+                    self.offset = info.get("offset", 0)
+                    yield Started(info.get("pgid"))
+                elif kind == protocol.DROPPED:
+                    info = json.loads(payload)
+                    self.offset = info["offset"]
+                    yield Output("stderr", _dropped_line(info["dropped"]))
+                elif kind == protocol.EXIT:
+                    exited = _exited(json.loads(payload))
+                    self.returncode = exited.exit_code
+                    yield exited
                     return
         except _LOST as exc:
             raise SandboxLostError(await self._sandbox.explain_loss(
@@ -170,6 +237,18 @@ class AgentProcess(Process):
 
     async def aclose(self) -> None:
         self._resp.release()
+
+
+def _exited(info: dict[str, Any]) -> Exited:
+    """The `Exited` an EXIT payload stands for."""
+    return Exited(info.get("exit_code"), info.get("signal"), info.get("reason"),
+                  info.get("error"), info.get("workspace_empty"))
+
+
+def _dropped_line(dropped: int) -> bytes:
+    """The stderr line that stands for ``dropped`` bytes of output the agent let go."""
+    return (f"\n[sandbox] {dropped:,} bytes of output dropped here (the sandbox keeps the "
+            "head and the latest of a run's output: its agent's --max-output-mb)\n").encode()
 
 
 def _utf8_slices(text: str) -> Iterator[bytes]:
@@ -214,8 +293,13 @@ def _quote(path: str) -> str:
     """``path`` for a URL sent as it is (``encoded=True``): each segment percent-encoded,
     dots included, so that ``..`` reaches the agent as written (which refuses it) instead
     of being resolved away into another route's URL."""
-    from urllib.parse import quote
-    return "/".join(quote(part, safe="").replace(".", "%2E") for part in path.split("/"))
+    return "/".join(_segment(part) for part in path.split("/"))
+
+
+def _segment(text: str) -> str:
+    """``text`` as one segment of a URL sent as it is: every character but letters,
+    digits, ``_``, ``-`` and ``~`` percent-encoded (a slash and dots too)."""
+    return quote(text, safe="").replace(".", "%2E")
 
 
 async def _raise_for_status(resp: aiohttp.ClientResponse, sandbox_id: str) -> None:

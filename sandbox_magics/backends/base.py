@@ -32,12 +32,16 @@ from ..profiles import Profile
 
 @dataclass(frozen=True)
 class ExecRequest:
-    """A command for one slot: ``argv`` run in the slot's workspace, ``stdin`` fed to it."""
+    """A command for one slot: ``argv`` run in the slot's workspace, ``stdin`` fed to it.
+    ``detach`` asks that the command go on when its `Process` stream breaks off or is
+    closed early, for a later client to follow (the agent backends keep it and its
+    output; they stop a command that is not detached then)."""
 
     run_id: str
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     stdin: str | None = None
+    detach: bool = False
 
 
 @dataclass(frozen=True)
