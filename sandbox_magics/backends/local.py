@@ -4,7 +4,9 @@ Workspaces live in ``<base>/kernel-<pid>-<client id>/<sandbox name>/slot-<k>``. 
 is told our pid and exits when we die, and after its idle timeout, so a killed kernel
 leaves no agent behind, and there is nothing for a restarted kernel to adopt
 (``discover`` finds nothing); the next kernel removes workspace folders of kernels that
-are gone, and a client that shuts down removes its own.
+are gone, and a client that shuts down removes its own. An agent that keeps a detached
+run when we die stays until no client has come for the profile's ``heartbeat_window``,
+then stops the run and exits.
 
 Agents and their runs have a lower CPU priority (nice 10) than the kernel, so a notebook
 stays responsive while its runs keep every core busy.
@@ -147,6 +149,7 @@ class Backend(BaseBackend):
         argv = [sys.executable, "-m", "sandbox_magics.agent", "--root", str(root),
                 "--slots", str(profile.slots_per_sandbox), "--host", self.settings.bind_host,
                 "--parent-pid", str(os.getpid()), "--idle-timeout", str(profile.idle_timeout * 2),
+                "--heartbeat-window", str(profile.heartbeat_window),
                 "--nice", str(RUN_NICENESS)]
         log_path = root / "agent.log"
         with open(log_path, "wb") as log:

@@ -649,6 +649,7 @@ def test_the_job_spec_for_docker_carries_image_port_resources_gpu_and_constraint
     assert args[args.index("--port") + 1] == "${NOMAD_PORT_agent}"
     assert args[args.index("--slots") + 1] == "3"
     assert args[args.index("--idle-timeout") + 1] == "120"
+    assert args[args.index("--heartbeat-window") + 1] == "120"
     assert task["Resources"]["CPU"] == 2500 and task["Resources"]["MemoryMB"] == 4096
     assert task["Resources"]["Devices"] == [{"Name": "nvidia/gpu", "Count": 2, "Constraints": [
         {"LTarget": "${device.model}", "Operand": "regexp", "RTarget": "A100"}]}]

@@ -13,8 +13,9 @@ a Nomad that refuses the token or cannot be reached — becomes one sentence nam
 or allocation and the cause, and the job is purged.
 
 Liveness: the agent exits once no request (the pool's health checks are requests) has
-come for the profile's ``heartbeat_window`` and no run is active, so a kernel that died
-leaves no running allocation behind. A running allocation therefore means an owner that
+come for the profile's ``heartbeat_window``, stopping a detached run that is still going
+(a blocking run dies sooner, with its exec stream), so a kernel that died leaves no
+running allocation behind. A running allocation therefore means an owner that
 was alive within the window: ``discover`` reports the tags of a job whose allocation
 runs with a heartbeat of now, instead of rewriting job meta (a meta change is a new job
 version, which Nomad may roll out by replacing the allocation and its busy slots).

@@ -71,7 +71,8 @@ def job_spec(settings: Settings, profile: Profile, sandbox_id: str, tags: Mappin
     args = ["-m", "sandbox_magics.agent", "--root", "${NOMAD_TASK_DIR}/workspaces",
             "--slots", str(profile.slots_per_sandbox), "--host", host,
             "--port", "${NOMAD_PORT_%s}" % PORT,
-            "--idle-timeout", f"{profile.heartbeat_window:g}"]
+            "--idle-timeout", f"{profile.heartbeat_window:g}",
+            "--heartbeat-window", f"{profile.heartbeat_window:g}"]
     config: dict[str, Any] = {"command": settings.python, "args": args}
     if settings.driver == "docker":
         config.update(image=profile.image or "python:3.12-slim", ports=[PORT])
