@@ -191,6 +191,8 @@ class RunLog:
                 segment = reader.segment
                 if position < segment.size:
                     data = await reader.read(position, min(READ_SIZE, segment.size - position))
+                    if not data:  # a run cut the file short (it may write where the agent does)
+                        return
                     position += len(data)
                     yield data
                 elif (after := self._after(segment)) is not None:

@@ -127,9 +127,10 @@ class Job:
 
 @dataclass(eq=False)
 class Run:
-    """A run of a slot: its output ``log``, its ``job`` once started, whether it goes on
-    when its client goes away (``detach``), how many clients follow its output now, and
-    whether one has read its end."""
+    """A run of a slot: its output ``log``, its ``job`` once started and the task
+    ``recorder`` keeping the job's output, whether it goes on when its client goes away
+    (``detach``), how many clients follow its output now, and whether one has read its
+    end."""
 
     run_id: str
     detach: bool
