@@ -104,9 +104,13 @@ class _Reader:
         self._fd = None if segment.fd is None else os.dup(segment.fd)
 
     async def read(self, position: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``position``; a read past `SCAN_READ` bytes goes to a
+        thread (a smaller one, as a live follower's, is served from the page cache)."""
         if self._fd is None:
             assert self.segment.data is not None
             return bytes(self.segment.data[position:position + size])
+        if size <= SCAN_READ:
+            return os.pread(self._fd, size, position)
         return await asyncio.get_running_loop().run_in_executor(
             None, os.pread, self._fd, size, position)
 
