@@ -57,6 +57,9 @@ def test_with_its_parent_gone_a_detached_run_goes_on_then_stops_after_the_window
         tmp_path: Path) -> None:
     with reaped(start_agent_under_a_parent(tmp_path / "root", "--heartbeat-window", WINDOW)) as agent:
         pids = start_detached(agent, 0)
+        follower = agent.output_frames(0, "bg")  # a client is seen while it follows
+        assert [kind for kind, _ in (next(follower), next(follower))] == [protocol.START,
+                                                                          protocol.STDOUT]
         blocking = agent.frames(1, exec_body("echo $$; sleep 300", run_id="fg"))
         assert next(blocking)[0] == protocol.START
         blocking_pid = int(next(blocking)[1])
@@ -68,6 +71,7 @@ def test_with_its_parent_gone_a_detached_run_goes_on_then_stops_after_the_window
         state = agent.state(0, "bg")
         assert state["state"] == "running" and all(pid_alive(pid) for pid in pids)
         assert "parent process is gone; keeping its detached runs" in agent.log
+        follower.close()
         assert_stopped_by_sigint_and_gone(agent, pids)
 
 
