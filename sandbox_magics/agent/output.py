@@ -15,7 +15,10 @@ bytes of it. A slot keeps the log of its last run only: the next exec in the slo
 it, and so does the agent's exit.
 
 A reader never holds the run up: it takes its own descriptor of the segment it reads, so
-the log may drop the segment meanwhile.
+the log may drop the segment meanwhile. Segments are read through the descriptors the
+log made them with, never opened again by path, and removed only while their path still
+names them: a run, which can write beside its workspace, cannot make the agent serve or
+remove another file.
 """
 
 from __future__ import annotations
@@ -80,13 +83,17 @@ class _Segment:
         self.size += len(frames)
 
     def close(self) -> None:
-        """Close and remove the segment's file (readers keep their own descriptors)."""
+        """Close and remove the segment's file (readers keep their own descriptors), if
+        its path still names that file: a run may have put another in its place."""
         if self.fd is not None:
+            assert self.path is not None
+            ours = os.fstat(self.fd)
+            with contextlib.suppress(OSError):
+                there = os.stat(self.path, follow_symlinks=False)
+                if (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino):
+                    os.unlink(self.path)
             os.close(self.fd)
             self.fd = None
-            assert self.path is not None
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
 
 
 def _pwrite_all(fd: int, data: bytes, position: int) -> None:

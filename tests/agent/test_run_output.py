@@ -200,6 +200,20 @@ def test_where_the_disk_refuses_the_output_the_log_goes_on_in_memory(tmp_path: P
         agent.stop()
 
 
+def test_a_run_that_swaps_its_output_folder_for_a_link_cannot_make_the_agent_serve_or_remove_a_file(
+        agent: Agent, tmp_path: Path) -> None:
+    lure = tmp_path / "lure"
+    lure.mkdir()
+    (lure / "0000000000000000.frames").write_bytes(b"canary")
+    folder = agent.root / OUTPUT_FOLDER / "slot-0"
+    agent.run(0, f"rm -r {folder} && ln -s {lure} {folder} && echo swapped", run_id="swap")
+    assert agent.replay(0, "swap").stdout == b"swapped\n"
+    assert agent.run(0, "echo next", run_id="next").stdout == b"next\n"
+    assert agent.replay(0, "next").stdout == b"next\n"
+    assert (lure / "0000000000000000.frames").read_bytes() == b"canary"
+    assert [p.name for p in lure.iterdir()] == ["0000000000000000.frames"]
+
+
 def test_the_next_exec_in_the_slot_replaces_the_kept_run(agent: Agent) -> None:
     agent.run(0, "echo one", run_id="first")
     agent.run(0, "echo two", run_id="second")
