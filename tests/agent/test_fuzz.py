@@ -85,6 +85,12 @@ def _slot_url(route: str) -> st.SearchStrategy[str]:
     return slot.map(lambda s: f"/slots/{s}/{route}")
 
 
+offset = _mostly(st.integers(0, 40).map(str),
+                 st.integers(-5, 10**20).map(str) | st.text(max_size=6).map(lambda t: quote(t, safe="")))
+run_url = st.builds(lambda s, r: f"/slots/{s}/runs/{r}", slot, _mostly(run_id, segment))
+output_url = st.builds(lambda url, o: f"{url}/output?offset={o}", run_url, offset)
+
+
 execs = st.tuples(st.just("POST"), _slot_url("exec"), _mostly(exec_body, raw_body))
 aimed = st.one_of(
     execs,
@@ -93,6 +99,7 @@ aimed = st.one_of(
     st.tuples(st.sampled_from(["GET", "HEAD"]), _slot_url("files"), st.none()),
     st.tuples(st.sampled_from(["GET", "HEAD"]), file_url, st.none()),
     st.tuples(st.just("PUT"), file_url, st.binary(max_size=1000)),
+    st.tuples(st.sampled_from(["GET", "HEAD"]), run_url | output_url, st.none()),
 )
 anything = st.tuples(
     st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
@@ -189,7 +196,8 @@ def test_random_requests_never_get_a_5xx_nor_touch_anything_outside_the_workspac
     reply = agent.request(method, path, body, token=token, headers=headers)
     event(f"{method} {_route(path)} -> {reply.status}")  # see --hypothesis-show-statistics
     assert reply.status < 500, (reply, agent.log[-2000:])
-    if method == "POST" and path.endswith("/exec") and reply.status == 200:
+    if (method, reply.status) in (("POST", 200), ("GET", 200)) and \
+            (path.endswith("/exec") or "/output?" in path):
         assert _frames_end_with_exit(reply.body), reply
     assert agent.process.poll() is None, agent.log[-2000:]
     health = agent.request("GET", "/health")
