@@ -8,10 +8,10 @@ offset of its first byte (offsets as `protocol` counts them). `RunLog.follow` st
 frames from any offset, cutting the frame it falls in, then the new ones as they come.
 
 Bounds: a log keeps at most ``limit`` bytes (``--max-output-mb``) in segments of an eighth
-of that (a frame is cut where a segment fills); past it, the oldest segments but the first are dropped, so the head and the
-latest output stay, and a stream across the hole gets a DROPPED frame. Where the disk
-refuses a write (full, over quota), output goes on in memory, the latest `MEMORY_KEPT`
-bytes of it. A slot keeps the log of its last run only: the next exec in the slot removes
+of that (a frame is cut where a segment fills); past it, the oldest segments but the first
+are dropped, so the head and the latest output stay, and a stream across the hole gets a
+DROPPED frame. Where the disk refuses a write (full, over quota), output goes on in
+memory, the latest `MEMORY_KEPT` bytes of it. A slot keeps the log of its last run only: the next exec in the slot removes
 it, and so does the agent's exit.
 
 A reader never holds the run up: it takes its own descriptor of the segment it reads, so
@@ -63,6 +63,10 @@ class _Segment:
         self.end = self.start
         self.marks.append((self.start, 0))
 
+    @property
+    def in_memory(self) -> bool:
+        return self.data is not None
+
     def mark_before(self, offset: int) -> tuple[int, int]:
         """The last mark at or before output ``offset``."""
         return self.marks[bisect.bisect_right(self.marks, (offset, float("inf"))) - 1]
@@ -70,10 +74,10 @@ class _Segment:
     def write(self, frames: bytes) -> None:
         """Add ``frames`` at the end; an `OSError` if the disk refused them (then none of
         them is kept)."""
-        if self.fd is None:
-            assert self.data is not None
+        if self.data is not None:
             self.data += frames
         else:
+            assert self.fd is not None
             try:
                 _pwrite_all(self.fd, frames, self.size)
             except OSError:
@@ -239,7 +243,7 @@ class RunLog:
         return next((s for s in self._segments if s.number > segment.number), None)
 
     def _room(self, segment: _Segment) -> int:
-        return (MEMORY_SEGMENT if segment.fd is None else self.segment_size) - segment.size
+        return (MEMORY_SEGMENT if segment.in_memory else self.segment_size) - segment.size
 
     def _writable(self) -> _Segment:
         """The segment to write the next frame to: the last one, or a new one once it has
@@ -283,8 +287,8 @@ class RunLog:
         bytes are kept, or more than `MEMORY_KEPT` bytes in memory."""
         for segment in self._segments[1:-1]:
             kept = sum(s.size for s in self._segments)
-            in_memory = sum(s.size for s in self._segments if s.fd is None)
-            if kept > self.limit or (segment.fd is None and in_memory > MEMORY_KEPT):
+            in_memory = sum(s.size for s in self._segments if s.in_memory)
+            if kept > self.limit or (segment.in_memory and in_memory > MEMORY_KEPT):
                 self._segments.remove(segment)
                 self.dropped += segment.end - segment.start
                 segment.close()
