@@ -163,7 +163,7 @@ class Manager:
         "SIGINT", "SIGTERM", "SIGKILL", "stopped while uploading", ...)."""
         if run.done:
             return "already-finished"
-        run.cancel_requested = True
+        run._request_cancel()
         stage = run.stage.value
         task = self._tasks.get(run.id)
         if task is None:
@@ -214,7 +214,7 @@ class Manager:
         self.state = ManagerState.CLOSED
         tasks = list(self._tasks.values())
         for run_id in self._tasks:
-            self.runs.get(run_id).cancel_requested = True  # kept if asyncio drops a cancel
+            self.runs.get(run_id)._request_cancel()  # kept if asyncio drops a cancel
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -186,7 +186,7 @@ class Pool:
         slot.session = None
         if not slot.busy:
             slot.busy = True
-            await self.release(Lease(slot), reset=True)
+            await self.release(Lease(slot, self), reset=True)
         return True
 
     def session_notice(self, session: str) -> str | None:
@@ -288,7 +288,7 @@ class Pool:
             slot.session = waiter.session
             self._sessions[waiter.session] = slot
         waiter.granted = True
-        waiter.future.set_result(Lease(slot))
+        waiter.future.set_result(Lease(slot, self))
 
     def _free_slot(self) -> SlotRecord | None:
         """A free slot of a ready sandbox, reserved for no session (O(1))."""

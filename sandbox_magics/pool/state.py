@@ -6,7 +6,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..backends.base import Sandbox
 
@@ -91,11 +91,23 @@ class SandboxRecord:
         return any(s.busy for s in self.slots)
 
 
+class LeaseOwner(Protocol):
+    """What a lease asks of the pool that granted it (`Pool`)."""
+
+    async def release(self, lease: Lease, reset: bool = True) -> None: ...
+
+    async def suspect(self, record: SandboxRecord, reason: str) -> bool: ...
+
+    def mark_lost(self, record: SandboxRecord, reason: str) -> None: ...
+
+
 @dataclass(eq=False)
 class Lease:
-    """A slot held by one run until `Pool.release`; ``lost`` is set if its sandbox dies."""
+    """A slot held by one run until it is released; all a run learns of its sandbox and
+    tells the pool goes through here (the run never sees the pool's records)."""
 
     slot: SlotRecord
+    owner: LeaseOwner
     released: bool = False
 
     @property
@@ -113,7 +125,25 @@ class Lease:
 
     @property
     def lost(self) -> asyncio.Event:
+        """Set when the pool retires the sandbox (`lost_reason` says why)."""
         return self.slot.lost
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self.slot.lost_reason
+
+    async def release(self, reset: bool = True) -> None:
+        """Give the slot back, emptying its workspace if ``reset`` (see `Pool.release`)."""
+        await self.owner.release(self, reset)
+
+    async def report_broken(self, reason: str) -> bool:
+        """A connection to the sandbox broke: the pool retires it if it fails a health
+        check now; return whether it did."""
+        return await self.owner.suspect(self.slot.sandbox, reason)
+
+    def retire(self, reason: str) -> None:
+        """The sandbox cannot be trusted any more (it did not stop a run): retire it."""
+        self.owner.mark_lost(self.slot.sandbox, reason)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from .artifacts import Artifact
 from .log import LogBuffer
 from .registry import RunRegistry
-from .run import Run, RunSpec, RunState, Stage
+from .run import Run, RunSpec
+from .state import RunState, Stage
 
 __all__ = ["Artifact", "LogBuffer", "Run", "RunRegistry", "RunSpec", "RunState", "Stage"]

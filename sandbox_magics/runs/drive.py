@@ -22,7 +22,8 @@ from ..exceptions import SandboxError, SandboxLostError
 from ..pool import Lease, Pool
 from ..profiles import Profile
 from . import artifacts
-from .run import Run, RunState, Stage
+from .run import Run
+from .state import RunState, Stage
 
 MAX_REQUEUES = 3
 TRANSFER_TIMEOUT = 300.0
@@ -53,7 +54,7 @@ async def drive(run: Run, profile: Profile, pool: Pool, artifacts_dir: Path,
     ended). Cancel the task running this to cancel the run."""
     for attempt in range(MAX_REQUEUES + 1):
         run._stage(Stage.QUEUED)
-        if run.cancel_requested:  # a cancel that met the re-queue
+        if run.cancelling:  # a cancel that met the re-queue
             run._finish(RunState.CANCELLED, error="cancelled while queued")
             return
         try:
@@ -65,8 +66,8 @@ async def drive(run: Run, profile: Profile, pool: Pool, artifacts_dir: Path,
         except SandboxError as exc:
             run._finish(RunState.ERROR, error=str(exc))
             return
-        if run.cancel_requested:  # granted as it was cancelled (wait_for then drops the cancel)
-            await pool.release(lease, reset=False)
+        if run.cancelling:  # granted as it was cancelled (wait_for then drops the cancel)
+            await lease.release(reset=False)
             run._finish(RunState.CANCELLED, error="cancelled while queued")
             return
         try:
@@ -82,8 +83,7 @@ async def drive(run: Run, profile: Profile, pool: Pool, artifacts_dir: Path,
 
 
 def _queued(pool: Pool) -> str:
-    starting = sum(r.state.value == "starting" for r in pool.sandboxes)
-    return "waiting for a sandbox to start" if starting else "queued"
+    return "waiting for a sandbox to start" if pool.status().counts().starting else "queued"
 
 
 async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifacts_dir: Path,
@@ -97,10 +97,10 @@ async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifac
         run._assign(lease.sandbox_id, lease.index)
         run._stage(Stage.UPLOADING)
         inputs = await _upload(run, lease)
-        if run.cancel_requested:
+        if run.cancelling:
             outcome = Outcome(RunState.CANCELLED, error="cancelled while uploading", started=False)
         else:
-            outcome = await _execute(run, profile, pool, lease, grace)
+            outcome = await _execute(run, profile, lease, grace)
         if outcome.state is RunState.LOST and not outcome.started:
             requeue = outcome.error or "sandbox lost"
         elif outcome.state is not RunState.LOST and outcome.started:
@@ -116,15 +116,15 @@ async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifac
         if outcome.started:
             outcome = Outcome(RunState.LOST, outcome.exit_code, str(exc))
         else:
-            await pool.suspect(lease.slot.sandbox, str(exc))
+            await lease.report_broken(str(exc))
             requeue = str(exc)
     except _TRANSFER_ERRORS as exc:
         outcome = Outcome(RunState.ERROR, error=f"file transfer failed: {exc or 'it took too long'}",
                           started=outcome.started)
     finally:
         with contextlib.suppress(Exception):
-            if await _despite_cancel(pool.release(lease, reset=not outcome.workspace_empty)):
-                run.cancel_requested = True
+            if await _despite_cancel(lease.release(reset=not outcome.workspace_empty)):
+                run._request_cancel()
         if requeue is None:
             run._finish(outcome.state, outcome.exit_code, outcome.error)
     if requeue is not None:
@@ -132,7 +132,7 @@ async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifac
         raise _Requeue(requeue)
 
 
-async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: float) -> Outcome:
+async def _execute(run: Run, profile: Profile, lease: Lease, grace: float) -> Outcome:
     """Run the command in the leased slot, within its timeout; say how it ended."""
     timeout = run.timeout = run.spec.timeout or profile.run_timeout
     request = ExecRequest(run_id=run.id, argv=(run.spec.interpreter,),
@@ -142,7 +142,7 @@ async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: 
     try:
         process = await asyncio.wait_for(lease.sandbox.exec(lease.index, request), EXEC_START_TIMEOUT)
     except SandboxLostError as exc:
-        await pool.suspect(lease.slot.sandbox, str(exc))
+        await lease.report_broken(str(exc))
         return Outcome(RunState.LOST, error=str(exc), started=False)
     except (SandboxError, asyncio.TimeoutError) as exc:
         return Outcome(RunState.ERROR, error=f"the sandbox refused the run: {exc or 'no answer'}",
@@ -152,27 +152,27 @@ async def _execute(run: Run, profile: Profile, pool: Pool, lease: Lease, grace: 
     lost = asyncio.ensure_future(lease.lost.wait())
     try:
         try:
-            if run.cancel_requested:  # cancelled as the exec answered (wait_for drops that)
+            if run.cancelling:  # cancelled as the exec answered (wait_for drops that)
                 raise asyncio.CancelledError
             done, _ = await asyncio.wait({consume, lost}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            run.stop_step = await _stop(run, process, consume, pool, lease, grace)
+            run.stop_step = await _stop(run, process, consume, lease, grace)
             return _stopped(run, consume, RunState.CANCELLED, "cancelled while running")
         if consume in done:
             try:
                 return _ended(consume.result())
             except SandboxLostError as exc:
-                retired = await pool.suspect(lease.slot.sandbox, str(exc))
-                error = lease.slot.lost_reason or str(exc)
+                retired = await lease.report_broken(str(exc))
+                error = lease.lost_reason or str(exc)
                 if not retired:
                     error = (f"{error.rstrip('.')}; the sandbox still answers, so only this "
                              "run's connection broke")
                 return Outcome(RunState.LOST, error=error, started=started.is_set())
         if lost in done:
-            return Outcome(RunState.LOST, error=lease.slot.lost_reason or "sandbox lost",
+            return Outcome(RunState.LOST, error=lease.lost_reason or "sandbox lost",
                            started=started.is_set())
-        run.stop_step = await _stop(run, process, consume, pool, lease, grace)
+        run.stop_step = await _stop(run, process, consume, lease, grace)
         return _stopped(run, consume, RunState.TIMED_OUT, None)
     finally:
         for task in (consume, lost):
@@ -199,8 +199,8 @@ async def escalate(process: Process, ended: asyncio.Future[Exited], grace: float
     return "sandbox-unreachable"
 
 
-async def _stop(run: Run, process: Process, consume: asyncio.Future[Exited], pool: Pool,
-                lease: Lease, grace: float) -> str:
+async def _stop(run: Run, process: Process, consume: asyncio.Future[Exited], lease: Lease,
+                grace: float) -> str:
     """Escalate; a sandbox that cannot stop the run is retired with everything in it.
 
     A cancel that arrives meanwhile (a second cancel, a shutdown) waits for the escalation
@@ -210,7 +210,7 @@ async def _stop(run: Run, process: Process, consume: asyncio.Future[Exited], poo
     cancelled = await _despite_cancel(escalation)
     run.stop_step = step = escalation.result()
     if step == "sandbox-unreachable":
-        pool.mark_lost(lease.slot.sandbox, f"it did not stop run {run.id} when told to")
+        lease.retire(f"it did not stop run {run.id} when told to")
     if cancelled:
         raise asyncio.CancelledError
     return step

@@ -1,7 +1,8 @@
 """`Run`: one command's life in a slot, shaped like `asyncio.subprocess.Process`.
 
-The manager's loop thread drives a run through its states; any thread may read it, wait
-for it (``wait()``, ``await run``) or cancel it. Output goes to a bounded `LogBuffer` and to
+The manager's loop thread drives a run through its states (`state.RunState`, every change
+checked against the table there); any thread may read it, wait for it (``wait()``,
+``await run``) or cancel it. Output goes to a bounded `LogBuffer` and to
 listeners, which are called on the manager's loop and must not block.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import enum
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -18,30 +18,7 @@ from typing import Any
 from ..exceptions import RunFailedError, WaitTimeoutError
 from .artifacts import Artifact
 from .log import LogBuffer
-
-
-class RunState(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed-out"
-    CANCELLED = "cancelled"
-    LOST = "lost"
-    ERROR = "error"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (RunState.QUEUED, RunState.RUNNING)
-
-
-class Stage(enum.Enum):
-    """Where an unfinished run is; a cancel says which stage it stopped the run in."""
-
-    QUEUED = "queued"
-    UPLOADING = "uploading"
-    RUNNING = "running"
-    COLLECTING = "collecting"
+from .state import RunState, Stage, check_stage, check_transition
 
 
 @dataclass(frozen=True)
@@ -87,7 +64,6 @@ class Run:
         self.notices: list[str] = []
         self.artifacts: list[Artifact] = []
         self.timeout: float | None = spec.timeout
-        self.cancel_requested = False
         self.queued_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -117,6 +93,11 @@ class Run:
     @property
     def done(self) -> bool:
         return self._future.done()
+
+    @property
+    def cancelling(self) -> bool:
+        """Whether a cancel was asked and the run has not ended yet."""
+        return self.state is RunState.CANCELLING
 
     @property
     def stdout(self) -> str:
@@ -206,24 +187,38 @@ class Run:
         self.notices.append(text)
         self._emit("notice", text.encode())
 
+    def _to(self, state: RunState) -> None:
+        """Move to ``state``, as the table in `state` allows, and tell the listeners."""
+        check_transition(self.id, self.state, state)
+        self.state = state
+        self._emit("state", b"")
+
     def _assign(self, sandbox: str, slot: int) -> None:
         self.sandbox, self.slot = sandbox, slot
-        self.state = RunState.RUNNING
         self.started_at = time.time()
-        self._emit("state", b"")
+        self._to(RunState.RUNNING)
 
     def _stage(self, stage: Stage) -> None:
+        check_stage(self.id, self.stage, stage)
         self.stage = stage
 
+    def _request_cancel(self) -> None:
+        """A cancel was asked: the drive ends the run CANCELLED at its next step, unless
+        it ends by itself first."""
+        if self.state in (RunState.QUEUED, RunState.RUNNING):
+            self._to(RunState.CANCELLING)
+
     def _requeue(self) -> None:
-        """Back to the queue: the sandbox it was given was lost before it started."""
+        """Back to the queue: the sandbox it was given was lost before it started (a run
+        being cancelled stays so, and ends at the queue)."""
         self.sandbox, self.slot, self.pgid, self.started_at = None, None, None, None
-        self.state = RunState.QUEUED
-        self._emit("state", b"")
+        if self.state is RunState.RUNNING:
+            self._to(RunState.QUEUED)
 
     def _finish(self, state: RunState, exit_code: int | None = None, error: str | None = None) -> None:
         if self.done:
             return
+        check_transition(self.id, self.state, state)
         self.state, self.exit_code, self.error = state, exit_code, error
         self.ended_at = time.time()
         self.log.seal()

@@ -49,6 +49,7 @@ def test_dashboard_renders_ten_thousand_slots_as_one_compact_string() -> None:
 def test_views_fall_back_to_text_without_ipywidgets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
     run = make_run()
+    run._assign("default-1", 0)
     run._finish(RunState.FAILED, 2)
     view = RunLogView(run, no_poll)
     assert view.widget is None
