@@ -69,6 +69,9 @@ def download(artifact: Artifact, directory: Path | None = None) -> Path:
     return target
 
 
+MAX_ROWS = 8
+
+
 class ArtifactsView(PolledView):
     """The artifacts of ``run``; fills in when the run ends."""
 
@@ -81,7 +84,7 @@ class ArtifactsView(PolledView):
     def _build(self) -> Any:
         import ipywidgets as w
         self._header = w.HTML()
-        self._files = w.Select(options=[], rows=8, layout=w.Layout(width="40em"))
+        self._files = w.Select(options=[], rows=1, layout=w.Layout(width="40em"))
         self._download = w.Button(description="Download", icon="download")
         self._status = w.Output()
         self._preview = w.Output()
@@ -116,11 +119,16 @@ class ArtifactsView(PolledView):
         if self._widget is None:
             return False
         run = self.run
-        if self._shown != (len(run.artifacts) if run.done else None):
-            self._shown = len(run.artifacts) if run.done else None
+        shown = len(run.artifacts) if run.done else -1  # -1: still going, nothing collected
+        if self._shown != shown:
+            self._shown = shown
             self._header.value = CSS + self._summary_html()
+            files = run.artifacts
             self._files.options = [
-                f"{a.path}  ({size(a.size)}{'' if a.local else ', not kept'})" for a in run.artifacts]
+                f"{a.path}  ({size(a.size)}{'' if a.local else ', not kept'})" for a in files]
+            self._files.rows = max(1, min(len(files), MAX_ROWS))  # the list fits its files
+            for part in (self._files, self._download):
+                part.layout.display = None if files else "none"
         return not run.done
 
     def _summary_html(self) -> str:

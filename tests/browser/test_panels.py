@@ -259,3 +259,19 @@ def test_a_panel_restored_after_a_restart_is_a_clear_static_snapshot(
     assert visible_controls(output) == 0, "a restored panel offers controls that do nothing"
     assert broken_link_icons(output) == 0
     notebook.screenshot(screenshots / "restored-panel.png", output)
+
+
+def test_artifacts_of_a_running_run_say_when_they_come_then_list_them(
+        notebook: Notebook, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    notebook.run(f"%%sandbox bash --bg --name later\necho x > out.txt\n"
+                 f"while [ ! -e {gate} ]; do sleep 0.1; done")
+    cell = notebook.cell(notebook.run("%sandbox artifacts later"))
+    wait_text(cell, "collected when it ends", 15)
+    assert visible_controls(cell) == 0, "an empty file list and a Download button before the end"
+    gate.touch()
+    select = cell.locator(".widget-select select")
+    select.wait_for(state="visible", timeout=20_000)
+    wait_text(cell, "1 file(s)", 10)
+    assert select.locator("option").all_inner_texts()[0].startswith("out.txt")
+    assert int(select.get_attribute("size") or 0) <= 2, "the list is taller than its one file"
