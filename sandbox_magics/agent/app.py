@@ -35,7 +35,8 @@ slot that cannot be emptied, a full disk).
 
 Every run's output is kept by the slot (output.py) as it comes, whoever reads it: an
 exec streams it from there, as does the output route, from any offset, to as many clients
-as come. A slot keeps its last run (its state and output) until its next exec; a run id
+as come. No client holds a run up: one that falls more than ``--max-output-mb`` behind
+gets a DROPPED frame for what it missed. A slot keeps its last run (its state and output) until its next exec; a run id
 the slot does not keep is a 404.
 
 If the client of an exec goes away mid-stream, the run is killed: nobody could read its

@@ -15,7 +15,8 @@ memory, the latest `MEMORY_KEPT` bytes of it. A slot keeps the log of its last r
 it, and so does the agent's exit.
 
 A reader never holds the run up: it takes its own descriptor of the segment it reads, so
-the log may drop the segment meanwhile. Segments are read through the descriptors the
+the log may drop the segment meanwhile, and one that falls further behind than ``limit``
+meets a DROPPED frame where the output it missed was let go. Segments are read through the descriptors the
 log made them with, never opened again by path, and removed only while their path still
 names them: a run, which can write beside its workspace, cannot make the agent serve or
 remove another file.

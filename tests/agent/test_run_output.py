@@ -156,29 +156,51 @@ def test_20_mb_of_random_output_replays_with_the_same_digest(agent: Agent) -> No
     assert merged(agent.replay(0, "big", middle).output) == from_offset(streamed.output, middle)
 
 
+def accounted(result: Result) -> int:
+    """The output bytes a stream stands for: those it holds and those it says were dropped."""
+    return len(result.stdout) + len(result.stderr) + sum(d["dropped"] for d in result.dropped)
+
+
 def test_past_its_limit_the_log_keeps_the_head_and_the_latest_and_says_what_it_dropped(
         tmp_path: Path) -> None:
     agent = start_agent(tmp_path / "root", "--max-output-mb", "1")
+    lines = b"".join(b"%099d\n" % i for i in range(1, 50001))
     try:
         script = "for i in $(seq 50000); do printf '%099d\\n' $i; done; echo done >&2"
         streamed = agent.run(0, script, run_id="flood")
-        total = len(streamed.stdout) + len(streamed.stderr)
-        assert total == 5_000_005
+        # A client that falls more than the limit behind meets a hole too: it never holds
+        # the run up.
+        assert streamed.exit is not None and streamed.exit["exit_code"] == 0
+        assert accounted(streamed) == 5_000_005 == streamed.exit["bytes"]
         kept = sum(f.stat().st_size for f in (agent.root / OUTPUT_FOLDER / "slot-0").iterdir())
         assert kept <= MIB + 64 * 1024
         replayed = agent.replay(0, "flood")
-        assert len(replayed.dropped) == 1
+        assert len(replayed.dropped) == 1 and accounted(replayed) == 5_000_005
         hole = replayed.dropped[0]
-        head = replayed.stdout[:hole["offset"] - hole["dropped"]]
-        assert streamed.stdout.startswith(head) and len(head) > 0
-        assert (streamed.stdout + streamed.stderr).endswith(
-            replayed.stdout[len(head):] + replayed.stderr)
-        assert len(head) + hole["dropped"] + len(replayed.stdout) - len(head) + \
-            len(replayed.stderr) == total
+        head, tail = (replayed.stdout[:hole["offset"] - hole["dropped"]],
+                      replayed.stdout[hole["offset"] - hole["dropped"]:])
+        assert head and lines.startswith(head) and tail and lines.endswith(tail)
+        assert replayed.stderr == b"done\n" and replayed.exit == streamed.exit
         assert agent.state(0, "flood")["dropped"] == hole["dropped"]
-        assert replayed.exit == streamed.exit
         inside = agent.replay(0, "flood", len(head) + 10)
         assert inside.dropped == [{"offset": hole["offset"], "dropped": hole["offset"] - len(head) - 10}]
+    finally:
+        agent.stop()
+
+
+def test_a_follower_that_reads_nothing_never_holds_the_run_up_and_later_meets_a_hole(
+        tmp_path: Path) -> None:
+    agent = start_agent(tmp_path / "root", "--max-output-mb", "1")
+    try:
+        script = ("until [ -e go ]; do sleep 0.01; done; "
+                  "for i in $(seq 200000); do printf '%099d\\n' $i; done")
+        frames = agent.frames(0, exec_body(script, run_id="flood", detach=True))
+        assert next(frames)[0] == protocol.START
+        (agent.slot(0) / "go").touch()
+        assert wait_until(lambda: agent.state(0, "flood")["state"] == "ended", 60)
+        late = collect(frames)
+        assert late.exit is not None and late.exit["exit_code"] == 0
+        assert late.dropped and accounted(late) == 20_000_000
     finally:
         agent.stop()
 
