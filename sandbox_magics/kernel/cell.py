@@ -14,6 +14,7 @@ from typing import TextIO
 
 from ..runs import Run
 from ..runs.run import Listener
+from ..runs.words import stop_words
 from .client import Client
 
 POLL = 0.2
@@ -35,8 +36,7 @@ def stream_to_cell(client: Client, run: Run, chunks: queue.SimpleQueue[tuple[str
     except KeyboardInterrupt:
         step = client.cancel(run)
         writer.drain(chunks, run, deadline=DRAIN_AFTER_CANCEL)
-        err.write(f"[sandbox] interrupted: run {run.id}'s process group was stopped "
-                  f"({step}) and its slot freed.\n")
+        err.write(f"[sandbox] Run {run.id}: {stop_words(step)}; its slot is free.\n")
         err.flush()
         raise
     finally:

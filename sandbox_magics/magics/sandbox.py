@@ -28,6 +28,7 @@ from ..exceptions import RunFailedError, WaitTimeoutError
 from ..kernel import Client
 from ..kernel.cell import queue_listener, stream_to_cell
 from ..runs import Run, RunState
+from ..runs.words import stop_words
 from ..widgets import ArtifactsView, Dashboard, RunLogView
 from ..widgets.runs_table import tidy
 from ._args import parse_downloads, parse_env, parse_uploads, run_args, split_line
@@ -286,7 +287,7 @@ class SandboxMagics(Magics):
         args = _parse(self._cancel, line)
         run = self.client.get_run(args.run)
         step = self.client.cancel(run)
-        print(f"Run {run.id}: {step}; now {run.state.value}.")
+        print(f"Run {run.id} ({run.name}): {stop_words(step)}; its state is {run.state.value}.")
 
     @magic_arguments()
     @argument("profile", help="profile name")

@@ -27,20 +27,27 @@ RUN_COLORS = {"queued": "#6b7280", "running": "#2563eb", "succeeded": "#059669",
               "failed": "#dc2626", "timed-out": "#d97706", "cancelled": "#6b7280",
               "lost": "#dc2626", "error": "#dc2626"}
 
+# Text colours are JupyterLab's theme variables (light and dark alike), with the light
+# theme's values as fallbacks for other frontends. A slot's border is set by width and
+# style only, so its state's border colour applies.
 CSS = "<style>" + "".join(
     f".sbx-s-{state.value}{{background:{color};border-color:{SLOT_BORDERS[state]}}}"
     for state, color in SLOT_COLORS.items()
 ) + (".sbx-grid i,.sbx-legend i{display:inline-block;box-sizing:border-box;width:16px;height:16px;"
-     "margin:1px 2px 1px 0;border:2px solid;border-radius:3px;vertical-align:middle}"
+     "margin:1px 2px 1px 0;border-width:2px;border-style:solid;border-radius:3px;"
+     "vertical-align:middle}"
      ".sbx-row{line-height:20px;white-space:nowrap}"
-     ".sbx-legend{font-size:12px;color:#374151;margin:2px 0 4px}"
+     ".sbx-legend{font-size:12px;color:var(--jp-ui-font-color1,#374151);margin:2px 0 4px}"
      ".sbx-legend span{margin-right:10px;white-space:nowrap}"
-     ".sbx-id{display:inline-block;min-width:10em;font:12px monospace;color:#374151}"
+     ".sbx-id{display:inline-block;min-width:10em;font:12px monospace;"
+     "color:var(--jp-ui-font-color1,#374151)}"
      ".sbx-logbox{max-height:24em;overflow:auto;display:flex;flex-direction:column-reverse;"
-     "border:1px solid #e5e7eb;border-radius:3px}"
-     ".sbx-log{flex:none;overflow:visible;font:12px monospace;white-space:pre-wrap;margin:0;padding:2px 4px}"
-     ".sbx-err{color:#b91c1c}.sbx-muted{color:#4b5563;font-size:12px}"
-     ".sbx-events{color:#4b5563;font-size:12px;margin-top:2px}"
+     "border:1px solid var(--jp-border-color2,#e5e7eb);border-radius:3px}"
+     ".sbx-log{flex:none;overflow:visible;font:12px monospace;white-space:pre-wrap;margin:0;padding:2px 4px;"
+     "color:var(--jp-content-font-color1,#111827)}"
+     ".sbx-err{color:var(--jp-error-color1,#b91c1c)}"
+     ".sbx-muted{color:var(--jp-ui-font-color2,#4b5563);font-size:12px}"
+     ".sbx-events{color:var(--jp-ui-font-color2,#4b5563);font-size:12px;margin-top:2px}"
      "</style>")
 
 def esc(text: object) -> str:

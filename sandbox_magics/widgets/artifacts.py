@@ -49,15 +49,20 @@ def preview(artifact: Artifact) -> Any:
 
 
 def has_header(data: bytes, sep: str) -> bool:
-    """Whether a CSV's first row names its columns (a guess, as `csv.Sniffer` makes it:
-    a file whose rows are all numbers has none)."""
-    sample = data.decode("utf-8", errors="replace")
-    if "\n" in sample and len(data) >= TEXT_PREVIEW:
-        sample = sample[:sample.rindex("\n")]
+    """Whether a CSV's first row names its columns. Column names are not numbers, so a first
+    row with a number in it is data; any other first row is a header. (`csv.Sniffer` says
+    "no header" for a file whose columns are all text, so it showed their names as data.)"""
+    line = data.decode("utf-8", errors="replace").split("\n", 1)[0]
+    first = next(csv.reader([line], delimiter=sep), [])
+    return not any(_is_number(cell) for cell in first)
+
+
+def _is_number(cell: str) -> bool:
     try:
-        return csv.Sniffer().has_header(sample)
-    except csv.Error:
-        return True
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def download(artifact: Artifact, directory: Path | None = None) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runs import Run
+from ..runs.words import exit_words
 from ._html import CSS, PolledView, badge, esc, file_link, output, size
 
 TAIL_BYTES = 128 * 1024
@@ -100,7 +101,7 @@ class RunLogView(PolledView):
     def _header_html(self) -> str:
         run = self.run
         where = f"{run.sandbox}/slot-{run.slot}" if run.sandbox else "waiting for a slot"
-        code = f" exit {run.exit_code}" if run.exit_code is not None else ""
+        code = f", {exit_words(run.exit_code)}" if run.exit_code is not None else ""
         error = f' <span class="sbx-err">{esc(run.error)}</span>' if run.error and run.done else ""
         # A state that may still change; a snapshot restored without the kernel says so.
         state = badge(run.state.value)
@@ -152,7 +153,7 @@ class RunLogView(PolledView):
     def text(self) -> str:
         run = self.run
         lines = "".join(text for _, text in tail_lines(run, 20))
-        code = f", exit code {run.exit_code}" if run.exit_code is not None else ""
+        code = f", {exit_words(run.exit_code)}" if run.exit_code is not None else ""
         head = f"Run {run.id} ({run.name}, profile {run.profile}): {run.state.value}{code}"
         live = "" if run.done else f"\n[live log: %sandbox logs {run.id}]"
         return head + (f"\n{lines.rstrip()}" if lines else "") + live

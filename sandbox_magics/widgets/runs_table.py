@@ -31,8 +31,12 @@ def runs_frame_class() -> type:
         def _repr_html_(self) -> str | None:
             formatters: dict[Any, Any] = {
                 column: _time for column in TIME_COLUMNS if column in self.columns}
-            table = pd.DataFrame(self).to_html(na_rep="", formatters=formatters,
-                                               max_rows=pd.get_option("display.max_rows"))
+            frame = pd.DataFrame(self)
+            for column in INT_COLUMNS:
+                if column in frame:  # neither na_rep nor formatters reach a nullable integer
+                    frame[column] = frame[column].astype(object).where(frame[column].notna(), "")
+            table = frame.to_html(na_rep="", formatters=formatters,
+                                  max_rows=pd.get_option("display.max_rows"))
             return f'{STYLE}<div class="sbx-runs">{table}</div>'
 
     return RunsFrame

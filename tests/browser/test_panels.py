@@ -157,21 +157,58 @@ def test_dashboard_is_readable(notebook: Notebook, screenshots: Path) -> None:
         assert state in legend.inner_text()
     free = cell.locator(".sbx-grid i.sbx-s-free").first
     border = free.evaluate("e => getComputedStyle(e).borderTopColor")
-    background = free.evaluate("e => getComputedStyle(e).backgroundColor")
-    assert contrast_with_white(border) >= 3 or contrast_with_white(background) >= 3, (border, background)
+    assert border == "rgb(5, 150, 105)", f"the free slot's border is {border}, not its state's"
+    assert contrast_with_white(border) >= 3, border
     assert not re.search(r"https?://", cell.inner_text()), cell.inner_text()
     notebook.screenshot(screenshots / "dashboard.png", cell)
     notebook.run("%sandbox cancel hold-1\n%sandbox cancel hold-2")
 
 
-def contrast_with_white(css: str) -> float:
+def luminance(css: str) -> float:
     r, g, b = (int(v) for v in re.findall(r"\d+", css)[:3])
 
     def lin(c: int) -> float:
         c = c / 255
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
-    luminance = 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
-    return 1.05 / (luminance + 0.05)
+    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+
+
+def contrast(a: str, b: str) -> float:
+    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def contrast_with_white(css: str) -> float:
+    return contrast(css, "rgb(255, 255, 255)")
+
+
+# The text colour of an element and the colour of the first opaque background behind it.
+TEXT_ON_BACKGROUND = """e => { let b = e;
+  while (b && ['rgba(0, 0, 0, 0)', 'transparent'].includes(getComputedStyle(b).backgroundColor))
+    b = b.parentElement;
+  return [getComputedStyle(e).color, b ? getComputedStyle(b).backgroundColor : 'rgb(255, 255, 255)']; }"""
+
+
+def set_theme(page: Any, theme: str) -> None:
+    page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})",
+                  theme)
+    light = "false" if "Dark" in theme else "true"
+    page.wait_for_function("l => document.body.dataset.jpThemeLight === l", arg=light)
+
+
+def test_panels_are_readable_in_the_dark_theme(notebook: Notebook, screenshots: Path) -> None:
+    dashboard = notebook.cell(notebook.run("%sandbox status"))
+    log = notebook.cell(notebook.run("%%sandbox bash --bg --name dark\necho in-the-dark"))
+    wait_text(log, "in-the-dark")
+    set_theme(notebook.page, "JupyterLab Dark")
+    try:
+        for cell, selector in ((dashboard, ".sbx-id"), (dashboard, ".sbx-legend"),
+                               (log, ".sbx-muted"), (log, ".sbx-log")):
+            text, background = cell.locator(selector).first.evaluate(TEXT_ON_BACKGROUND)
+            assert contrast(text, background) >= 4.5, (selector, text, background)
+        notebook.screenshot(screenshots / "dark-theme.png", notebook.page.locator(".jp-Notebook"))
+    finally:
+        set_theme(notebook.page, "JupyterLab Light")
 
 
 def test_runs_table_is_clean(notebook: Notebook, screenshots: Path) -> None:

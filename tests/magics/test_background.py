@@ -48,7 +48,7 @@ def test_bg_cell_returns_at_once_and_its_live_log_tells_streams_apart(
     body = next(value for _, value in html_values(kernel, "tick 3"))
     assert '<span class="sbx-err">warn 2\n</span>tick 3' in body
     header = next(value for _, value in html_values(kernel, "live-1</b>") if "succeeded" in value)
-    assert "exit 0" in header
+    assert "exit code 0" in header
 
 
 def test_twenty_bg_runs_on_two_by_four_slots_dashboard_and_history(
@@ -141,7 +141,8 @@ def test_artifacts_survive_slot_reuse_and_preview_csv_as_dataframe(kernel: Kerne
 def test_cancel_by_name_and_by_handle(kernel: Kernel) -> None:
     kernel.execute("%%sandbox bash --bg --name to-cancel --no-raise-error\nsleep 60")
     reply = kernel.execute("%sandbox cancel to-cancel")
-    assert re.match(r"Run r\d+: SIG\w+; now cancelled\.", reply.stdout), reply.stdout
+    assert re.match(r"Run r\d+ \(\S+\): its process group was \w+ \(SIG\w+\).*; its state is cancelled\.",
+                    reply.stdout), reply.stdout
     reply = kernel.execute("%%sandbox bash --bg\nsleep 60")
     reply = kernel.execute("run = _\nrun.cancel()\nprint(run.state.value)\ntry:\n    run.wait()\nexcept Exception as e:\n    print(type(e).__name__, e)")
     lines = reply.stdout.splitlines()

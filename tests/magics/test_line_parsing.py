@@ -49,8 +49,8 @@ def test_run_named_with_spaces_is_found_by_logs_and_cancel(kernel: Kernel, tmp_p
     assert run_id in logs.data[0]["text/plain"] and "my run" in logs.data[0]["text/plain"]
     cancelled = kernel.execute("%sandbox cancel 'my run'")
     assert cancelled.status == "ok", cancelled.stderr
-    assert cancelled.stdout.startswith(f"Run {run_id}: ")
-    assert cancelled.stdout.endswith("now cancelled.\n")
+    assert cancelled.stdout.startswith(f"Run {run_id} (my run): ")
+    assert cancelled.stdout.endswith("its state is cancelled.\n")
 
 
 def test_unclosed_quote_is_one_usage_error_sentence(kernel: Kernel) -> None:
@@ -73,7 +73,7 @@ def test_dollar_var_and_brace_expr_are_expanded_before_the_line_is_split(kernel:
     assert reply.stdout == "[a b] [2]\n"
     cancelled = kernel.execute('%sandbox cancel "$run_name"')
     assert cancelled.status == "ok", cancelled.stderr
-    assert cancelled.stdout.endswith("already-finished; now succeeded.\n")
+    assert cancelled.stdout.endswith("it had already ended; its state is succeeded.\n")
 
 
 def test_unknown_flag_still_names_the_valid_options(kernel: Kernel) -> None:

@@ -202,7 +202,7 @@ def test_interrupt_stops_the_remote_process_group_and_frees_the_slot(kernel: Ker
     reply = kernel.execute("%%sandbox bash --profile cluster\nsleep 300 & echo pids $$ $!; wait",
                            on_stream=on_stream)
     assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
-    assert "process group was stopped" in reply.stderr, reply.stderr
+    assert "process group was interrupted (SIGINT)" in reply.stderr, reply.stderr
     after = kernel.execute("%%sandbox bash --profile cluster\necho slot free")
     assert after.stdout == "slot free\n", after.error
 

@@ -139,7 +139,7 @@ def test_interrupt_kills_remote_process_group_and_frees_slot(kernel: Kernel) -> 
     assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
     shell_pid, child_pid = map(int, re.search(r"pids (\d+) (\d+)", "".join(seen)).groups())
     assert wait_until(lambda: not pid_alive(shell_pid) and not pid_alive(child_pid), 15)
-    assert "process group was stopped" in reply.stderr
+    assert "process group was interrupted (SIGINT)" in reply.stderr
     after = kernel.execute("%%sandbox bash --profile tiny\necho slot free")
     assert after.stdout == "slot free\n", after.error
 

@@ -385,7 +385,7 @@ def test_an_interrupt_during_a_blocking_run_kills_its_processes_and_frees_the_sl
     reply = lab.cell("sleep 300 & sleep 301 & echo started; wait", "--profile tiny",
                      on_stream=lambda text: "started" in text and lab.kernel.manager.interrupt_kernel())
     assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
-    assert "process group was stopped (SIGINT)" in reply.stderr, reply.stderr
+    assert "process group was interrupted (SIGINT)" in reply.stderr, reply.stderr
     assert_clean(lab, keep_sandboxes=True)
     assert lab.cell("echo slot free", "--profile tiny").stdout == "slot free\n"
     shut_down(lab)
@@ -402,7 +402,7 @@ def test_an_interrupt_during_a_queued_acquire_dequeues_the_run_which_never_start
     lab.interrupt_when(flag.exists)
     reply = lab.cell(f"touch {ran}", "--profile tiny --name waiting")
     assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
-    assert "(dequeued)" in reply.stderr, reply.stderr
+    assert "taken out of the queue before it started" in reply.stderr, reply.stderr
     assert lab.kernel.execute("%sandbox cancel holder").status == "ok"
     assert_clean(lab, keep_sandboxes=True)
     assert lab.cell("echo next", "--profile tiny").stdout == "next\n"
@@ -417,7 +417,7 @@ def test_an_interrupt_during_a_sandbox_start_cancels_the_run_and_the_sandbox_sti
     lab.interrupt_when(lab.start_seen)
     reply = lab.cell(f"touch {ran}")
     assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
-    assert "(dequeued)" in reply.stderr, reply.stderr
+    assert "taken out of the queue before it started" in reply.stderr, reply.stderr
     lab.open_gate()
     assert lab.cell("echo served").stdout == "served\n"
     assert not ran.exists(), "the interrupted run started after all"

@@ -65,3 +65,27 @@ def test_log_view_escapes_output_html() -> None:
     view = RunLogView(run, no_poll)
     view.widget
     assert "<script>" not in view._body.value and "&lt;script&gt;" in view._body.value
+
+
+def test_runs_table_html_leaves_a_running_runs_exit_code_blank() -> None:
+    from sandbox_magics.runs import RunRegistry
+    from sandbox_magics.widgets.runs_table import tidy
+    registry = RunRegistry()
+    going, ended = Run("r1", RunSpec("sleep 9"), "local"), Run("r2", RunSpec("exit 3"), "local")
+    for run in (going, ended):
+        run._assign("default-1", 0)
+        registry.add(run)
+    ended._finish(RunState.FAILED, 3)
+    html = tidy(registry.to_frame())._repr_html_()
+    assert "NA" not in html and "<td>3</td>" in html
+
+
+@pytest.mark.parametrize(("csv_text", "header"), [
+    (b"city,country\nParis,France\nLima,Peru\n", True),    # all text, with its names
+    (b"loss,acc\n0.5,0.9\n0.25,0.95\n", True),
+    (b"0.5,0.9\n0.25,0.95\n", False),                      # numbers only: no names
+    (b"run-1,0.5\nrun-2,0.25\n", False),                    # a number in the first row
+    (b'"a, b",c\n1,2\n', True)])
+def test_csv_header_is_told_apart_for_text_and_number_columns(csv_text: bytes, header: bool) -> None:
+    from sandbox_magics.widgets.artifacts import has_header
+    assert has_header(csv_text, ",") is header
