@@ -1,5 +1,5 @@
 // The status-bar item, the "Sandboxes" sidebar and a run's log panel.
-import { InputDialog } from '@jupyterlab/apputils';
+import { Dialog, InputDialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { ILog, IRun, IState, SandboxModel } from './model';
@@ -155,14 +155,36 @@ export class SandboxPanel extends ModelView {
         label: `Sandboxes to keep (0–${pool.max_sandboxes}), or auto`,
         text: pool.target === null ? 'auto' : String(pool.target)
       });
-      const value = result.value?.trim();
-      if (!result.button.accept || !value) {
+      const value = result.value?.trim() ?? '';
+      if (!result.button.accept) {
         return;
       }
-      this.model?.send({ action: 'scale', profile: pool.profile, sandboxes: value === 'auto' ? null : Number(value) });
+      if (value !== 'auto' && !/^\d+$/.test(value)) {
+        this._onNotice(null, {
+          text: `Scale takes a whole number of ${pool.profile} sandboxes (0–${pool.max_sandboxes}) or auto; got "${value}". Nothing changed.`,
+          error: true
+        });
+        return;
+      }
+      this.model?.send({ action: 'scale', profile: pool.profile, sandboxes: value });
     };
     const stop = el('button', { class: 'sbx-lab-button', title: `Stop every ${pool.profile} sandbox (scale to 0)` }, 'Shut down');
-    stop.onclick = () => this.model?.send({ action: 'shutdown', profile: pool.profile });
+    stop.onclick = async () => {
+      const boxes = pool.sandboxes.length;
+      const going = state.runs.filter(r => !r.done && r.profile === pool.profile).length;
+      const result = await showDialog({
+        title: `Shut down ${pool.profile}?`,
+        body:
+          `${boxes} sandbox(es) of ${pool.profile} stop: idle ones now, busy ones once their ` +
+          `runs end (${going} run(s) going; they are not cancelled). New ${pool.profile} runs ` +
+          'fail at once until you scale it up again (Scale… auto, or %sandbox scale ' +
+          `${pool.profile} auto).`,
+        buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Shut down' })]
+      });
+      if (result.button.accept) {
+        this.model?.send({ action: 'shutdown', profile: pool.profile });
+      }
+    };
     const names = new Map(state.runs.map(r => [r.id, r.name]));
     const boxes = pool.sandboxes.map(box =>
       el(
@@ -173,7 +195,8 @@ export class SandboxPanel extends ModelView {
           const run = box.runs[i];
           const title = `${box.id} slot ${i}: ${slot}` + (run ? ` · ${run} ${names.get(run) ?? ''}` : '');
           return el('i', { class: `sbx-lab-slot sbx-lab-slot-${slot}`, title });
-        })
+        }),
+        box.state === 'ready' ? '' : el('span', { class: 'sbx-lab-muted sbx-lab-box-state' }, ` ${box.state}`)
       )
     );
     return el(
@@ -239,7 +262,7 @@ export class SandboxPanel extends ModelView {
     });
   }
 
-  private _onNotice(_: SandboxModel, notice: { text: string; error: boolean }): void {
+  private _onNotice(_: SandboxModel | null, notice: { text: string; error: boolean }): void {
     this._message = notice;
     this.render();
   }

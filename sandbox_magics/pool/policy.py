@@ -35,6 +35,7 @@ class SandboxFacts:
     created: float
     idle_since: float | None
     slots: int
+    draining: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,21 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Drain:
+    """Take no new run on a busy sandbox; it is stopped once its runs end."""
+
+    sandbox: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class FailWaiting:
     """Tell every waiting run at once that no sandbox can serve it, and why."""
 
     reason: str
 
 
-Action = Union[Start, Stop, FailWaiting]
+Action = Union[Start, Stop, Drain, FailWaiting]
 
 
 def bounds(profile: Profile, target: int | None) -> tuple[int, int]:
@@ -105,7 +114,8 @@ def decide(profile: Profile, target: int | None, counts: Counts, now: float,
            cooldown: float = 10.0) -> list[Action]:
     """The actions that bring the pool of ``profile`` toward what it should be.
 
-    - above the maximum: stop idle sandboxes (oldest first) down to it;
+    - above the maximum: stop idle sandboxes (oldest first) down to it, and drain busy ones
+      (no new run; stopped once their runs end) if that is not enough;
     - an idle sandbox older than ``lifetime`` is stopped (and replaced if below min);
     - one idle sandbox above the minimum, idle past ``idle_timeout``, is stopped per
       ``cooldown``;
@@ -123,13 +133,23 @@ def decide(profile: Profile, target: int | None, counts: Counts, now: float,
         stopping.add(facts.id)
         actions.append(Stop(facts.id, reason))
 
-    idle = sorted((s for s in live if not s.starting and not s.in_use), key=lambda s: s.created)
-    for facts in idle[: max(0, len(live) - high)]:
+    for facts in live:
+        if facts.draining and not facts.in_use:
+            stop(facts, "its runs ended after a scale-down")
+    serving = [s for s in live if not s.draining]
+    serving_ids = {s.id for s in serving}
+    idle = sorted((s for s in serving if not s.starting and not s.in_use), key=lambda s: s.created)
+    for facts in idle[: max(0, len(serving) - high)]:
         stop(facts, f"the pool is set to at most {high} sandbox(es)")
+    busy = sorted((s for s in serving if not s.starting and s.in_use), key=lambda s: s.created)
+    for facts in busy[: max(0, len(serving) - len(stopping & serving_ids) - high)]:
+        stopping.add(facts.id)  # serves no more: counted as gone below
+        actions.append(Drain(facts.id, f"the pool is set to at most {high} sandbox(es); it "
+                                       "stops when its runs end"))
     for facts in idle:
         if facts.id not in stopping and now - facts.created > profile.lifetime:
             stop(facts, f"its lifetime of {profile.lifetime:g} s was reached")
-    remaining = len(live) - len(stopping)
+    remaining = len(serving) - len(stopping & serving_ids)
     if now - counts.last_scale_down >= cooldown:
         for facts in idle:
             idle_for = now - facts.idle_since if facts.idle_since is not None else 0.0
@@ -138,7 +158,7 @@ def decide(profile: Profile, target: int | None, counts: Counts, now: float,
                 remaining -= 1
                 break
 
-    kept = [s for s in live if s.id not in stopping]
+    kept = [s for s in serving if s.id not in stopping]
     coming = sum(s.slots for s in kept if s.starting)
     demand = math.ceil(max(0, counts.waiting - coming) / profile.slots_per_sandbox)
     want = min(high - len(kept), max(low - len(kept), demand))

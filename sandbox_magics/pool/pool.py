@@ -118,7 +118,7 @@ class Pool:
         return task
 
     def _live(self) -> list[SandboxRecord]:
-        return [r for r in self.sandboxes if r.state in (SandboxState.STARTING, SandboxState.READY)]
+        return [r for r in self.sandboxes if r.state is SandboxState.STARTING or r.state.serving]
 
     async def acquire(self, session: str | None = None, timeout: float | None = None,
                       first: bool = False, holder: str | None = None) -> Lease:
@@ -206,7 +206,7 @@ class Pool:
         slot = lease.slot
         record = slot.sandbox
         try:
-            if reset and slot.session is None and record.state is SandboxState.READY and record.sandbox:
+            if reset and slot.session is None and record.state.serving and record.sandbox:
                 try:
                     await asyncio.wait_for(self._reset(record.sandbox, slot.index), RESET_TIMEOUT)
                 except (SandboxError, asyncio.TimeoutError) as exc:
@@ -229,9 +229,9 @@ class Pool:
         fails a health check now; return whether it was retired. One broken connection
         must not take the other runs of a healthy sandbox with it."""
         reason = reason.rstrip(".")
-        if record.state is SandboxState.READY and record.sandbox is not None:
+        if record.state.serving and record.sandbox is not None:
             health = await self._health(record.sandbox)
-            if health.ok and record.state is SandboxState.READY:
+            if health.ok and record.state.serving:
                 self._emit(EventKind.CONNECTION_LOST, record.id, f"{reason}; the sandbox still answers")
                 return False
             if health.reason and health.reason not in reason:
@@ -295,12 +295,12 @@ class Pool:
         return next(iter(self._free_slots), None)
 
     def _facts(self) -> policy.Counts:
-        live = [r for r in self.sandboxes if r.state in (SandboxState.STARTING, SandboxState.READY)]
+        live = self._live()
         return policy.Counts(
             waiting=sum(not w.future.done() for w in self._waiters),
             sandboxes=tuple(policy.SandboxFacts(
                 r.id, r.state is SandboxState.STARTING, r.running,
-                r.created, r.idle_since, r.size) for r in live),
+                r.created, r.idle_since, r.size, r.state is SandboxState.DRAINING) for r in live),
             failed_starts=self._failed_starts, last_failure=self._last_failure,
             last_error=self._last_error, last_scale_down=self._last_scale_down)
 
@@ -323,6 +323,12 @@ class Pool:
                 self._emit(EventKind.SCALE_DOWN, record.id, action.reason)
                 self._spawn(self._retire(record))
                 self._last_scale_down = now
+            elif isinstance(action, policy.Drain):
+                record = next(r for r in self.sandboxes if r.id == action.sandbox)
+                record.reason = action.reason
+                self._withdraw(record, SandboxState.DRAINING)
+                self._end_sessions(record, f"is draining ({action.reason})")
+                self._emit(EventKind.DRAINING, record.id, action.reason)
             else:
                 self._fail_waiters(SandboxStartError(action.reason))
 
@@ -484,7 +490,7 @@ class Pool:
 
     async def _check_health(self) -> None:
         """Retire sandboxes that failed two health checks in a row; send heartbeats."""
-        ready = [r for r in self.sandboxes if r.state is SandboxState.READY and r.sandbox]
+        ready = [r for r in self.sandboxes if r.state.serving and r.sandbox]
         results = await asyncio.gather(*(self._health(r.sandbox) for r in ready if r.sandbox))
         for record, health in zip(ready, results):
             record.health_failures = 0 if health.ok else record.health_failures + 1

@@ -14,8 +14,14 @@ from ..backends.base import Sandbox
 class SandboxState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
+    DRAINING = "draining"  # above a scale-down: takes no new run, stops when its runs end
     STOPPING = "stopping"
     DEAD = "dead"
+
+    @property
+    def serving(self) -> bool:
+        """Whether its runs go on (health checks, resets and lost runs apply)."""
+        return self in (SandboxState.READY, SandboxState.DRAINING)
 
 
 class SlotState(enum.Enum):
@@ -27,11 +33,12 @@ class SlotState(enum.Enum):
     BUSY = "busy"
     SESSION = "session"
     STARTING = "starting"
+    DRAINING = "draining"
     STOPPING = "stopping"
     DEAD = "dead"
 
 
-UNREADY_SLOT = {SandboxState.STARTING: SlotState.STARTING,
+UNREADY_SLOT = {SandboxState.STARTING: SlotState.STARTING, SandboxState.DRAINING: SlotState.DRAINING,
                 SandboxState.STOPPING: SlotState.STOPPING, SandboxState.DEAD: SlotState.DEAD}
 
 
@@ -43,6 +50,7 @@ class EventKind(enum.Enum):
     READY = "ready"                            # a started sandbox serves its slots
     START_FAILED = "start-failed"              # a sandbox did not start (retried after a backoff)
     SCALE_DOWN = "scale-down"                  # the policy stops a sandbox, and why
+    DRAINING = "draining"                      # a busy sandbox above a scale-down takes no new run
     LOST = "lost"                              # a sandbox died and is retired
     CONNECTION_LOST = "connection-lost"        # a run's connection broke; its sandbox answers
     ADOPTED = "adopted"                        # serves again, left by this kernel before a restart
@@ -65,10 +73,10 @@ class SlotRecord:
 
     @property
     def state(self) -> SlotState:
+        if self.busy and self.sandbox.state.serving:
+            return SlotState.BUSY
         if self.sandbox.state is not SandboxState.READY:
             return UNREADY_SLOT[self.sandbox.state]
-        if self.busy:
-            return SlotState.BUSY
         return SlotState.SESSION if self.session else SlotState.FREE
 
 

@@ -16,13 +16,13 @@ REFRESH_INTERVAL = 0.5
 FULL_RATE_VIEWS = 8
 
 SLOT_COLORS = {SlotState.FREE: "#ecfdf5", SlotState.BUSY: "#2563eb", SlotState.SESSION: "#8b5cf6",
-               SlotState.STARTING: "#f59e0b", SlotState.STOPPING: "#9ca3af",
-               SlotState.DEAD: "#dc2626"}
+               SlotState.STARTING: "#f59e0b", SlotState.DRAINING: "#fde68a",
+               SlotState.STOPPING: "#9ca3af", SlotState.DEAD: "#dc2626"}
 SLOT_BORDERS = {SlotState.FREE: "#059669", SlotState.BUSY: "#1e40af", SlotState.SESSION: "#6d28d9",
-                SlotState.STARTING: "#b45309", SlotState.STOPPING: "#6b7280",
-                SlotState.DEAD: "#991b1b"}
+                SlotState.STARTING: "#b45309", SlotState.DRAINING: "#b45309",
+                SlotState.STOPPING: "#6b7280", SlotState.DEAD: "#991b1b"}
 LEGEND_STATES = (SlotState.FREE, SlotState.BUSY, SlotState.SESSION, SlotState.STARTING,
-                 SlotState.DEAD)
+                 SlotState.DRAINING, SlotState.DEAD)
 RUN_COLORS = {"queued": "#6b7280", "running": "#2563eb", "succeeded": "#059669",
               "failed": "#dc2626", "timed-out": "#d97706", "cancelled": "#6b7280",
               "lost": "#dc2626", "error": "#dc2626"}

@@ -227,15 +227,16 @@ class LabBridge:
                             lambda: f"Run {run_id}: {client.cancel(run_id)}.")
         elif action in ("scale", "shutdown"):
             profile = str(data.get("profile"))
-            target = 0 if action == "shutdown" else data.get("sandboxes")
-            if target is not None:
-                target = int(target)
+            target = 0 if action == "shutdown" else scale_target(data.get("sandboxes"))
 
             def scale() -> str:
-                client.scale(profile, target)
-                return (f"Profile {profile}: " +
-                        ("autoscaling." if target is None else f"{target} sandbox(es)."))
-            self._in_thread(comm, f"scale {profile}", scale)
+                client.scale(profile, target)  # refuses a bad target in one sentence
+                if target == 0:
+                    return (f"Profile {profile} is shut down: idle sandboxes stop now, busy "
+                            "ones when their runs end, and new runs fail until you scale it up.")
+                return f"Profile {profile}: " + (
+                    "autoscaling." if target == "auto" else f"{target} sandbox(es).")
+            self._in_thread(comm, f"Scaling {profile}", scale)
         else:
             self._notice(comm, f"Unknown action {action!r}.")
 
@@ -252,6 +253,13 @@ class LabBridge:
     def _notice(self, comm: Any, text: str, error: bool = False) -> None:
         if comm is not None:
             self._send(comm, {"type": "notice", "text": text, "error": error})
+
+
+def scale_target(value: Any) -> Any:
+    """The sidebar's scale field as `Client.scale` takes it: "auto", a whole number, or
+    the text as typed (which `Client.scale` refuses in one sentence)."""
+    text = str(value).strip()
+    return int(text) if text.isdigit() else text
 
 
 def _comm_manager() -> Any:

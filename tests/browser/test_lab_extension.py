@@ -75,9 +75,21 @@ def test_status_bar_and_sidebar_follow_the_kernel_and_answer_while_busy(
     nb.run("%sandbox cancel sidebar-b")
 
     pool = panel.locator('.sbx-lab-pool[data-profile="default"]')
+    pool.get_by_role("button", name="Scale…").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.locator("input").fill("abc")
+    dialog.get_by_role("button", name="Ok").click()
+    wait_text(panel.locator(".sbx-lab-error"), "whole number", 5)
+    assert pool.locator(".sbx-lab-box").count() >= 1, "a refused scale changed the pool"
+
     pool.get_by_role("button", name="Shut down").click()
+    wait_text(dialog, "busy ones once their runs end", 5)
+    assert panel.locator(".sbx-lab-box").count() >= 1, "Shut down acted before it was confirmed"
+    dialog.get_by_role("button", name="Shut down").click()
     wait_for(lambda: panel.locator(".sbx-lab-box").count() == 0, 20, "the pool did not shut down")
     assert status_text(page) == "sandbox 0/0"
+    refused = nb.run("%%sandbox bash\necho after")
+    wait_text(nb.output(refused), "scaled to 0", 10)
 
 
 HIGHLIGHTED = [

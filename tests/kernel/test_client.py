@@ -134,6 +134,25 @@ def test_scale_starts_and_stops_sandboxes(client: Client) -> None:
         client.scale("nope", 1)
 
 
+def test_scale_0_drains_a_busy_sandbox_new_runs_fail_at_once_and_running_ones_finish(
+        client: Client, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    held = client.submit(f"while [ ! -e {gate} ]; do sleep 0.05; done; echo finished")
+    assert wait_until(lambda: held.state is RunState.RUNNING, 20)
+    client.scale("default", 0)
+
+    def boxes() -> list[tuple[str, tuple[str, ...]]]:
+        return [(box.state.value, tuple(s.value for s in box.slots))
+                for pool in client.pool_status() for box in pool.sandboxes]
+    assert wait_until(lambda: boxes() == [("draining", ("busy", "draining", "draining",
+                                                        "draining"))], 20), boxes()
+    refused = client.run("echo never", check=False)
+    assert refused.state is RunState.ERROR and "scaled to 0" in refused.failure_message()
+    gate.touch()
+    assert held.wait(30) == 0 and held.stdout == "finished\n"
+    assert wait_until(lambda: boxes() == [], 20), boxes()
+
+
 def test_profile_run_timeout_is_named_in_the_error(client: Client) -> None:
     run = client.run("sleep 30", profile="limited", check=False)
     assert run.state is RunState.TIMED_OUT

@@ -9,7 +9,8 @@ import pytest
 from sandbox_magics import identity
 from sandbox_magics.identity import Identity
 from sandbox_magics.pool import policy
-from sandbox_magics.pool.policy import Counts, FailWaiting, Found, SandboxFacts, Start, Stop
+from sandbox_magics.pool.policy import (Counts, Drain, FailWaiting, Found, SandboxFacts, Start,
+                                        Stop)
 from sandbox_magics.profiles import Profile
 
 NOW = 10_000.0
@@ -18,9 +19,9 @@ P = Profile(name="p", slots_per_sandbox=2, min_sandboxes=0, max_sandboxes=3,
 
 
 def box(name: str, starting: bool = False, in_use: bool = False, age: float = 100.0,
-        idle_for: float | None = 0.0) -> SandboxFacts:
+        idle_for: float | None = 0.0, draining: bool = False) -> SandboxFacts:
     idle_since = None if idle_for is None else NOW - idle_for
-    return SandboxFacts(name, starting, in_use, NOW - age, idle_since, 2)
+    return SandboxFacts(name, starting, in_use, NOW - age, idle_since, 2, draining)
 
 
 CASES = [
@@ -42,6 +43,18 @@ CASES = [
     ("scale 0 stops every idle sandbox", {}, 0, Counts(0, (box("a"), box("b"))),
      [Stop("a", "the pool is set to at most 0 sandbox(es)"),
       Stop("b", "the pool is set to at most 0 sandbox(es)")]),
+    ("scale 0 drains a busy sandbox: no new run there, and waiting runs fail at once", {}, 0,
+     Counts(1, (box("a", in_use=True),)),
+     [Drain("a", "the pool is set to at most 0 sandbox(es); it stops when its runs end"),
+      FailWaiting("profile 'p' is scaled to 0 sandboxes; run %sandbox scale p auto (or N) "
+                  "to run again")]),
+    ("a lower target drains the oldest busy sandboxes it cannot stop idle", {}, 1,
+     Counts(0, (box("a", in_use=True, age=50), box("b", in_use=True, age=500))),
+     [Drain("b", "the pool is set to at most 1 sandbox(es); it stops when its runs end")]),
+    ("a draining sandbox whose runs go on is left to finish", {}, 0,
+     Counts(0, (box("a", in_use=True, draining=True),)), []),
+    ("a draining sandbox stops once its runs end", {}, 0, Counts(0, (box("a", draining=True),)),
+     [Stop("a", "its runs ended after a scale-down")]),
     ("scale 0 fails waiting runs at once", {}, 0, Counts(1, ()),
      [FailWaiting("profile 'p' is scaled to 0 sandboxes; run %sandbox scale p auto (or N) "
                   "to run again")]),
