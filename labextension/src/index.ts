@@ -79,11 +79,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
         }
       };
       context.kernelChanged.connect(connect);
+      context.statusChanged.connect(() => {
+        if (tracker.currentWidget === notebook && panel.kernelGone !== kernelGone(notebook)) {
+          follow(notebook);
+        }
+      });
       void context.ready.then(connect);
     };
     const follow = (notebook: NotebookPanel | null) => {
       const model = notebook ? models.get(notebook.sessionContext.session?.kernel) : null;
       panel.model = model;
+      panel.kernelGone = kernelGone(notebook);
       panel.notebookName = notebook ? notebook.context.path : '';
       item.model = model;
     };
@@ -95,5 +101,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
     highlightSandboxCells(tracker);
   }
 };
+
+/** No kernel, and none starting: the notebook's kernel was shut down (or never started). */
+function kernelGone(notebook: NotebookPanel | null): boolean {
+  const context = notebook?.sessionContext;
+  return (
+    !!context &&
+    !context.session?.kernel &&
+    !['initializing', 'restarting'].includes(context.kernelDisplayStatus)
+  );
+}
 
 export default plugin;

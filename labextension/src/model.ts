@@ -67,6 +67,17 @@ export class SandboxModel {
     return this._state;
   }
 
+  /** Whether the kernel has answered our comm since it (re)started: with its state, or by
+   * closing the comm (the extension is not loaded there). */
+  get answered(): boolean {
+    return this._answered;
+  }
+
+  /** Emitted when the kernel restarts or dies: what was shown came from the kernel before. */
+  get restarted(): ISignal<this, void> {
+    return this._restartedSignal;
+  }
+
   /** Seconds to add to this browser's clock to get the kernel's. */
   get clockOffset(): number {
     return this._offset;
@@ -128,6 +139,7 @@ export class SandboxModel {
       if (this._comm === comm) {
         this._comm = null;
         // A kernel without the target closes our comm at once: no extension there.
+        this._answered = true;
         this._setState(null);
       }
     };
@@ -142,6 +154,8 @@ export class SandboxModel {
 
   private _onStatus(_: Kernel.IKernelConnection, status: Kernel.Status): void {
     if (status === 'restarting' || status === 'autorestarting' || status === 'dead') {
+      this._answered = false;
+      this._restartedSignal.emit();
       this._setState(null);
     }
     if (status === 'idle' && this._restarted) {
@@ -159,6 +173,7 @@ export class SandboxModel {
     }
     if (data.type === 'state') {
       this._offset = data.now - Date.now() / 1000;
+      this._answered = true;
       this._setState(data as IState);
     } else if (data.type === 'log') {
       this._log.emit(data as ILog);
@@ -177,6 +192,8 @@ export class SandboxModel {
   private _offset = 0;
   private _disposed = false;
   private _restarted = false;
+  private _answered = false;
+  private _restartedSignal = new Signal<this, void>(this);
   private _changed = new Signal<this, void>(this);
   private _log = new Signal<this, ILog>(this);
   private _notice = new Signal<this, { text: string; error: boolean }>(this);

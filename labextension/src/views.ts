@@ -121,15 +121,7 @@ export class SandboxPanel extends ModelView {
     node.append(el('div', { class: 'sbx-lab-muted' }, this._notebook || 'No notebook is active.'));
     const state = this.model?.state;
     if (!state) {
-      node.append(
-        el(
-          'div',
-          { class: 'sbx-lab-empty' },
-          this.model
-            ? 'Run %load_ext sandbox_magics in this notebook to see its sandboxes here.'
-            : 'Open a notebook to see its sandboxes.'
-        )
-      );
+      node.append(el('div', { class: 'sbx-lab-empty' }, this._emptyText()));
       return;
     }
     if (this._message) {
@@ -262,11 +254,30 @@ export class SandboxPanel extends ModelView {
     });
   }
 
+  /** What the sidebar says when it has no state to show, and why. */
+  private _emptyText(): string {
+    if (!this._notebook) {
+      return 'Open a notebook to see its sandboxes.';
+    }
+    if (!this.model && this.kernelGone) {
+      return `The kernel of ${this._notebook} is not running: start it, then run %load_ext sandbox_magics.`;
+    }
+    if (!this.model) {
+      return 'Connecting to the kernel…';
+    }
+    if (!this.model.answered) {
+      return 'Connecting to the kernel…';
+    }
+    return 'Run %load_ext sandbox_magics in this notebook to see its sandboxes here.';
+  }
+
   private _onNotice(_: SandboxModel | null, notice: { text: string; error: boolean }): void {
     this._message = notice;
     this.render();
   }
 
+  /** The active notebook's session is ready and has no kernel (it was shut down). */
+  kernelGone = false;
   private _notebook = '';
   private _timer = 0;
   private _message: { text: string; error: boolean } | null = null;
@@ -284,11 +295,13 @@ export class LogPanel extends Widget {
     this._body = el('pre', { class: 'sbx-lab-log-body' });
     this.node.append(this._head, this._body);
     model.logReceived.connect(this._onLog, this);
+    model.restarted.connect(this._onRestart, this);
     model.send({ action: 'log', run: run.id });
   }
 
   dispose(): void {
     this.model.logReceived.disconnect(this._onLog, this);
+    this.model.restarted.disconnect(this._onRestart, this);
     this.model.send({ action: 'log', run: null });
     super.dispose();
   }
@@ -303,6 +316,14 @@ export class LogPanel extends Widget {
     if (atEnd) {
       this.node.scrollTop = this.node.scrollHeight;
     }
+  }
+
+  /** The kernel that ran it is gone: the log stays, said to be from before. */
+  private _onRestart(): void {
+    this._head.textContent =
+      `${this.run.name} (${this.run.id}) · from the kernel before its restart; ` +
+      `run %sandbox logs ${this.run.name} in the new kernel to follow it`;
+    this._head.classList.add('sbx-lab-stale');
   }
 
   private _head: HTMLElement;

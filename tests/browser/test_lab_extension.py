@@ -159,3 +159,47 @@ def test_only_notebooks_with_sandbox_magics_are_touched(lab: JupyterLab, page: A
     panel = ours.run("%%sandbox bash --bg --name saved\necho saved-line")
     wait_text(ours.output(panel), "saved-line")
     assert saved_widget_state(ours), "the panels' state was not saved with the notebook"
+
+
+# Records every text the sidebar's empty-state line shows, from the page's first moment.
+RECORD_EMPTY_TEXTS = """
+window.sbxEmptyTexts = [];
+new MutationObserver(() => {
+  for (const e of document.querySelectorAll('#sandbox-magics-sidebar .sbx-lab-empty')) {
+    if (window.sbxEmptyTexts[window.sbxEmptyTexts.length - 1] !== e.textContent) {
+      window.sbxEmptyTexts.push(e.textContent);
+    }
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+def test_sidebar_and_log_panel_say_what_happened_to_the_kernel(lab: JupyterLab, page: Any) -> None:
+    nb = Notebook(lab, page, "kernel_changes.ipynb")
+    nb.run("%load_ext sandbox_magics")
+    nb.run("%%sandbox bash --name before-restart\necho from-before")
+    nb.save()
+    page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
+    panel = page.locator("#sandbox-magics-sidebar")
+    wait_text(panel, "before-restart", 10)
+
+    # A reload never says "run %load_ext" to a kernel that has it.
+    page.add_init_script(RECORD_EMPTY_TEXTS)
+    nb.open()
+    page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
+    wait_text(panel, "before-restart", 10)
+    shown = page.evaluate("() => window.sbxEmptyTexts")
+    assert not any("%load_ext" in text for text in shown), shown
+
+    # A log panel from the sidebar says when its kernel restarted.
+    panel.locator(".sbx-lab-run-name", has_text="before-restart").click()
+    head = page.locator(".sbx-lab-log-head")
+    wait_text(head, "succeeded", 10)
+    page.evaluate("() => window.sbxTest.nb().sessionContext.session.kernel.restart()")
+    wait_text(head, "before its restart", 15)
+
+    # A shut-down kernel, with its notebook open, is said to be not running.
+    nb.wait_idle(60)
+    page.evaluate("() => window.sbxTest.nb().sessionContext.shutdown()")
+    page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
+    wait_text(panel, "is not running", 15)
