@@ -316,21 +316,24 @@ class Pool:
                 for _ in range(action.count):
                     self._start_sandbox()
             elif isinstance(action, policy.Stop):
-                record = next(r for r in self.sandboxes if r.id == action.sandbox)
-                record.reason = action.reason
-                self._withdraw(record, SandboxState.STOPPING)
-                self._end_sessions(record, f"was stopped ({action.reason})")
+                record = self._scale_down(action, SandboxState.STOPPING, "was stopped")
                 self._emit(EventKind.SCALE_DOWN, record.id, action.reason)
                 self._spawn(self._retire(record))
                 self._last_scale_down = now
             elif isinstance(action, policy.Drain):
-                record = next(r for r in self.sandboxes if r.id == action.sandbox)
-                record.reason = action.reason
-                self._withdraw(record, SandboxState.DRAINING)
-                self._end_sessions(record, f"is draining ({action.reason})")
+                record = self._scale_down(action, SandboxState.DRAINING, "is draining")
                 self._emit(EventKind.DRAINING, record.id, action.reason)
             else:
                 self._fail_waiters(SandboxStartError(action.reason))
+
+    def _scale_down(self, action: policy.Stop | policy.Drain, state: SandboxState,
+                    what: str) -> SandboxRecord:
+        """Take the action's sandbox out of service (``state``); its sessions end."""
+        record = next(r for r in self.sandboxes if r.id == action.sandbox)
+        record.reason = action.reason
+        self._withdraw(record, state)
+        self._end_sessions(record, f"{what} ({action.reason})")
+        return record
 
     def _fail_waiters(self, error: Exception) -> None:
         for waiter in self._waiters:
