@@ -272,7 +272,10 @@ class StandIn:
                     workdir: str | None) -> Exec:
         if argv[:1] == [FS_TOOLS]:
             argv = [sys.executable, str(FS_TOOLS_SCRIPT), "--root", str(box.root), *argv[1:]]
-        cwd = box.host_path(workdir) if workdir else box.workdir
+        # An exec without a workdir starts where the image's WORKDIR says (for the stock
+        # images: /), not in the sandbox's workdir, which is the entrypoint's.
+        cwd = box.host_path(workdir or "/")
+        cwd.mkdir(parents=True, exist_ok=True)
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
                     "HOME": str(box.root), "MODAL_TASK_ID": box.task_id,
                     "MODAL_SANDBOX_ID": box.id, **box.env, **env}

@@ -190,7 +190,8 @@ class ModalSandbox(Sandbox):
         pgfile = f"{RUNS}/slot-{slot}.pgid"
         try:
             cp = await self.sb.exec.aio("sh", "-c", WRAPPER, "sandbox-magics", f"slot-{slot}", pgfile,
-                                        *request.argv, env=dict(request.env) or None, text=False)
+                                        *request.argv, env=dict(request.env) or None, text=False,
+                                        workdir=str(self.workdir))
             data = (request.stdin or "").encode()
             for start in range(0, len(data), STDIN_CHUNK):
                 cp.stdin.write(data[start:start + STDIN_CHUNK])
@@ -366,7 +367,8 @@ class ModalProcess(Process):
         try:
             cp = await self._sandbox.sb.exec.aio(
                 "sh", "-c", SIGNAL, "sandbox-magics-signal", name,
-                "" if self.pgid is None else str(self.pgid), self._pgfile)
+                "" if self.pgid is None else str(self.pgid), self._pgfile,
+                workdir=str(self._sandbox.workdir))
             return await cp.wait.aio() == 0
         except _modal().exception.Error as exc:
             raise await self._sandbox.lost(exc, f"signalling run {self._request.run_id}") from None
