@@ -75,6 +75,24 @@ def download(artifact: Artifact, directory: Path | None = None) -> Path:
 
 
 MAX_ROWS = 8
+MAX_WIDTH_CH = 80
+
+
+def label(artifact: Artifact) -> str:
+    """How a file reads in the list: its path and size, and whether it was kept."""
+    return f"{artifact.path}  ({size(artifact.size)}{'' if artifact.local else ', not kept'})"
+
+
+def list_rows(count: int) -> int:
+    """Rows of a list of ``count`` files: one a file up to `MAX_ROWS`, and at least two, as
+    a select of one row is a drop-down that hides its file until clicked."""
+    return max(2, min(count, MAX_ROWS))
+
+
+def list_width(labels: list[str]) -> str:
+    """A width that fits the longest label (in ``ch``, a digit's width: an overestimate of
+    a proportional font's average letter), up to `MAX_WIDTH_CH`."""
+    return f"{min(max(map(len, labels), default=0) + 4, MAX_WIDTH_CH)}ch"
 
 
 class ArtifactsView(PolledView):
@@ -89,7 +107,7 @@ class ArtifactsView(PolledView):
     def _build(self) -> Any:
         import ipywidgets as w
         self._header = w.HTML()
-        self._files = w.Select(options=[], rows=1, layout=w.Layout(width="40em"))
+        self._files = w.Select(options=[], layout=w.Layout(max_width="100%"))
         self._download = w.Button(description="Download", icon="download")
         self._status = w.Output()
         self._preview = w.Output()
@@ -128,12 +146,12 @@ class ArtifactsView(PolledView):
         if self._shown != shown:
             self._shown = shown
             self._header.value = CSS + self._summary_html()
-            files = run.artifacts
-            self._files.options = [
-                f"{a.path}  ({size(a.size)}{'' if a.local else ', not kept'})" for a in files]
-            self._files.rows = max(1, min(len(files), MAX_ROWS))  # the list fits its files
+            labels = [label(a) for a in run.artifacts]
+            self._files.options = labels
+            self._files.rows = list_rows(len(labels))
+            self._files.layout.width = list_width(labels)
             for part in (self._files, self._download):
-                part.layout.display = None if files else "none"
+                part.layout.display = None if labels else "none"
         return not run.done
 
     def _summary_html(self) -> str:

@@ -298,6 +298,14 @@ def test_a_panel_restored_after_a_restart_is_a_clear_static_snapshot(
     notebook.screenshot(screenshots / "restored-panel.png", output)
 
 
+# A file list's box, the height of its first row (0 in a drop-down, whose options are not
+# laid out) and the width of that row's text in the list's font.
+LIST_BOX = """s => { const pen = document.createElement('canvas').getContext('2d');
+  pen.font = getComputedStyle(s).font; const box = s.getBoundingClientRect();
+  return [{width: box.width, height: box.height}, s.options[0].getBoundingClientRect().height,
+          pen.measureText(s.options[0].text).width]; }"""
+
+
 def test_artifacts_of_a_running_run_say_when_they_come_then_list_them(
         notebook: Notebook, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
@@ -311,4 +319,7 @@ def test_artifacts_of_a_running_run_say_when_they_come_then_list_them(
     select.wait_for(state="visible", timeout=20_000)
     wait_text(cell, "1 file(s)", 10)
     assert select.locator("option").all_inner_texts()[0].startswith("out.txt")
-    assert int(select.get_attribute("size") or 0) <= 2, "the list is taller than its one file"
+    box, row, text = select.evaluate(LIST_BOX)
+    assert row > 0, "the one file is hidden in a drop-down, not shown in a list"
+    assert box["height"] <= 2 * row + 12, f"the list is taller than its one file: {box}, {row}"
+    assert text <= box["width"] <= text + 80, f"the list is not as wide as its file: {box}, {text}"

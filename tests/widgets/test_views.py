@@ -89,3 +89,15 @@ def test_runs_table_html_leaves_a_running_runs_exit_code_blank() -> None:
 def test_csv_header_is_told_apart_for_text_and_number_columns(csv_text: bytes, header: bool) -> None:
     from sandbox_magics.widgets.artifacts import has_header
     assert has_header(csv_text, ",") is header
+
+
+@pytest.mark.parametrize(("count", "rows"), [(0, 2), (1, 2), (3, 3), (8, 8), (50, 8)])
+def test_file_list_has_a_row_a_file_and_is_never_a_drop_down(count: int, rows: int) -> None:
+    from sandbox_magics.widgets.artifacts import list_rows
+    assert list_rows(count) == rows
+
+
+def test_file_list_is_as_wide_as_its_longest_label_up_to_a_limit() -> None:
+    from sandbox_magics.widgets.artifacts import MAX_WIDTH_CH, list_width
+    assert list_width(["a.png  (74 B)", "out.txt  (2 B)"]) == "18ch"
+    assert list_width(["x" * 500]) == f"{MAX_WIDTH_CH}ch"
