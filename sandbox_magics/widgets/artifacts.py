@@ -7,6 +7,7 @@ are local copies taken at release, so this works after the slot has been reused.
 from __future__ import annotations
 
 import csv
+import io
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -49,12 +50,24 @@ def preview(artifact: Artifact) -> Any:
 
 
 def has_header(data: bytes, sep: str) -> bool:
-    """Whether a CSV's first row names its columns. Column names are not numbers, so a first
-    row with a number in it is data; any other first row is a header. (`csv.Sniffer` says
-    "no header" for a file whose columns are all text, so it showed their names as data.)"""
-    line = data.decode("utf-8", errors="replace").split("\n", 1)[0]
-    first = next(csv.reader([line], delimiter=sep), [])
-    return not any(_is_number(cell) for cell in first)
+    """Whether a CSV's first row names its columns, judged on ``data`` (its first bytes).
+
+    Names are not numbers, they differ from each other and none is one of its column's
+    values: a first row with a number, a name twice (empty ones aside: pandas writes an
+    unnamed index so) or a value that recurs below it is data. Any other first row is a
+    header, so an all-text file whose first row repeats nothing is read as pandas reads
+    every file by default, with a header. (`csv.Sniffer` judges text columns by their
+    values' lengths, which vary, and so called the names of an all-text file data.)
+    """
+    text = data.decode("utf-8", errors="replace")
+    if len(data) >= TEXT_PREVIEW and "\n" in text:
+        text = text[:text.rindex("\n")]  # the sample's last line may be cut short
+    first, *rest = list(csv.reader(io.StringIO(text), delimiter=sep)) or [[]]
+    names = [cell for cell in first if cell]
+    if any(_is_number(name) for name in names) or len(set(names)) < len(names):
+        return False
+    return not any(name and any(row[i:i + 1] == [name] for row in rest)
+                   for i, name in enumerate(first))
 
 
 def _is_number(cell: str) -> bool:

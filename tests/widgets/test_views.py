@@ -85,7 +85,11 @@ def test_runs_table_html_leaves_a_running_runs_exit_code_blank() -> None:
     (b"loss,acc\n0.5,0.9\n0.25,0.95\n", True),
     (b"0.5,0.9\n0.25,0.95\n", False),                      # numbers only: no names
     (b"run-1,0.5\nrun-2,0.25\n", False),                    # a number in the first row
-    (b'"a, b",c\n1,2\n', True)])
+    (b'"a, b",c\n1,2\n', True),
+    (b",loss\n0,0.5\n1,0.25\n", True),                   # pandas' to_csv: an unnamed index
+    (b"split,status\ntrain,ok\ntest,ok\n", True),
+    (b"train,ok\ntest,ok\ntrain,failed\n", False),         # all text, its values recur
+    (b"ok,ok\nok,failed\n", False)])                       # names are distinct
 def test_csv_header_is_told_apart_for_text_and_number_columns(csv_text: bytes, header: bool) -> None:
     from sandbox_magics.widgets.artifacts import has_header
     assert has_header(csv_text, ",") is header
