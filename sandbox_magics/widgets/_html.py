@@ -23,9 +23,13 @@ SLOT_BORDERS = {SlotState.FREE: "#059669", SlotState.BUSY: "#1e40af", SlotState.
                 SlotState.STOPPING: "#6b7280", SlotState.DEAD: "#991b1b"}
 LEGEND_STATES = (SlotState.FREE, SlotState.BUSY, SlotState.SESSION, SlotState.STARTING,
                  SlotState.DRAINING, SlotState.DEAD)
-RUN_COLORS = {"queued": "#6b7280", "running": "#2563eb", "succeeded": "#059669",
-              "failed": "#dc2626", "timed-out": "#d97706", "cancelled": "#6b7280",
-              "lost": "#dc2626", "error": "#dc2626"}
+# A run state's colour: JupyterLab's theme variable that reads (4.5:1) on the notebook in
+# its light and dark themes alike, and a light-theme value for other frontends. A timeout
+# is shown as the failure it is (JupyterLab's light warning colours are too pale for text).
+MUTED, FAILED = "var(--jp-ui-font-color2,#6b7280)", "var(--jp-error-color1,#dc2626)"
+RUN_COLORS = {"queued": MUTED, "running": "var(--jp-brand-color1,#2563eb)",
+              "succeeded": "var(--jp-success-color0,#047857)", "failed": FAILED,
+              "timed-out": FAILED, "cancelled": MUTED, "lost": FAILED, "error": FAILED}
 
 # Text colours are JupyterLab's theme variables (light and dark alike), with the light
 # theme's values as fallbacks for other frontends. A slot's border is set by width and
@@ -89,7 +93,7 @@ def file_link(path: Any, note: str = "") -> Any:
 
 
 def badge(state: str) -> str:
-    color = RUN_COLORS.get(state, "#6b7280")
+    color = RUN_COLORS.get(state, MUTED)
     return f'<b style="color:{color}">{esc(state)}</b>'
 
 

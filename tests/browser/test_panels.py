@@ -164,17 +164,26 @@ def test_dashboard_is_readable(notebook: Notebook, screenshots: Path) -> None:
     notebook.run("%sandbox cancel hold-1\n%sandbox cancel hold-2")
 
 
-def luminance(css: str) -> float:
-    r, g, b = (int(v) for v in re.findall(r"\d+", css)[:3])
+def channels(css: str) -> list[float]:
+    """Red, green, blue and alpha of a computed colour ("rgb(…)" or "rgba(…)")."""
+    values = [float(v) for v in re.findall(r"[\d.]+", css)]
+    return values[:3] + [values[3] if len(values) > 3 else 1.0]
 
-    def lin(c: int) -> float:
+
+def luminance(rgb: list[float]) -> float:
+    def lin(c: float) -> float:
         c = c / 255
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
-    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+    return 0.2126 * lin(rgb[0]) + 0.7152 * lin(rgb[1]) + 0.0722 * lin(rgb[2])
 
 
-def contrast(a: str, b: str) -> float:
-    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
+def contrast(text: str, background: str) -> float:
+    """WCAG contrast of ``text`` over an opaque ``background``, the text's alpha blended in
+    (JupyterLab's secondary text colours are translucent)."""
+    *color, alpha = channels(text)
+    under = channels(background)[:3]
+    seen = [alpha * c + (1 - alpha) * b for c, b in zip(color, under)]
+    light, dark = sorted((luminance(seen), luminance(under)), reverse=True)
     return (light + 0.05) / (dark + 0.05)
 
 
@@ -190,25 +199,40 @@ TEXT_ON_BACKGROUND = """e => { let b = e;
 
 
 def set_theme(page: Any, theme: str) -> None:
+    """Switch JupyterLab's theme and wait until it applies (its splash screen has gone)."""
     page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})",
                   theme)
     light = "false" if "Dark" in theme else "true"
-    page.wait_for_function("l => document.body.dataset.jpThemeLight === l", arg=light)
+    page.wait_for_function("l => document.body.dataset.jpThemeLight === l"
+                           " && !document.querySelector('#jupyterlab-splash')", arg=light)
 
 
 def test_panels_are_readable_in_the_dark_theme(notebook: Notebook, screenshots: Path) -> None:
-    dashboard = notebook.cell(notebook.run("%sandbox status"))
-    log = notebook.cell(notebook.run("%%sandbox bash --bg --name dark\necho in-the-dark"))
-    wait_text(log, "in-the-dark")
+    dashboard = notebook.output(notebook.run("%sandbox status"))
+    ended = notebook.output(notebook.run(
+        "%%sandbox bash --bg --name dark\necho in-the-dark | tee notes.txt"))
+    going = notebook.output(notebook.run(
+        "%%sandbox bash --bg --name dark-going --no-raise-error\necho going; sleep 60"))
+    wait_text(ended.locator(".sbx-log"), "in-the-dark")
+    wait_text(ended.locator(".sbx-head"), "succeeded")
+    wait_text(going.locator(".sbx-log"), "going")
+    files = notebook.output(notebook.run("%sandbox artifacts dark"))
+    wait_text(files, "notes.txt")
+    runs = notebook.output(notebook.run("%sandbox runs"))
     set_theme(notebook.page, "JupyterLab Dark")
     try:
-        for cell, selector in ((dashboard, ".sbx-id"), (dashboard, ".sbx-legend"),
-                               (log, ".sbx-muted"), (log, ".sbx-log")):
-            text, background = cell.locator(selector).first.evaluate(TEXT_ON_BACKGROUND)
+        for output, selector in (
+                (dashboard, ".sbx-id"), (dashboard, ".sbx-legend span"),
+                (dashboard, ".sbx-pool .sbx-muted"), (dashboard, ".sbx-events"),
+                (ended, ".sbx-head .sbx-muted"), (ended, ".sbx-head b[style]"),
+                (ended, ".sbx-log"), (going, ".sbx-head b[style]"),
+                (files, ".widget-html b"), (files, "select"), (runs, "td"), (runs, "th")):
+            text, background = output.locator(selector).first.evaluate(TEXT_ON_BACKGROUND)
             assert contrast(text, background) >= 4.5, (selector, text, background)
         notebook.screenshot(screenshots / "dark-theme.png", notebook.page.locator(".jp-Notebook"))
     finally:
         set_theme(notebook.page, "JupyterLab Light")
+        notebook.run("%sandbox cancel dark-going")
 
 
 def test_runs_table_is_clean(notebook: Notebook, screenshots: Path) -> None:
