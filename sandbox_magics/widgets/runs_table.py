@@ -14,8 +14,13 @@ TIME_COLUMNS = ("queued", "started", "ended")
 SECONDS_COLUMNS = ("wait_s", "run_s")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-STYLE = ("<style>.sbx-runs{overflow-x:auto;max-width:100%}"
-         ".sbx-runs td,.sbx-runs th{white-space:nowrap}</style>")
+# A box of its own that scrolls both ways, at most 70% of the window high, so that its
+# horizontal scrollbar is in view with the column names (which stay on top as rows scroll),
+# not below the last of many rows.
+STYLE = ("<style>.sbx-runs{overflow:auto;max-width:100%;max-height:70vh}"
+         ".sbx-runs td,.sbx-runs th{white-space:nowrap}"
+         ".sbx-runs thead{position:sticky;top:0;z-index:1}"
+         ".sbx-runs thead th{background:var(--jp-layout-color0,#fff)}</style>")
 
 
 @functools.cache
@@ -24,9 +29,9 @@ def runs_frame_class() -> type:
     import pandas as pd
 
     class RunsFrame(pd.DataFrame):
-        """A DataFrame of runs whose HTML is one line a row, scrolls sideways when wide
-        and shows nothing where a value is missing (``<NA>``, ``NaT``). Anything derived
-        from it (a filter, a column) is a plain DataFrame."""
+        """A DataFrame of runs whose HTML is one line a row, scrolls in a box of its own
+        when wide or long and shows nothing where a value is missing (``<NA>``, ``NaT``).
+        Anything derived from it (a filter, a column) is a plain DataFrame."""
 
         def _repr_html_(self) -> str | None:
             formatters: dict[Any, Any] = {

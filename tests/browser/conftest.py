@@ -46,11 +46,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
 def browser() -> Iterator[Any]:
     """Chromium for one test module. Playwright's sync API keeps an event loop running in
     this thread while it is open, so it is stopped after each browser module: tests of
-    other modules call asyncio.run."""
+    other modules call asyncio.run. Scrollbars show and take room, as in a user's Chromium
+    (Playwright hides them in headless mode)."""
     executable = ensure_chromium()
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True,
+                                     ignore_default_args=["--hide-scrollbars"])
         yield chromium
         chromium.close()
 

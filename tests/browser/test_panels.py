@@ -235,28 +235,49 @@ def test_panels_are_readable_in_the_dark_theme(notebook: Notebook, screenshots: 
         notebook.run("%sandbox cancel dark-going")
 
 
+# The nearest box between a table and its cell that scrolls sideways: its class, the room
+# its horizontal scrollbar takes, its height, the window's, and where its head is.
+SIDEWAYS_SCROLLER = """t => { for (let e = t.parentElement; e && !e.classList.contains('jp-Cell');
+     e = e.parentElement) { const s = getComputedStyle(e);
+  if (['auto', 'scroll'].includes(s.overflowX) && e.scrollWidth > e.clientWidth) {
+    const bar = e.offsetHeight - e.clientHeight - parseFloat(s.borderTopWidth)
+                - parseFloat(s.borderBottomWidth);
+    return {name: e.className, bar, height: e.getBoundingClientRect().height,
+            window: window.innerHeight}; } }
+  return null; }"""
+MANY_RUNS = ("client = get_ipython().find_magic('sandbox').__self__.client\n"
+             "for run in [client.submit('true', name=f'many-{i}') for i in range(40)]:\n"
+             "    run.join()")
+
+
 def test_runs_table_is_clean(notebook: Notebook, screenshots: Path) -> None:
     notebook.run("%%sandbox bash\necho unnamed")
+    notebook.run(MANY_RUNS)
+    notebook.run("%%sandbox bash --bg --name still-going --no-raise-error\nsleep 60")
     cell = notebook.cell(notebook.run("%sandbox runs"))
     table = cell.locator("table")
     table.wait_for()
     text = table.inner_text()
-    assert "NaN" not in text and "None" not in text, text
+    assert "NaN" not in text and "None" not in text and "NA>" not in text, text
     assert not re.search(r"\d\d:\d\d:\d\d\.\d", text), text
     rows = table.locator("tbody tr")
     heights = {round(rows.nth(i).bounding_box()["height"]) for i in range(rows.count())}
     assert max(heights) < 30, f"rows wrap: {heights}"
-    # Wider than the notebook: it scrolls sideways instead of being cut off.
-    scrolls = table.evaluate(
-        "t => { for (let e = t.parentElement; e && !e.classList.contains('jp-Cell');"
-        " e = e.parentElement) { const o = getComputedStyle(e).overflowX;"
-        " if ((o === 'auto' || o === 'scroll') && e.scrollWidth > e.clientWidth) return true; }"
-        " return false; }")
-    area = cell.locator(".jp-OutputArea-output")
-    fits = table.bounding_box()["x"] + table.bounding_box()["width"] <= (
-        area.bounding_box()["x"] + area.bounding_box()["width"] + 1)
-    assert fits or scrolls, "the table is cut off with no scroll"
+    names = table.locator("thead tr").first.locator("th").all_inner_texts()
+    going = rows.filter(has_text="still-going").locator("th, td").all_inner_texts()
+    assert going[names.index("exit_code")].strip() == "", going
+    # Wider than the notebook: it scrolls sideways in a box of its own, whose scrollbar is
+    # in view with the table's head (not 40 rows below it).
+    box = table.evaluate(SIDEWAYS_SCROLLER)
+    assert box is not None and "sbx-runs" in box["name"], f"the table is cut off: {box}"
+    assert box["bar"] > 0, f"no visible scrollbar: {box}"
+    assert box["height"] < box["window"], f"the scrollbar is below the window: {box}"
+    scroller = cell.locator(".sbx-runs")
+    scroller.evaluate("e => { e.scrollTop = e.scrollHeight; }")
+    head, top = (scroller.locator("thead").bounding_box()["y"], scroller.bounding_box()["y"])
+    assert abs(head - top) < 2, "the column names scrolled away with the rows"
     notebook.screenshot(screenshots / "runs.png", cell)
+    notebook.run("%sandbox cancel still-going")
 
 
 def kept_run(notebook: Notebook) -> int:
