@@ -19,6 +19,7 @@ from ..exceptions import RunFailedError, WaitTimeoutError
 from .artifacts import Artifact
 from .log import LogBuffer
 from .state import RunState, Stage, check_stage, check_transition
+from .words import exit_words, stop_words
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,17 @@ class Run:
     def failure_message(self) -> str:
         what = f"Run {self.id} ({self.spec.interpreter}, profile {self.spec.profile!r})"
         if self.state is RunState.FAILED:
-            return f"{what} exited with code {self.exit_code}."
+            code = self.exit_code
+            if code is not None and code < 0:  # ended by a signal, not by exiting
+                return f"{what} was {exit_words(code)}."
+            return f"{what} exited with code {code}."
         if self.state is RunState.TIMED_OUT:
             limit = f"{self.timeout:g} s" if self.timeout else "its time limit"
             return (f"{what} exceeded its timeout of {limit}; its process group "
                     "was killed and the slot freed. Raise --timeout to give it longer.")
         if self.state is RunState.CANCELLED:
-            return f"{what} was cancelled; its process group was killed and the slot freed."
+            how = f": {stop_words(self.stop_step)}" if self.stop_step else ""
+            return f"{what} was cancelled{how}."
         if self.state is RunState.LOST:
             return f"{what} failed: sandbox lost ({self.error}). Run it again: the pool replaces the sandbox."
         if self.state is RunState.ERROR:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from sandbox_magics.runs import Run, RunSpec, RunState
 from sandbox_magics.runs.words import exit_words, stop_words
 
 
@@ -23,3 +26,27 @@ def test_exit_codes_read_as_words(code: int | None, words: str) -> None:
     ("stopped while uploading", "stopped while uploading")])
 def test_cancel_steps_read_as_words(step: str, words: str) -> None:
     assert stop_words(step) == words
+
+
+def ended(state: RunState, code: int | None, step: str | None = None) -> Run:
+    run = Run("r3", RunSpec("sleep 9"), "local")
+    run._assign("default-1", 0)
+    if state is RunState.CANCELLED:
+        run._request_cancel()
+        run.stop_step = step
+    run._finish(state, code)
+    return run
+
+
+@pytest.mark.parametrize(("state", "code", "step", "words"), [
+    (RunState.FAILED, 3, None, "exited with code 3."),
+    (RunState.FAILED, -9, None, "was ended by SIGKILL."),
+    (RunState.CANCELLED, -2, "SIGINT",
+     "was cancelled: its process group was interrupted (SIGINT)."),
+    (RunState.CANCELLED, None, "stopped while uploading", "was cancelled: stopped while uploading."),
+    (RunState.CANCELLED, None, None, "was cancelled.")])
+def test_failures_read_as_words_with_no_raw_signal_number(
+        state: RunState, code: int | None, step: str | None, words: str) -> None:
+    message = ended(state, code, step).failure_message()
+    assert message == f"Run r3 (bash, profile 'default') {words}"
+    assert not re.search(r"-\d", message), message
