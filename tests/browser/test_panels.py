@@ -111,7 +111,8 @@ def test_controls_answer_while_a_blocking_cell_runs(notebook: Notebook) -> None:
     time.sleep(1.5)
     assert body_text(cell) == frozen, "Follow off did not stop the log while the kernel was busy"
     cell.get_by_role("button", name="Cancel run").click()
-    wait_text(cell.locator(".sbx-head"), "cancelled", 3)
+    head = wait_text(cell.locator(".sbx-head"), "cancelled", 3)
+    assert not re.search(r"(?<![\w-])-\d", head), f"a raw exit code where words belong: {head}"
     # (The kernel's status is no guide: a subshell publishes idle after each message.)
     assert notebook.page.evaluate("i => window.sbxTest.state(i).count", blocking) is None, \
         "the blocking cell had already ended"
