@@ -24,7 +24,7 @@ import pytest
 
 from sandbox_magics import identity
 from sandbox_magics.backends import make_backend, settings_of
-from sandbox_magics.backends.base import ExecRequest, Exited, Output, Started
+from sandbox_magics.backends.base import ExecRequest, Exited, Health, Output, Started
 from sandbox_magics.backends.nomad import Backend, NomadSandbox
 from sandbox_magics.backends.nomad import _job
 from sandbox_magics.backends.nomad._api import NomadAPI, decode_frames
@@ -364,12 +364,55 @@ def test_an_agent_that_dies_at_start_says_so_with_the_end_of_its_log(
                             "ModuleNotFoundError: No module named 'aiohttp'."), message
 
 
-def test_an_agent_oom_killed_at_start_is_one_sentence(cluster: Cluster, prefix: str) -> None:
+def terminated(cluster: Cluster, prefix: str) -> dict[str, Any]:
+    """The ``Terminated`` event of the agent task of the one allocation under ``prefix``."""
+    (alloc,) = cluster.allocations(prefix)
+    (event,) = [e for e in alloc["TaskStates"]["agent"]["Events"] if e["Type"] == "Terminated"]
+    return dict(event)
+
+
+@pytest.mark.parametrize("driver, signal_detail, shown", [
+    ("raw_exec", "9", "Exit Code: 137, Signal: 9"),
+    ("docker", "0", 'Exit Code: 137, Exit Message: "Docker container exited with non-zero '
+                    'exit code: 137"')])
+def test_an_agent_out_of_memory_at_start_is_exit_137_without_an_oom_flag_and_one_sentence(
+        cluster: Cluster, prefix: str, driver: str, signal_detail: str, shown: str) -> None:
     if not cluster.standin:
         pytest.skip("raw_exec on a dev agent does not enforce memory limits")
-    message, took = start_failure(profile(cluster, prefix, memory_mb=10, start_timeout=60))
+    message, took = start_failure(profile(cluster, prefix, memory_mb=10, start_timeout=60,
+                                          image="python:3.12-slim", nomad={"driver": driver}))
     assert took < FAST
-    assert "failed: its task was OOM killed (its memory limit is 10 MB)" in message, message
+    assert re.fullmatch(rf"Nomad job {prefix}\S+ did not start: its allocation [0-9a-f]{{8}} "
+                        r"failed: its agent was killed by SIGKILL \(exit 137\), probably out of "
+                        r"memory: the sandbox's limit is 10 MB.*\.", message), message
+    event = terminated(cluster, prefix)
+    assert event["Details"]["oom_killed"] == "false", "cgroups v2: no driver sees the OOM kill"
+    assert (event["Details"]["exit_code"], event["Details"]["signal"]) == ("137", signal_detail)
+    assert event["DisplayMessage"] == shown
+
+
+def test_out_of_memory_in_a_run_kills_the_runs_process_and_the_agent_serves_on(
+        cluster: Cluster, prefix: str) -> None:
+    if not cluster.standin:
+        pytest.skip("raw_exec on a dev agent does not enforce memory limits")
+    hog = "python3 -c 'x = b\"\\1\" * (600 << 20); import time; time.sleep(60)'; echo \"exit $?\""
+
+    async def scenario() -> tuple[str, str, Health]:
+        backend, sandbox = await started(profile(cluster, prefix, memory_mb=300))
+        try:
+            events, _ = await collect(await sandbox.exec(0, ExecRequest("hog", ("bash",), {}, hog)))
+            after, _ = await collect(await sandbox.exec(1, ExecRequest("r", ("sh",), {},
+                                                                       "echo served")))
+            return text(events), text(after), await sandbox.health()
+        finally:
+            await sandbox.terminate()
+            await backend.aclose()
+    out, after, health = run(scenario)
+    assert out == "exit 137\n", "the run's process was not the one killed"
+    assert after == "served\n" and health.ok
+    (alloc,) = cluster.allocations(prefix)
+    assert not [e for e in alloc["TaskStates"]["agent"]["Events"]
+                if e["Type"] == "Terminated" and e["Details"]["exit_code"] != "0"]
 
 
 def test_an_image_that_cannot_be_pulled_is_one_sentence(cluster: Cluster, prefix: str) -> None:
@@ -491,9 +534,10 @@ def test_an_allocation_killed_mid_run_fails_the_run_with_a_sentence(
             message = await lost_mid_run(sandbox, kill)
             assert re.fullmatch(
                 rf"Nomad allocation [0-9a-f]{{8}} of job {sandbox.id} failed: its agent "
-                r"was killed by signal 9 \(exit code 137\)\.", message), message
+                r"was killed by SIGKILL \(exit 137\), probably out of memory: the sandbox's "
+                r"limit is 512 MB\.", message), message
             health = await sandbox.health()
-            assert not health.ok and "its agent was killed by signal 9" in health.reason
+            assert not health.ok and "its agent was killed by SIGKILL" in health.reason
         finally:
             await sandbox.terminate()
             await backend.aclose()

@@ -24,7 +24,9 @@ memory (an evaluation that cannot place records ``FailedTGAllocs`` and a blocked
 evaluation, processed again whenever an allocation ends and so frees room), datacenter,
 node pool, constraint and device checks (the node has no devices: "missing devices"),
 restart and reschedule policies (attempts 0: a task that exits ends its
-allocation), memory limits (a task tree above its ``MemoryMB`` is OOM killed), kill
+allocation), memory limits as the kernel enforces them on cgroups v2 (past ``MemoryMB`` the
+largest process of the task is SIGKILLed, usually a run, not the agent, and no driver
+reports an OOM: exit 137), kill
 signals and timeouts, ``alloc stop`` (the allocation is replaced, as a migration is), and
 deregistration with ``purge``.
 
@@ -112,7 +114,6 @@ class Task:
     state: dict[str, Any]
     process: asyncio.subprocess.Process | None = None
     killing: bool = False
-    oom_killed: bool = False
     stdout: Path | None = None
     stderr: Path | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -792,25 +793,38 @@ class StandIn:
             code = await task.process.wait()
         finally:
             watcher.cancel()
-        sig = -code if code < 0 else 0
-        exit_code = 128 + sig if sig else code
-        details = {"exit_code": str(exit_code), "signal": str(sig),
-                   "oom_killed": "true" if task.oom_killed else "false"}
-        message = f"Exit Code: {exit_code}"
-        if sig:
-            message += f", Signal: {sig}"
-        if task.oom_killed:
-            message += ', Exit Message: "OOM Killed"'
-        self._event(alloc, task, "Terminated", message, details, ExitCode=exit_code, Signal=sig)
+        self._terminated(alloc, task, code)
         if task.killing:
             self._event(alloc, task, "Killed", "Task successfully killed")
             return self._dead(alloc, task, failed=False)
-        if exit_code == 0:
+        if code == 0:
             return self._dead(alloc, task, failed=False)
         self._event(alloc, task, "Not Restarting", "Policy allows no restarts",
                     {"restart_reason": "Policy allows no restarts", "fails_task": "true"},
                     FailsTask=True, RestartReason="Policy allows no restarts")
         return self._dead(alloc, task, failed=True)
+
+    def _terminated(self, alloc: Alloc, task: Task, returncode: int) -> None:
+        """The ``Terminated`` event of a task that exited with ``returncode`` (negative: a
+        signal), as each driver reports it on cgroups v2, where neither sees an OOM kill:
+        raw_exec's executor gives 128 + the signal and the signal
+        (drivers/shared/executor/executor.go); docker gives the container's exit status
+        with no signal and an exit message (drivers/docker/handle.go). The event's text is
+        ``TaskEvent.PopulateEventDisplayMessage``'s (nomad/structs/structs.go)."""
+        sig = -returncode if returncode < 0 else 0
+        exit_code = 128 + sig if sig else returncode
+        exit_message = ""
+        if task.spec["Driver"] == "docker":
+            sig = 0
+            if exit_code:
+                exit_message = f"Docker container exited with non-zero exit code: {exit_code}"
+        details = {"exit_code": str(exit_code), "signal": str(sig), "oom_killed": "false"}
+        text = f"Exit Code: {exit_code}" + (f", Signal: {sig}" if sig else "")
+        if exit_message:
+            details["exit_message"] = exit_message
+            text += f", Exit Message: {json.dumps(exit_message)}"
+        self._event(alloc, task, "Terminated", text, details, ExitCode=exit_code, Signal=sig,
+                    Message=exit_message)
 
     def _driver_failure(self, alloc: Alloc, task: Task, message: str) -> None:
         self._event(alloc, task, "Driver Failure", message, {"driver_error": message,
@@ -846,17 +860,19 @@ class StandIn:
             self._refresh_job(job)
 
     async def _watch_memory(self, task: Task, limit_mb: int) -> None:
-        """OOM kill the task's process tree when its resident memory passes its limit."""
+        """The kernel's OOM killer in the task's cgroup (v2): once the task's processes
+        together pass its ``MemoryMB``, the one using the most memory is killed with
+        SIGKILL — a run rather than the agent, as a rule — and only that one
+        (``memory.oom.group`` is not set); no driver is told it was an OOM kill."""
         assert task.process is not None
         began = time.monotonic()
         while task.process.returncode is None:
             # A kernel's OOM killer acts at once: check often while the task starts up.
             await asyncio.sleep(OOM_CHECK_INTERVAL if time.monotonic() - began > 2 else 0.02)
-            if _tree_rss(task.process.pid) > limit_mb * 2**20:
-                task.oom_killed = True
+            usage = _tree_rss(task.process.pid)
+            if sum(usage.values()) > limit_mb * 2**20:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(task.process.pid, signal.SIGKILL)
-                return
+                    os.kill(max(usage, key=usage.__getitem__), signal.SIGKILL)
 
     def _stop_alloc(self, alloc: Alloc, description: str) -> None:
         alloc.data.update(DesiredStatus="stop", DesiredDescription=description)
@@ -1072,8 +1088,8 @@ def _free_port() -> int:
     raise RuntimeError(f"no free port in {MIN_DYNAMIC_PORT}-{MAX_DYNAMIC_PORT}")
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and every process below it, read from /proc."""
+def _tree_rss(root: int) -> dict[int, int]:
+    """Resident bytes of ``root`` and of every process below it, read from /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -1088,9 +1104,9 @@ def _tree_rss(root: int) -> int:
         pid = int(entry)
         children.setdefault(int(fields[1]), []).append(pid)
         rss[pid] = int(fields[21]) * page
-    total, todo = 0, [root]
+    tree, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        tree[pid] = rss.get(pid, 0)
         todo.extend(children.get(pid, ()))
-    return total
+    return tree

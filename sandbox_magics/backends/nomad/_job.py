@@ -153,6 +153,14 @@ def _message(event: Mapping[str, Any]) -> str:
                or event.get("Type") or "").strip().rstrip(".")
 
 
+def sigkilled(memory_mb: int | None) -> str:
+    """A SIGKILL nobody asked for, in words: on a Nomad client it comes from the kernel's
+    OOM killer, which on cgroups v2 no driver reports as such (exit 137, ``oom_killed``
+    false: drivers/docker/handle.go, drivers/shared/executor/executor.go)."""
+    limit = f": the sandbox's limit is {memory_mb} MB" if memory_mb else ""
+    return f"killed by SIGKILL (exit 137), probably out of memory{limit}"
+
+
 def task_failure(alloc: Mapping[str, Any], memory_mb: int | None = None) -> str | None:
     """What the task events say went wrong, as the end of a sentence, or None."""
     for event in reversed(_events(alloc)):
@@ -164,6 +172,8 @@ def task_failure(alloc: Mapping[str, Any], memory_mb: int | None = None) -> str 
                 return f"its task was OOM killed{limit}"
             code = details.get("exit_code", str(event.get("ExitCode", "")))
             sig = details.get("signal", str(event.get("Signal", "0")))
+            if sig == "9" or code == "137":
+                return f"its agent was {sigkilled(memory_mb)}"
             if sig and sig != "0":
                 return f"its agent was killed by signal {sig} (exit code {code})"
             return f"its agent exited with code {code}"
@@ -179,7 +189,8 @@ def task_failure(alloc: Mapping[str, Any], memory_mb: int | None = None) -> str 
 
 def alloc_ended(alloc: Mapping[str, Any], memory_mb: int | None = None) -> str | None:
     """How an allocation that no longer runs ended ("was stopped by Nomad: alloc is being
-    migrated", "failed: its task was OOM killed"), or None while it runs or may still."""
+    migrated", "failed: its agent was killed by SIGKILL (exit 137), probably out of memory:
+    the sandbox's limit is 512 MB"), or None while it runs or may still."""
     status = alloc.get("ClientStatus")
     desired = alloc.get("DesiredStatus")
     cause = task_failure(alloc, memory_mb)
