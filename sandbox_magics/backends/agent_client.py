@@ -95,11 +95,14 @@ class AgentSandbox(Sandbox):
 
     async def exec(self, slot: int, request: ExecRequest) -> AgentProcess:
         stdin = request.stdin or ""
-        _check_utf8(stdin, request.run_id)
+        size = _utf8_size(stdin, request.run_id)
         line = json.dumps({"run_id": request.run_id, "argv": list(request.argv),
                            "env": dict(request.env), "detach": request.detach}).encode() + b"\n"
+        # A known length, not chunks: a chunked body's last chunk is written after the
+        # body, and an agent gone by then left aiohttp's writing task failing unretrieved.
         return await self._stream("POST", f"/slots/{slot}/exec", slot, request.run_id,
-                                  data=_exec_body(line, stdin))
+                                  data=_exec_body(line, stdin),
+                                  headers={"Content-Length": str(len(line) + size)})
 
     async def output(self, slot: int, run_id: str, offset: int = 0) -> AgentProcess:
         """Follow the output of ``run_id``, the run the agent keeps for ``slot``, from
@@ -130,12 +133,12 @@ class AgentSandbox(Sandbox):
             exited=_exited(info["exit"]) if info["exit"] is not None else None)
 
     async def _stream(self, method: str, path: str, slot: int, run_id: str,
-                      **kwargs: Any) -> AgentProcess:
+                      headers: Mapping[str, str] | None = None, **kwargs: Any) -> AgentProcess:
         """Send a request answered with frames; return the `AgentProcess` reading them."""
         try:
             resp = await self._session.request(method, URL(self.base_url + path, encoded=True),
-                                               headers=self._headers, timeout=STREAM_TIMEOUT,
-                                               **kwargs)
+                                               headers={**self._headers, **(headers or {})},
+                                               timeout=STREAM_TIMEOUT, **kwargs)
         except _LOST as exc:
             raise SandboxLostError(await self.explain_loss(
                 f"Sandbox {self.id} stopped answering ({_broken(exc)}).")) from None
@@ -256,14 +259,13 @@ def _utf8_slices(text: str) -> Iterator[bytes]:
     return (text[i:i + STDIN_SLICE].encode() for i in range(0, len(text), STDIN_SLICE))
 
 
-def _check_utf8(text: str, run_id: str) -> None:
-    """Raise `SandboxError` if ``text`` has no UTF-8 form (it holds a lone surrogate), before
-    any of it is sent; free for ASCII text."""
+def _utf8_size(text: str, run_id: str) -> int:
+    """The length of ``text`` in UTF-8, found before any of it is sent (free for ASCII
+    text); raise `SandboxError` if it has no UTF-8 form (it holds a lone surrogate)."""
     if text.isascii():
-        return
+        return len(text)
     try:
-        for _ in _utf8_slices(text):
-            pass
+        return sum(len(piece) for piece in _utf8_slices(text))
     except UnicodeEncodeError:
         raise SandboxError(f"Run {run_id}'s code is not valid Unicode text (it holds a lone "
                            "surrogate), so it cannot be sent; remove that character.") from None
