@@ -1,7 +1,9 @@
 """Per-client folders on this machine, and the removal of those left by dead kernels.
 
 A client's folder under a base is ``kernel-<pid>-<client id>``: the client id keeps two
-clients apart, the pid tells a later kernel whether the owner is gone.
+clients apart, the pid tells a later kernel whether the owner is gone. A folder whose
+owner is gone is kept while a sandbox agent in it lives (it keeps a detached run): each
+agent's folder names its pid in ``agent.pid``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,33 @@ def client_dir(name: str, client_id: str, base: Path | None = None) -> Path:
     return base / f"kernel-{os.getpid()}-{client_id}"
 
 
+AGENT_PID = "agent.pid"
+
+
+def agent_alive(pid: int | None) -> bool:
+    """Whether ``pid`` is a live sandbox agent (not a process that reused a dead one's pid)."""
+    if pid is None:
+        return False
+    try:
+        return b"sandbox_magics.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def agents_alive(folder: Path) -> bool:
+    """Whether a live sandbox agent serves a folder right under ``folder``."""
+    for pid_file in folder.glob(f"*/{AGENT_PID}"):
+        try:
+            if agent_alive(int(pid_file.read_text())):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def reap_dead_kernels(base: Path) -> None:
-    """Remove ``kernel-<pid>-…`` folders under ``base`` whose process is gone."""
+    """Remove ``kernel-<pid>-…`` folders under ``base`` whose process is gone, and with it
+    every agent that served a folder in it."""
     if not base.is_dir():
         return
     for entry in base.glob("kernel-*"):
@@ -38,6 +65,7 @@ def reap_dead_kernels(base: Path) -> None:
         except (ValueError, IndexError):
             continue
         except ProcessLookupError:
-            shutil.rmtree(entry, ignore_errors=True)
+            if not agents_alive(entry):
+                shutil.rmtree(entry, ignore_errors=True)
         except PermissionError:
             continue

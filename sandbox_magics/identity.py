@@ -77,6 +77,47 @@ def heartbeat_of(tags: Mapping[str, str]) -> float | None:
         return None
 
 
+def state_dir(root: Path | None = None) -> Path:
+    """This user's folder for state a later kernel reads: ``$XDG_STATE_HOME/sandbox_magics``
+    (default ``~/.local/state/sandbox_magics``), or ``root/sandbox_magics``."""
+    base = root or Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "sandbox_magics"
+
+
+def kernel_file_stem(kernel: str) -> str:
+    """The stem of a kernel's state files: ``kernel-<id>``, safe as a file name."""
+    return f"kernel-{re.sub(r'[^A-Za-z0-9_.-]', '_', kernel)}"
+
+
+@contextlib.contextmanager
+def locked(path: Path, thread_lock: threading.Lock) -> Iterator[None]:
+    """Hold ``thread_lock`` and an exclusive ``flock`` of ``path`` (made 0600, its folder
+    0700): changes of a state file made under it lose none of another thread's or
+    process's."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    with thread_lock:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once (a reader sees the old or the new file),
+    readable by this user only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    temp = path.with_suffix(".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(temp, 0o600)
+    os.replace(temp, path)
+
+
 class SecretStore:
     """Secrets to adopt this kernel's sandboxes after a restart, in one JSON file that only
     this user can read (mode 0600, folder 0700), keyed by sandbox id. Changes are made under
@@ -85,8 +126,7 @@ class SecretStore:
     _thread_lock = threading.Lock()
 
     def __init__(self, kernel: str, root: Path | None = None) -> None:
-        base = root or Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-        self.path = base / "sandbox_magics" / f"kernel-{re.sub(r'[^A-Za-z0-9_.-]', '_', kernel)}.json"
+        self.path = state_dir(root) / f"{kernel_file_stem(kernel)}.json"
 
     def __repr__(self) -> str:
         return f"<SecretStore {self.path}>"
@@ -99,28 +139,17 @@ class SecretStore:
         return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
     def _write(self, data: dict[str, str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.path.parent, 0o700)
-        temp = self.path.with_suffix(".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.chmod(temp, 0o600)
-        os.replace(temp, self.path)
+        write_private(self.path, json.dumps(data))
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._thread_lock:
-            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.path.with_suffix(".lock"), self._thread_lock)
 
     def get(self, sandbox_id: str) -> str | None:
         return self._read().get(sandbox_id)
+
+    def items(self) -> list[tuple[str, str]]:
+        """Every (sandbox id, secret) kept."""
+        return list(self._read().items())
 
     def put(self, sandbox_id: str, secret: str) -> None:
         with self._locked():

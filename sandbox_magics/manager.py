@@ -1,10 +1,13 @@
 """`Manager`: the async core of one `Client` — its pools, backends and runs.
 
 One cell's path: ``submit(spec)`` → a task running `runs.drive.drive` (acquire, upload,
-exec, collect, release) → the run's log and listeners. Everything here runs on one event
-loop (the kernel bridge's thread); other threads reach it through `sandbox_magics.kernel`.
-The manager's lifecycle is a `ManagerState`; after `shutdown` every entry point raises
-`ClosedError`.
+exec, collect, release) → the run's log and listeners. Every change of a run is appended
+to this kernel's `Ledger`. A detached (``--bg``) run outlives a kernel that goes away
+(``shutdown(leave_detached=True)``); when a later kernel's pool adopts the sandbox that
+keeps it, the run is attached (`runs.drive.attached`) and its log replayed from the first
+byte. Everything here runs on one event loop (the kernel bridge's thread); other threads
+reach it through `sandbox_magics.kernel`. The manager's lifecycle is a `ManagerState`;
+after `shutdown` every entry point raises `ClosedError`.
 """
 
 from __future__ import annotations
@@ -14,20 +17,25 @@ import contextlib
 import enum
 import shutil
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ._paths import client_dir
 from .backends import Backend, make_backend, settings_of
-from .exceptions import ClosedError, ProfileError, UnknownProfileError, UnknownSandboxError
+from .exceptions import (ClosedError, ProfileError, SandboxError, UnknownProfileError,
+                         UnknownRunError, UnknownSandboxError)
 from .identity import Identity
 from .pool import Pool, PoolEvent, PoolStatus
 from .profiles import Profile, shown_env_name
-from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState
-from .runs.drive import drive
+from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState, Stage
+from .runs.drive import attached, drive
+from .runs.ledger import Ledger, RunRecord, every_kernel
 from .runs.run import Listener
 
 CANCEL_GRACE = 2.0
+SETTLE_TIMEOUT = 45.0
+"""Seconds to wait for a pool to adopt what an earlier kernel left, before attaching."""
 CLOSED = ("This sandbox client has been shut down; create a new Client "
           "(or run %reload_ext sandbox_magics).")
 
@@ -37,12 +45,27 @@ class ManagerState(enum.Enum):
     CLOSED = "closed"
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """What a shutdown stopped: ``sandboxes``, and ``runs`` unfinished runs, ``detached``
+    of them ``--bg`` runs that would have outlived the kernel; ``left``: sandboxes left
+    running for a later kernel (a kernel going away lets its detached runs go on)."""
+
+    sandboxes: int = 0
+    runs: int = 0
+    detached: int = 0
+    left: int = 0
+
+
 class Manager:
-    """Pools, runs and backends of one client. Loop-bound: call from its loop only."""
+    """Pools, runs and backends of one client. Loop-bound: call from its loop only.
+
+    ``on_run`` is called with each new `Run` (submitted or attached) before it is used."""
 
     def __init__(self, load_profiles: Callable[[], dict[str, Profile]],
                  me: Identity | None = None, pool_options: dict[str, Any] | None = None,
-                 grace: float = CANCEL_GRACE) -> None:
+                 grace: float = CANCEL_GRACE, on_run: Callable[[Run], None] | None = None,
+                 state_root: Path | None = None) -> None:
         self._load_profiles = load_profiles
         self.identity = me or Identity()
         self._pool_options = pool_options or {}
@@ -50,11 +73,18 @@ class Manager:
         self.state = ManagerState.OPEN
         self.backends: dict[tuple[str, Hashable], Backend] = {}
         self.pools: dict[str, Pool] = {}
-        self.runs = RunRegistry()
+        self._state_root = state_root
+        self.ledger = Ledger(self.identity.kernel_id, state_root)
+        self.previous = {r.id: r for r in self.ledger.compact().values()
+                         if r.process != self.identity.process}
+        self.runs = RunRegistry(first=1 + max((_number(i) for i in self.previous), default=0))
+        self._on_run = on_run
         self.listeners: list[Callable[[PoolEvent], None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
         self._folders: dict[str, Path] = {}
         self._noticed: set[str] = set()
+        self._ledger_failed = False
         self._checked: dict[str, tuple[Profile, Hashable]] = {}
 
     def _check_open(self) -> None:
@@ -105,7 +135,68 @@ class Manager:
                     **self._pool_options)
         self.pools[profile.name] = pool
         pool.start()
+        watcher = asyncio.ensure_future(self._attach_when_settled(pool))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         return pool
+
+    async def _attach_when_settled(self, pool: Pool) -> None:
+        await pool.settled(SETTLE_TIMEOUT)
+        if self.state is ManagerState.OPEN:
+            self._attach_kept(pool)
+
+    def _attach_kept(self, pool: Pool) -> None:
+        """Attach every detached run ``pool``'s adopted sandboxes keep: each goes on as a
+        `Run` of this kernel, its log replayed from the first byte."""
+        for run_id in pool.kept():
+            if run_id in self.runs:
+                continue
+            lease = pool.claim(run_id)
+            record = self.previous.get(run_id) or next(
+                (r for r in every_kernel(self._state_root) if r.id == run_id), None)
+            spec = RunSpec(code="", interpreter=record.interpreter if record else "unknown",
+                           profile=pool.profile.name, timeout=record.timeout if record else None,
+                           name=record.name if record else None, detach=True,
+                           raise_error=record.raise_error if record else True)
+            run = self._new_run(run_id, spec, pool.profile)
+            run.timeout = spec.timeout
+            run._assign(lease.sandbox_id, lease.index, lease.sandbox.id,
+                        started_at=record.started if record else None)
+            if record is not None:
+                run.queued_at = record.queued
+            run._notice(f"Run {run_id} was {_started_by(record, self.identity)}; attached: its "
+                        "output follows from the first byte.")
+            self._start(run, attached(run, pool.profile, lease,
+                                      self.client_folder("artifacts"), self.grace))
+
+    def _new_run(self, run_id: str, spec: RunSpec, profile: Profile,
+                 listener: Listener | None = None) -> Run:
+        """A `Run` of this kernel, registered and recorded in the ledger at each change."""
+        run = Run(run_id, spec, profile.backend,
+                  LogBuffer(spill_dir=str(self.client_folder("logs")),
+                            disk_limit=int(profile.log_limit_mb * 2**20)))
+        if listener is not None:
+            run.add_listener(listener)
+        run.add_listener(self._record)
+        if self._on_run is not None:
+            self._on_run(run)
+        self.runs.add(run)
+        return run
+
+    def _record(self, run: Run, stream: str, _data: bytes) -> None:
+        if stream == "state":
+            try:
+                self.ledger.append(RunRecord.of(run, self.identity))
+            except OSError as exc:
+                if not self._ledger_failed:
+                    self._ledger_failed = True
+                    run._notice(f"Runs cannot be recorded for a later kernel ({exc}); they "
+                                "still run, but a restarted kernel will not find them.")
+
+    def _start(self, run: Run, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks[run.id] = task
+        task.add_done_callback(lambda _: self._ended(run, task))
 
     def _on_event(self, event: PoolEvent) -> None:
         for listener in list(self.listeners):
@@ -119,12 +210,7 @@ class Manager:
         self._check_open()
         profile = self.profile(spec.profile)
         pool = self.pool(profile)
-        run = Run(self.runs.next_id(), spec, profile.backend,
-                  LogBuffer(spill_dir=str(self.client_folder("logs")),
-                            disk_limit=int(profile.log_limit_mb * 2**20)))
-        if listener is not None:
-            run.add_listener(listener)
-        self.runs.add(run)
+        run = self._new_run(self.runs.next_id(), spec, profile, listener)
         if profile.name not in self._noticed:
             self._noticed.add(profile.name)
             for notice in pool.backend.notices(profile):
@@ -132,11 +218,63 @@ class Manager:
         if problem := env_problem({**profile.env, **spec.env}):
             run._finish(RunState.ERROR, error=problem)
             return run
-        task = asyncio.ensure_future(
-            drive(run, profile, pool, self.client_folder("artifacts"), self.grace))
-        self._tasks[run.id] = task
-        task.add_done_callback(lambda _: self._ended(run, task))
+        self._start(run, drive(run, profile, pool, self.client_folder("artifacts"), self.grace))
         return run
+
+    async def attach(self, key: str, all_kernels: bool = False) -> Run:
+        """The run ``key`` (id or name) of an earlier kernel of this kernel id (or, with
+        ``all_kernels``, of any kernel of this user), attached: its sandbox adopted, its
+        log replayed from the first byte, then followed; a run of this kernel as it is.
+
+        Raises:
+            UnknownRunError: no such run, it ended with its kernel, or no sandbox keeps it.
+        """
+        self._check_open()
+        with contextlib.suppress(UnknownRunError):
+            return self.runs.get(key)
+        record = self._find_record(key, all_kernels)
+        if not record.going or not record.detach:
+            raise UnknownRunError(
+                f"Run {record.id} cannot be attached: it is {record.shown_state(self.identity)}"
+                ", and nothing keeps it (only a --bg run outlives its kernel).")
+        pool = self.pool(self.profile(record.profile))
+        await pool.settled(SETTLE_TIMEOUT)
+        if record.id not in self.runs and record.kernel != self.identity.kernel_id \
+                and record.engine_id and await pool.take(record.engine_id):
+            self._attach_kept(pool)
+        elif record.id not in self.runs:
+            self._attach_kept(pool)
+        if record.id in self.runs:
+            return self.runs.get(record.id)
+        raise UnknownRunError(
+            f"Run {record.id} is no longer kept by a sandbox of profile {record.profile!r} "
+            f"(sandbox {record.sandbox}): it was stopped, or ended and its sandbox went with "
+            "no kernel watching for the profile's heartbeat_window.")
+
+    def _find_record(self, key: str, all_kernels: bool) -> RunRecord:
+        records = list(self.previous.values())
+        if all_kernels:
+            records = [r for r in every_kernel(self._state_root)
+                       if r.process != self.identity.process]
+        for record in reversed(records):
+            if record.id == key or record.name == key:
+                return record
+        where = "any earlier kernel of yours" if all_kernels else "the previous kernel"
+        raise UnknownRunError(f"No run with id or name {key!r} in this kernel or {where}; "
+                              "%sandbox runs --all lists them.")
+
+    def history(self, all_kernels: bool = False) -> list[dict[str, Any]]:
+        """Rows of the run history: this kernel's runs, then those of the kernels this one
+        restarted (``all_kernels``: of every kernel of this user) that are not here."""
+        rows = [run.as_row() for run in self.runs]
+        here = {run.id for run in self.runs}
+        records = self.previous.values() if not all_kernels else [
+            r for r in every_kernel(self._state_root) if r.process != self.identity.process]
+        for record in records:
+            if record.id in here and record.kernel == self.identity.kernel_id:
+                continue
+            rows.append(_row(record, self.identity))
+        return rows
 
     def _ended(self, run: Run, task: asyncio.Task[None]) -> None:
         """Forget a run's task; a run it left unfinished (its task was cancelled before it
@@ -206,19 +344,37 @@ class Manager:
         self._check_open()
         return [pool.status() for pool in self.pools.values()]
 
-    async def shutdown(self, purge: bool = False) -> None:
+    async def shutdown(self, purge: bool = False, leave_detached: bool = False) -> Stopped:
         """Cancel every run, stop every sandbox, close every backend; ``purge`` also
-        deletes the copies of artifacts and spilled logs. Safe to call twice."""
+        deletes the copies of artifacts and spilled logs. Detached runs are stopped too
+        (those an earlier kernel left included), unless ``leave_detached`` (the kernel is
+        going away): then they go on, and their sandboxes with them, for a later kernel to
+        attach. Safe to call twice."""
         if self.state is ManagerState.CLOSED:
-            return
+            return Stopped()
+        if not leave_detached:
+            await self._adopt_left_runs()
         self.state = ManagerState.CLOSED
+        sandboxes = sum(len(pool.status().sandboxes) for pool in self.pools.values())
+        going = [self.runs.get(run_id) for run_id in self._tasks]
+        left = [run for run in going if leave_detached and run.spec.detach
+                and run.state is RunState.RUNNING and run.stage is Stage.RUNNING]
+        for run in going:  # states kept if asyncio drops a cancel
+            if run in left:
+                run._request_detach()
+            else:
+                run._request_cancel()
         tasks = list(self._tasks.values())
-        for run_id in self._tasks:
-            self.runs.get(run_id)._request_cancel()  # kept if asyncio drops a cancel
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(pool.aclose() for pool in self.pools.values()), return_exceptions=True)
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*tasks, *self._watchers, return_exceptions=True)
+        leave = {run.id for run in left}
+        if leave_detached:
+            leave.update(run_id for pool in self.pools.values() for run_id in pool.kept())
+        closed = await asyncio.gather(*(pool.aclose(leave) for pool in self.pools.values()),
+                                      return_exceptions=True)
         self.pools.clear()
         await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
         self.backends.clear()
@@ -227,6 +383,46 @@ class Manager:
                 run.log.close()
             for folder in self._folders.values():
                 shutil.rmtree(folder, ignore_errors=True)
+        kept = sum(len(c) for c in closed if isinstance(c, list))
+        return Stopped(sandboxes=sandboxes - kept, runs=len(going) - len(left),
+                       detached=sum(run.spec.detach for run in going if run not in left),
+                       left=kept)
+
+    async def _adopt_left_runs(self) -> None:
+        """Start the pools of profiles whose detached runs the previous kernel left going,
+        and attach those runs, so that a shutdown stops them too."""
+        profiles = {r.profile for r in self.previous.values()
+                    if r.going and r.detach and r.id not in self.runs}
+        for name in profiles:
+            with contextlib.suppress(SandboxError):
+                pool = self.pool(self.profile(name))
+                await pool.settled(SETTLE_TIMEOUT)
+                self._attach_kept(pool)
+
+
+def _number(run_id: str) -> int:
+    """The number of a run id ``r<n>`` (0 for another id)."""
+    return int(run_id[1:]) if run_id[:1] == "r" and run_id[1:].isdigit() else 0
+
+
+def _started_by(record: RunRecord | None, me: Identity) -> str:
+    if record is None:
+        return "started by an earlier kernel"
+    return record.shown_state(me).removeprefix("running (").rstrip(")")
+
+
+def _row(record: RunRecord, me: Identity) -> dict[str, Any]:
+    """A history row of a run an earlier kernel recorded."""
+    return {
+        "id": record.id, "name": record.name, "profile": record.profile,
+        "backend": record.backend, "interpreter": record.interpreter,
+        "session": record.session, "sandbox": record.sandbox, "slot": record.slot,
+        "state": record.shown_state(me), "exit_code": record.exit_code,
+        "queued": record.queued, "started": record.started, "ended": record.ended,
+        "wait_s": (record.started or record.ended or record.queued) - record.queued,
+        "run_s": (record.ended - record.started) if record.ended and record.started else None,
+        "output_bytes": None, "log_dropped_bytes": None, "error": record.error,
+    }
 
 
 def env_problem(env: Mapping[str, object]) -> str | None:

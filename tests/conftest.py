@@ -24,6 +24,17 @@ artifact_limit_mb = 0.01
 """
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The state files of every client and kernel of the test run (secrets, run ledgers)
+    go to a folder of the run, not the user's home."""
+    folder = tmp_path_factory.mktemp("state")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_STATE_HOME", str(folder))
+    yield folder
+    patch.undo()
+
+
 @pytest.fixture
 def profiles_file(tmp_path: Path) -> Path:
     path = tmp_path / "profiles.toml"

@@ -21,7 +21,7 @@ The file routes answer only while the slot runs nothing, and only for regular fi
 the workspace with a single hard link (workspace.py says why); the listing leaves out
 every other entry.
 
-An exec's body is one line of JSON (run id, argv, env, detach), then the bytes the run
+An exec's body is one line of JSON (run id, argv, env, detach, timeout), then the bytes the run
 reads on stdin. The agent checks the JSON line before it reads on, then streams the rest
 to an unlinked temporary file, which the process gets as its stdin once the body has
 ended: stdin costs the agent no memory whatever its size, and a body that breaks off
@@ -430,7 +430,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     except BaseException:
         slot.abandon(run)
         raise
-    run.start(job, slot.path)
+    run.start(job, slot.path, body.timeout)
     return await _follow(request, run, 0, owner=True)
 
 

@@ -30,12 +30,14 @@ class BadBody(ValueError):
 class ExecBody:
     """``POST /slots/{slot}/exec``'s JSON line: run ``argv`` with ``env`` added to the
     agent's own, the rest of the body as its stdin; a ``detach``-ed run goes on when its
-    client goes away."""
+    client goes away; past ``timeout`` seconds the agent stops the run (SIGINT, SIGTERM,
+    SIGKILL), whether a client watches or not."""
 
     run_id: str
     argv: list[str]
     env: dict[str, str]
     detach: bool = False
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ def exec_body(raw: bytes) -> ExecBody:
     detach = body.get("detach", False)
     if not isinstance(detach, bool):
         raise BadBody(f"detach must be true or false, got: {_shown(detach)}")
+    timeout = body.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < float("inf")):
+        raise BadBody(f"timeout must be a positive number of seconds or null, got: {_shown(timeout)}")
     return ExecBody(
         run_id=run_id,
         argv=[_os_text(arg, "argv items") for arg in argv],
@@ -71,6 +77,7 @@ def exec_body(raw: bytes) -> ExecBody:
                                                     shown=False)
              for name, value in env.items()},
         detach=detach,
+        timeout=None if timeout is None else float(timeout),
     )
 
 

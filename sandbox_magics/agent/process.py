@@ -140,10 +140,11 @@ class Run:
     followers: int = 0
     read: bool = False
 
-    def start(self, job: Job, workspace_path: Path) -> None:
-        """Record ``job``, started for this run in ``workspace_path``, until it ends."""
+    def start(self, job: Job, workspace_path: Path, timeout: float | None = None) -> None:
+        """Record ``job``, started for this run in ``workspace_path``, until it ends; stop
+        it past ``timeout`` seconds."""
         self.job = job
-        self.recorder = asyncio.ensure_future(record(self, workspace_path))
+        self.recorder = asyncio.ensure_future(record(self, workspace_path, timeout))
 
     @property
     def kept_for_a_client(self) -> bool:
@@ -259,17 +260,21 @@ def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: IO[bytes]) -> 
     return job
 
 
-async def record(run: Run, workspace_path: Path) -> None:
+async def record(run: Run, workspace_path: Path, timeout: float | None = None) -> None:
     """Keep the run's output in its log as it comes, then its EXIT payload (with whether
-    ``workspace_path`` is empty and the output's size)."""
+    ``workspace_path`` is empty and the output's size); past ``timeout`` seconds, stop the
+    run (its EXIT gives the reason "timeout")."""
     job = run.job
     assert job is not None
     out = OutputBuffer()
     pumper = asyncio.ensure_future(_pump_then_close(job, out))
+    limit = asyncio.ensure_future(_stop_after(job, timeout)) if timeout else None
     try:
         await _keep(out, run.log)
         info = await pumper
     finally:
+        if limit is not None:
+            limit.cancel()
         if not pumper.done():
             kill(job, "agent-exit")
             pumper.cancel()
@@ -277,6 +282,11 @@ async def record(run: Run, workspace_path: Path) -> None:
                 await pumper
     run.log.end({**info, "workspace_empty": workspace.is_empty(workspace_path),
                  "bytes": run.log.size})
+
+
+async def _stop_after(job: Job, timeout: float) -> None:
+    await asyncio.sleep(timeout)
+    await stop(job, "timeout")
 
 
 async def _pump_then_close(job: Job, out: OutputBuffer) -> dict[str, Any]:

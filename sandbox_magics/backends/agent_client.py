@@ -30,7 +30,8 @@ from yarl import URL
 from ..agent import protocol
 from ..exceptions import (AgentAuthError, AgentRequestError, SandboxError, SandboxLostError,
                           SlotBusyError)
-from .base import ExecEvent, ExecRequest, Exited, FileInfo, Health, Output, Process, Sandbox, Started
+from .base import (ExecEvent, ExecRequest, Exited, FileInfo, Health, KeptRun, Output, Process,
+                   Sandbox, Started)
 
 HEALTH_TIMEOUT = 2.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=60.0)
@@ -97,7 +98,8 @@ class AgentSandbox(Sandbox):
         stdin = request.stdin or ""
         size = _utf8_size(stdin, request.run_id)
         line = json.dumps({"run_id": request.run_id, "argv": list(request.argv),
-                           "env": dict(request.env), "detach": request.detach}).encode() + b"\n"
+                           "env": dict(request.env), "detach": request.detach,
+                           "timeout": request.timeout}).encode() + b"\n"
         # A known length, not chunks: a chunked body's last chunk is written after the
         # body, and an agent gone by then left aiohttp's writing task failing unretrieved.
         return await self._stream("POST", f"/slots/{slot}/exec", slot, request.run_id,
@@ -117,6 +119,15 @@ class AgentSandbox(Sandbox):
         """
         return await self._stream("GET", f"/slots/{slot}/runs/{_segment(run_id)}/output",
                                   slot, run_id, params={"offset": str(offset)})
+
+    async def follow(self, slot: int, run_id: str) -> AgentProcess:
+        return await self.output(slot, run_id)
+
+    async def kept_runs(self) -> list[KeptRun]:
+        info = await self._request("GET", "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT))
+        return [KeptRun(run["run_id"], run["slot"], run["state"] == "running")
+                for run in info.get("runs", ())
+                if run["detached"] and (run["state"] == "running" or not run["read"])]
 
     async def run_state(self, slot: int, run_id: str) -> AgentRunState:
         """How the agent keeps ``run_id``, the run of ``slot``.

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal, Union
 
+from ..exceptions import SandboxError
 from ..profiles import Profile
 
 
@@ -35,13 +36,16 @@ class ExecRequest:
     """A command for one slot: ``argv`` run in the slot's workspace, ``stdin`` fed to it.
     ``detach`` asks that the command go on when its `Process` stream breaks off or is
     closed early, for a later client to follow (the agent backends keep it and its
-    output; they stop a command that is not detached then)."""
+    output; they stop a command that is not detached then). Past ``timeout`` seconds the
+    sandbox itself stops the command, whether a client watches or not (its `Exited`
+    then gives the reason "timeout")."""
 
     run_id: str
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     stdin: str | None = None
     detach: bool = False
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,16 @@ class Exited:
 
 
 ExecEvent = Union[Started, Output, Exited]
+
+
+@dataclass(frozen=True)
+class KeptRun:
+    """A run a sandbox keeps for a later client: one exec'd with ``detach`` that is still
+    ``running``, or that ended and whose end no client has read yet."""
+
+    run_id: str
+    slot: int
+    running: bool
 
 
 @dataclass(frozen=True)
@@ -169,6 +183,26 @@ class Sandbox(abc.ABC):
             SandboxError: the engine could not be asked.
         """
         return ""
+
+    async def kept_runs(self) -> list[KeptRun]:
+        """The detached runs this sandbox keeps for a client (`KeptRun`); none by default.
+
+        Raises:
+            SandboxError: the sandbox could not be asked.
+        """
+        return []
+
+    async def follow(self, slot: int, run_id: str) -> Process:
+        """Follow ``run_id``, the detached run ``slot`` keeps, from its first byte of
+        output: `Started` (if its process started), its output kept so far, then live,
+        then `Exited`, as the `Process` an exec returns (``signal`` reaches it too).
+
+        Raises:
+            SandboxError: the slot keeps no such run, or the sandbox keeps no runs.
+            SandboxLostError: the sandbox could not be reached.
+        """
+        raise SandboxError(f"Sandbox {self.id} keeps no run for a later client, so run "
+                           f"{run_id} cannot be followed there.")
 
     async def heartbeat(self, tags: Mapping[str, str]) -> None:
         """Record ``tags`` (a fresh heartbeat) where the engine keeps them; by default the

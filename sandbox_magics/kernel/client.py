@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..exceptions import ClosedError
 from ..identity import Identity
-from ..manager import CLOSED, Manager
+from ..manager import CLOSED, Manager, Stopped
 from ..pool import PoolStatus
 from ..profiles import Profile, ProfileCache
 from ..runs import Run, RunSpec
+from ..runs.registry import history_frame
 from ..runs.run import Listener
 from .loop import LoopThread
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 CALL_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 120.0
+ATTACH_TIMEOUT = 120.0
 
 
 class ClientState(enum.Enum):
@@ -63,7 +65,7 @@ class Client:
         self.state = ClientState.OPEN
         self._profile_cache = ProfileCache()
         self._loop = LoopThread()
-        self._manager = Manager(self._profiles, self.identity, pool_options)
+        self._manager = Manager(self._profiles, self.identity, pool_options, on_run=self._wire)
         atexit.register(_shutdown_at_exit, weakref.ref(self))
         # Also before any atexit handler: Modal's SDK stops its event loop in one, registered
         # when a Modal pool first imports it (after this), and no sandbox could be terminated
@@ -103,27 +105,30 @@ class Client:
     def _spec(self, code: str, interpreter: str, profile: str, timeout: float | None,
               env: Mapping[str, str] | None, session: str | None, name: str | None,
               uploads: Sequence[tuple[str, str]], downloads: Sequence[tuple[str, str]],
-              raise_error: bool) -> RunSpec:
+              raise_error: bool, detach: bool) -> RunSpec:
         return RunSpec(code=code, interpreter=interpreter, profile=profile, timeout=timeout,
                        env=dict(env or {}), session=session, name=name,
                        uploads=tuple(uploads), downloads=tuple(downloads),
-                       raise_error=raise_error)
+                       raise_error=raise_error, detach=detach)
 
     def _check_open(self) -> None:
         """Raise `ClosedError` once the client is shut down (before any coroutine is made)."""
         if self.state is ClientState.CLOSED:
             raise ClosedError(CLOSED)
 
-    async def _submit(self, spec: RunSpec, listener: Listener | None) -> Run:
-        run = self._manager.submit(spec, listener)
+    def _wire(self, run: Run) -> None:
+        """Make ``run.cancel()`` reach the manager's loop from any thread."""
         run._cancel = lambda: self.cancel(run)
-        return run
+
+    async def _submit(self, spec: RunSpec, listener: Listener | None) -> Run:
+        return self._manager.submit(spec, listener)
 
     def submit(self, code: str, interpreter: str = "bash", *, profile: str = "default",
                timeout: float | None = None, env: Mapping[str, str] | None = None,
                session: str | None = None, name: str | None = None,
                uploads: Sequence[tuple[str, str]] = (), downloads: Sequence[tuple[str, str]] = (),
-               raise_error: bool = True, listener: Listener | None = None) -> Run:
+               raise_error: bool = True, listener: Listener | None = None,
+               detach: bool = False) -> Run:
         """Start ``code`` under ``interpreter`` in a slot of ``profile``; return the Run at once.
 
         Args:
@@ -135,10 +140,13 @@ class Client:
             downloads: (remote, local) files copied out after it.
             raise_error: whether ``wait()`` and ``await run`` raise if it fails.
             listener: ``listener(run, stream, data)``, attached before any output arrives.
+            detach: the run goes on in its sandbox when this kernel goes away (as a
+                ``--bg`` cell's does), bounded by its timeout, the profile's lifetime and
+                heartbeat window; a later kernel attaches it (`attach`).
         """
         self._check_open()
         spec = self._spec(code, interpreter, profile, timeout, env, session, name,
-                          uploads, downloads, raise_error)
+                          uploads, downloads, raise_error, detach)
         return self._loop.run(self._submit(spec, listener), CALL_TIMEOUT)
 
     async def asubmit(self, code: str, interpreter: str = "bash", *, profile: str = "default",
@@ -146,11 +154,12 @@ class Client:
                       session: str | None = None, name: str | None = None,
                       uploads: Sequence[tuple[str, str]] = (),
                       downloads: Sequence[tuple[str, str]] = (),
-                      raise_error: bool = True, listener: Listener | None = None) -> Run:
+                      raise_error: bool = True, listener: Listener | None = None,
+                      detach: bool = False) -> Run:
         """Await-able twin of `submit`."""
         self._check_open()
         spec = self._spec(code, interpreter, profile, timeout, env, session, name,
-                          uploads, downloads, raise_error)
+                          uploads, downloads, raise_error, detach)
         return await self._loop.arun(self._submit(spec, listener))
 
     def run(self, code: str, interpreter: str = "bash", *, check: bool = True,
@@ -195,9 +204,28 @@ class Client:
         self._check_open()
         return await self._loop.arun(self._manager.cancel(self.get_run(run)))
 
-    def runs(self) -> pd.DataFrame:
-        """The history of this client's runs, one row each (readable after shutdown too)."""
-        return self._manager.runs.to_frame()
+    def runs(self, all_kernels: bool = False) -> pd.DataFrame:
+        """The history of this client's runs, one row each (readable after shutdown too),
+        then those the kernel this one restarted recorded (a detached one still going
+        shows as "running (started by the previous kernel at 14:02)"); ``all_kernels``:
+        those of every earlier kernel of this user."""
+        return history_frame(self._manager.history(all_kernels))
+
+    def attach(self, run: str, all_kernels: bool = False) -> Run:
+        """The detached run ``run`` (id or name) an earlier kernel started, attached here:
+        its log replayed from the first byte, then followed; ``wait``, ``cancel``, its
+        exit code and artifacts work as for a run started here. A run of this kernel is
+        returned as it is.
+
+        Raises:
+            UnknownRunError: no such run, it ended with its kernel, or no sandbox keeps it.
+        """
+        self._check_open()
+        return self._loop.run(self._manager.attach(run, all_kernels), ATTACH_TIMEOUT)
+
+    async def aattach(self, run: str, all_kernels: bool = False) -> Run:
+        self._check_open()
+        return await self._loop.arun(self._manager.attach(run, all_kernels))
 
     async def _pool_status(self) -> list[PoolStatus]:
         return self._manager.status()
@@ -259,25 +287,29 @@ class Client:
         self._check_open()
         return await self._loop.arun(self._manager.end_session(session))
 
-    def shutdown(self, purge: bool = False) -> None:
-        """Cancel every run and stop every sandbox; the client cannot be used afterwards.
+    def shutdown(self, purge: bool = False, leave_detached: bool = False) -> Stopped:
+        """Cancel every run (detached ones too, those of the kernel this one restarted
+        included) and stop every sandbox; say how many runs that stopped. The client
+        cannot be used afterwards.
 
         ``purge`` also deletes the local copies of artifacts and spilled logs.
+        ``leave_detached`` lets detached runs go on for a later kernel (what happens when
+        the kernel exits).
         """
         if self.state is ClientState.CLOSED:
-            return
+            return Stopped()
         self.state = ClientState.CLOSED
         try:
-            self._loop.run(self._manager.shutdown(purge), SHUTDOWN_TIMEOUT)
+            return self._loop.run(self._manager.shutdown(purge, leave_detached), SHUTDOWN_TIMEOUT)
         finally:
             self._loop.stop()
 
-    async def ashutdown(self, purge: bool = False) -> None:
+    async def ashutdown(self, purge: bool = False, leave_detached: bool = False) -> Stopped:
         if self.state is ClientState.CLOSED:
-            return
+            return Stopped()
         self.state = ClientState.CLOSED
         try:
-            await self._loop.arun(self._manager.shutdown(purge))
+            return await self._loop.arun(self._manager.shutdown(purge, leave_detached))
         finally:
             self._loop.stop()
 
@@ -296,4 +328,4 @@ async def _every(interval: Callable[[], float], callback: Callable[[], bool]) ->
 def _shutdown_at_exit(ref: weakref.ref[Client]) -> None:
     client = ref()
     if client is not None:
-        client.shutdown()
+        client.shutdown(leave_detached=True)

@@ -24,8 +24,9 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Unicode, observe
 
-from ..exceptions import RunFailedError, WaitTimeoutError
+from ..exceptions import RunFailedError, UnknownRunError, WaitTimeoutError
 from ..kernel import Client
+from ..manager import Stopped
 from ..kernel.cell import queue_listener, stream_to_cell
 from ..runs import Run, RunState
 from ..runs.words import stop_words
@@ -82,14 +83,17 @@ class SandboxMagics(Magics):
         if self._client is not None:
             self._client.profiles_file = change["new"] or None
 
-    def close(self, purge: bool = False) -> None:
+    def close(self, purge: bool = False) -> Stopped:
+        """Close the views and shut the client down; say what that stopped."""
         for view in [*self._log_views.values(), *([self._dashboard] if self._dashboard else [])]:
             view.close()
         self._log_views.clear()
         self._dashboard = None
+        stopped = Stopped()
         if self._client is not None:
-            self._client.shutdown(purge)
+            stopped = self._client.shutdown(purge)
             self._client = None
+        return stopped
 
     @magic_arguments()
     @run_args
@@ -102,7 +106,9 @@ class SandboxMagics(Magics):
         is produced. A non-zero exit raises an error naming the exit code and the run id
         (``--no-raise-error`` to keep going). Interrupting the kernel kills the remote
         process group, frees the slot and ends the cell with KeyboardInterrupt. With
-        ``--bg`` the cell returns a `Run` at once and shows its live log (``run = _``).
+        ``--bg`` the cell returns a `Run` at once and shows its live log (``run = _``);
+        such a run outlives its kernel (within its timeout, the profile's lifetime and
+        heartbeat window), and a later kernel follows it with ``%sandbox attach RUN``.
 
         The line is split into words as a POSIX shell splits them, after IPython has
         expanded ``$var`` and ``{expr}`` in it: ``--env "MSG=$x"`` passes the value of
@@ -121,7 +127,10 @@ class SandboxMagics(Magics):
         Line form::
 
             %sandbox profiles             the profiles, as a DataFrame
-            %sandbox runs                 every run of this kernel, as a DataFrame
+            %sandbox runs [--all]         every run of this kernel and the one it restarted
+                                          (--all: of every earlier kernel), as a DataFrame
+            %sandbox attach RUN [--all]   follow a --bg run an earlier kernel started: its
+                                          whole log, then live; wait, cancel, artifacts
             %sandbox status               every pool's sandboxes and slots
             %sandbox logs RUN             the live log of a run (id or name)
             %sandbox artifacts RUN        the files a run left: list, preview, download
@@ -130,7 +139,8 @@ class SandboxMagics(Magics):
             %sandbox end-session NAME     free a --session's slot (its files are deleted)
             %sandbox sandbox-log NAME     the engine's log of a sandbox, also of a dead one
             %sandbox scale PROFILE N      keep N sandboxes of PROFILE running
-            %sandbox shutdown             stop every sandbox and run of this kernel
+            %sandbox shutdown             stop every sandbox and run of this kernel (--bg
+                                          runs, and those the previous kernel left, too)
 
         Examples::
 
@@ -160,7 +170,7 @@ class SandboxMagics(Magics):
                        raise_error=raise_error)
         captures = _captures(args.out, args.err)
         if args.bg:
-            run = self.client.submit(cell, args.interpreter, **options)
+            run = self.client.submit(cell, args.interpreter, detach=True, **options)
             self.shell.user_ns.update({var: RunStream(run, s) for var, s in captures.items()})
             return run
         chunks: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
@@ -210,9 +220,22 @@ class SandboxMagics(Magics):
         return self.client.profiles()
 
     @magic_arguments()
+    @argument("--all", action="store_true",
+              help="add the runs of every earlier kernel of this user")
     def _runs(self, line: str) -> pd.DataFrame:
-        _parse(self._runs, line)
-        return tidy(self.client.runs())
+        args = _parse(self._runs, line)
+        return tidy(self.client.runs(all_kernels=args.all))
+
+    @magic_arguments()
+    @argument("run", help="run id or name, as %%sandbox runs shows it")
+    @argument("--all", action="store_true",
+              help="look among the runs of every earlier kernel of this user")
+    def _attach(self, line: str) -> Run:
+        """Follow a --bg run an earlier kernel started: the returned `Run` shows its whole
+        log, then what comes; wait, cancel and its artifacts work as for a run of this
+        kernel."""
+        args = _parse(self._attach, line)
+        return self.client.attach(args.run, all_kernels=args.all)
 
     @magic_arguments()
     def _status(self, line: str) -> None:
@@ -225,7 +248,11 @@ class SandboxMagics(Magics):
     @argument("run", help="run id or name")
     def _logs(self, line: str) -> None:
         args = _parse(self._logs, line)
-        display(self.log_view(self.client.get_run(args.run)))
+        try:
+            run = self.client.get_run(args.run)
+        except UnknownRunError:
+            run = self.client.attach(args.run)  # a --bg run the previous kernel left
+        display(self.log_view(run))
 
     @magic_arguments()
     @argument("run", help="run id or name")
@@ -305,14 +332,16 @@ class SandboxMagics(Magics):
               help="also delete the local copies of artifacts and spilled logs")
     def _shutdown(self, line: str) -> None:
         args = _parse(self._shutdown, line)
-        stopped = sum(len(p["sandboxes"]) for p in self.client.status()) if self._client else 0
-        self.close(purge=args.purge)
-        print(f"Stopped {stopped} sandbox(es); nothing of this kernel is running.")
+        _ = self.client  # made now if need be: the previous kernel may have left --bg runs
+        stopped = self.close(purge=args.purge)
+        detached = f" ({stopped.detached} of them --bg)" if stopped.detached else ""
+        print(f"Stopped {stopped.sandboxes} sandbox(es) and {stopped.runs} run(s){detached}; "
+              "nothing of this kernel is running.")
 
     _commands: dict[str, Callable[[SandboxMagics, str], Any]] = {
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
         "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "end-session": _end_session,
-        "scale": _scale, "shutdown": _shutdown, "sandbox-log": _sandbox_log,
+        "scale": _scale, "shutdown": _shutdown, "sandbox-log": _sandbox_log, "attach": _attach,
     }
 
 

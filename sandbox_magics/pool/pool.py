@@ -6,7 +6,9 @@ before it started goes to the head). How many sandboxes run is decided by
 out, with the backend doing the I/O. At start, sandboxes that ``discover`` finds are
 adopted, reaped or left by `policy.classify`. A maintenance task checks health (two
 failed checks in a row retire a sandbox) and sends heartbeats. A sandbox that dies is
-retired and the runs on it see their lease's ``lost`` event. Loop-bound: every method runs
+retired and the runs on it see their lease's ``lost`` event. An adopted sandbox's slots
+that keep a detached run stay busy until a run of the manager `claim` s them; closing
+the pool can leave such sandboxes running for a later kernel. Loop-bound: every method runs
 on the manager's loop.
 """
 
@@ -17,14 +19,15 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .. import identity
-from ..backends.base import Backend, Health, Sandbox
+from ..backends.base import Backend, Health, KeptRun, Sandbox
 from ..exceptions import (AcquireTimeoutError, ClosedError, ProfileError, SandboxError,
-                          SandboxStartError, SlotBusyError, UnknownSandboxError)
+                          SandboxStartError, SlotBusyError, UnknownRunError,
+                          UnknownSandboxError)
 from ..identity import Identity
 from ..profiles import Profile
 from . import policy
@@ -84,6 +87,8 @@ class Pool:
         self._last_error: str | None = None
         self._last_heartbeat = time.monotonic()
         self._discovered = False
+        self._settled = asyncio.Event()
+        self._kept: dict[str, SlotRecord] = {}
         self._closed = False
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -376,16 +381,60 @@ class Pool:
         self._serve(record, sandbox)
         self._emit(EventKind.READY, record.id)
 
-    def _serve(self, record: SandboxRecord, sandbox: Sandbox) -> None:
-        """Put a started (or adopted) sandbox's slots in service."""
+    def _serve(self, record: SandboxRecord, sandbox: Sandbox, kept: Sequence[KeptRun] = ()) -> None:
+        """Put a started (or adopted) sandbox's slots in service; those that keep a
+        detached run (``kept``) stay busy with it until its run is claimed (`claim`)."""
         record.sandbox = sandbox
         record.slots = [SlotRecord(record, i) for i in range(sandbox.slots)]
         record.size = sandbox.slots
         record.state = SandboxState.READY
         record.idle_since = time.monotonic()
-        self._free_slots.update(dict.fromkeys(record.slots))
+        for run in kept:
+            if 0 <= run.slot < len(record.slots):
+                slot = record.slots[run.slot]
+                slot.busy, slot.run_id = True, run.run_id
+                self._kept[run.run_id] = slot
+        if kept:
+            record.idle_since = None
+        self._free_slots.update(dict.fromkeys(s for s in record.slots if not s.busy))
         self._dispatch()
         self.reconcile()
+
+    def kept(self) -> list[str]:
+        """Ids of the detached runs that adopted sandboxes keep and no run has claimed."""
+        return list(self._kept)
+
+    def claim(self, run_id: str) -> Lease:
+        """The lease of the slot that keeps detached run ``run_id`` (see `kept`).
+
+        Raises:
+            UnknownRunError: no sandbox of this pool keeps that run (now).
+        """
+        slot = self._kept.pop(run_id, None)
+        if slot is None or not slot.sandbox.state.serving:
+            raise UnknownRunError(
+                f"No sandbox of profile {self.profile.name!r} keeps run {run_id} now; it ended "
+                "and its sandbox stopped, or another kernel follows it.")
+        slot.lost = asyncio.Event()
+        slot.lost_reason = None
+        return Lease(slot, self)
+
+    async def settled(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until what ``discover`` found is adopted or
+        reaped, so `kept` lists what the sandboxes of an earlier kernel keep."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), timeout)
+
+    async def take(self, engine_id: str) -> bool:
+        """Adopt sandbox ``engine_id`` of this profile, whoever started it (a run of another
+        kernel of this user is attached here); return whether it serves in this pool now."""
+        if any(r.sandbox is not None and r.sandbox.id == engine_id for r in self._live()):
+            return True
+        found = await asyncio.wait_for(self.backend.discover(self.profile), DISCOVER_TIMEOUT)
+        for sandbox in found:
+            if sandbox.id == engine_id:
+                return await self._adopt(sandbox, "taken over from another kernel to attach its run")
+        return False
 
     async def _adopt_or_reap(self) -> None:
         """Adopt what this kernel's predecessor left if it is healthy, reap what owners
@@ -398,27 +447,33 @@ class Pool:
         now = time.time()
         for sandbox in found:
             verdict = policy.classify(sandbox.tags, self.identity, now, self.profile.heartbeat_window)
-            if verdict is policy.Found.ADOPT:
-                if (self.backend.name, sandbox.id) in _adopted:
-                    continue
-                _adopted.add((self.backend.name, sandbox.id))
-                health = await self._health(sandbox)
-                if health.ok and not self._closed:
-                    record = SandboxRecord(self._adopted_name(sandbox), SandboxState.STARTING,
-                                           sandbox.slots)
-                    self.sandboxes.append(record)
-                    self._serve(record, sandbox)
-                    self._spawn(sandbox.heartbeat(self.identity.tags(self.profile.name)))
-                    self._emit(EventKind.ADOPTED, record.id, f"left by this kernel before its restart ({sandbox.id})")
-                    continue
-                self._emit(EventKind.REAPED, detail=f"{sandbox.id}: left by this kernel before its "
-                                            f"restart, and unhealthy ({health.reason})")
+            if verdict is policy.Found.ADOPT and (self.backend.name, sandbox.id) not in _adopted:
+                await self._adopt(sandbox, "left by this kernel before its restart")
             elif verdict is policy.Found.REAP:
                 self._emit(EventKind.REAPED, detail=f"{sandbox.id}: its owner sent no heartbeat for "
                                             f"{self.profile.heartbeat_window:g} s")
-            else:
-                continue
-            self._spawn(self._stop(sandbox))
+                self._spawn(self._stop(sandbox))
+
+    async def _adopt(self, sandbox: Sandbox, why: str) -> bool:
+        """Serve ``sandbox`` in this pool, the runs it keeps held for their claims, if it is
+        healthy; else stop it. Return whether it serves."""
+        _adopted.add((self.backend.name, sandbox.id))
+        health = await self._health(sandbox)
+        if health.ok and not self._closed:
+            try:
+                kept = await asyncio.wait_for(sandbox.kept_runs(), HEALTH_TIMEOUT)
+            except (SandboxError, asyncio.TimeoutError):
+                kept = []
+            record = SandboxRecord(self._adopted_name(sandbox), SandboxState.STARTING, sandbox.slots)
+            self.sandboxes.append(record)
+            self._serve(record, sandbox, kept)
+            self._spawn(sandbox.heartbeat(self.identity.tags(self.profile.name)))
+            held = f"; it keeps run(s) {', '.join(k.run_id for k in kept)}" if kept else ""
+            self._emit(EventKind.ADOPTED, record.id, f"{why} ({sandbox.id}){held}")
+            return True
+        self._emit(EventKind.REAPED, detail=f"{sandbox.id}: {why}, and unhealthy ({health.reason})")
+        self._spawn(self._stop(sandbox))
+        return False
 
     def _adopted_name(self, sandbox: Sandbox) -> str:
         name = sandbox.tags.get(identity.NAME, "")
@@ -434,6 +489,8 @@ class Pool:
             if slot.busy:
                 slot.lost_reason = reason
                 slot.lost.set()
+            if slot.run_id is not None and self._kept.get(slot.run_id) is slot:
+                del self._kept[slot.run_id]
         self._end_sessions(record, f"was lost ({reason})")
         self._emit(EventKind.LOST, record.id, reason)
         self._spawn(self._retire(record))
@@ -482,6 +539,7 @@ class Pool:
             await self._adopt_or_reap()
         finally:
             self._discovered = True
+            self._settled.set()
         while not self._closed:
             try:
                 self.reconcile()
@@ -552,24 +610,29 @@ class Pool:
             retired=tuple(SandboxStatus.of(r) for r in self.retired),
             events=tuple(self.events)[-EVENTS_SHOWN:])
 
-    async def aclose(self) -> None:
-        """Stop every sandbox and task; pending acquires fail with `ClosedError`."""
+    async def aclose(self, leave: Collection[str] = ()) -> list[str]:
+        """Stop every sandbox and task, but leave running the sandboxes whose slots hold a
+        run of ``leave`` (detached runs a later kernel attaches); pending acquires fail
+        with `ClosedError`. Return the ids of the sandboxes left."""
         if self._closed:
-            return
+            return []
         self._closed = True
         error = ClosedError(f"The pool of profile {self.profile.name!r} was shut down.")
         for waiter in [w for queue in self._queues() for w in queue]:
             if not waiter.future.done():
                 waiter.future.set_exception(error)
+        left = [r for r in self.sandboxes if any(s.busy and s.run_id in leave for s in r.slots)]
         for record in self.sandboxes:
             for slot in record.slots:
-                if slot.busy:
+                if slot.busy and record not in left:
                     slot.lost_reason = "the pool was shut down"
                     slot.lost.set()
         tasks = [t for t in [self._maintenance, *self._tasks] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        records = [r for r in self.sandboxes if r.sandbox is not None]
+        records = [r for r in self.sandboxes if r.sandbox is not None and r not in left]
         await asyncio.gather(*(self._retire(r) for r in records), return_exceptions=True)
         self.sandboxes.clear()
+        self._kept.clear()
+        return [r.id for r in left]

@@ -5,14 +5,20 @@
 SIGINT → SIGTERM → SIGKILL escalation (`escalate`, each step given ``grace`` seconds to
 work), and the re-queue of a run whose sandbox was lost before its process started (it
 goes back to the head of the queue, up to `MAX_REQUEUES` times). Cancelling the task is
-how a run is cancelled, at whatever stage it is: it never starts its command afterwards.
+how a run is cancelled, at whatever stage it is: it never starts its command afterwards;
+cancelling it once the run is DETACHING lets the run go on in its slot instead.
+`attached` is the same drive for a run an earlier kernel started: it follows the run's
+output from the first byte, where `drive` uploads and executes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,9 @@ from .state import RunState, Stage
 MAX_REQUEUES = 3
 TRANSFER_TIMEOUT = 300.0
 EXEC_START_TIMEOUT = 60.0
+BACKSTOP = 10.0
+"""Seconds past its timeout after which a detached run's sandbox stops it by itself (the
+kernel watching it stops it first; this bounds a run whose kernel went)."""
 _TRANSFER_ERRORS = (SandboxError, OSError, asyncio.TimeoutError)
 _STEPS = ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM"), (signal.SIGKILL, "SIGKILL"))
 
@@ -70,8 +79,12 @@ async def drive(run: Run, profile: Profile, pool: Pool, artifacts_dir: Path,
             await lease.release(reset=False)
             run._finish(RunState.CANCELLED, error="cancelled while queued")
             return
+        if run.spec.session and (notice := pool.session_notice(run.spec.session)):
+            run._notice(notice)
+        inputs: dict[str, FileInfo] = {}
         try:
-            await _attempt(run, profile, pool, lease, artifacts_dir, grace)
+            await _attempt(run, profile, lease, artifacts_dir, inputs,
+                           _execute(run, profile, lease, grace, inputs))
             return
         except _Requeue as lost:
             if attempt == MAX_REQUEUES:
@@ -86,21 +99,24 @@ def _queued(pool: Pool) -> str:
     return "waiting for a sandbox to start" if pool.status().counts().starting else "queued"
 
 
-async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifacts_dir: Path,
+async def attached(run: Run, profile: Profile, lease: Lease, artifacts_dir: Path,
                    grace: float) -> None:
-    """One try in one leased slot; raises `_Requeue` if the sandbox died before the start."""
+    """Carry ``run``, a detached run an earlier kernel started and ``lease``'s slot keeps,
+    to its end as `drive` would: follow its output from the first byte (within what is
+    left of its timeout), stop it on cancel, collect its artifacts, release the slot.
+    Never raises; cancel the task running this to cancel the run."""
+    await _attempt(run, profile, lease, artifacts_dir, {}, _follow(run, lease, grace))
+
+
+async def _attempt(run: Run, profile: Profile, lease: Lease, artifacts_dir: Path,
+                   inputs: dict[str, FileInfo], start: Awaitable[Outcome]) -> None:
+    """One try in one leased slot: ``start`` the run and follow it to its end, collect
+    (files other than ``inputs``), release; raises `_Requeue` if the sandbox died before
+    the run's process started."""
     outcome = Outcome(RunState.ERROR, error="the run ended without an exit status", started=False)
     requeue: str | None = None
-    if run.spec.session and (notice := pool.session_notice(run.spec.session)):
-        run._notice(notice)
     try:
-        run._assign(lease.sandbox_id, lease.index)
-        run._stage(Stage.UPLOADING)
-        inputs = await _upload(run, lease)
-        if run.cancelling:
-            outcome = Outcome(RunState.CANCELLED, error="cancelled while uploading", started=False)
-        else:
-            outcome = await _execute(run, profile, lease, grace)
+        outcome = await start
         if outcome.state is RunState.LOST and not outcome.started:
             requeue = outcome.error or "sandbox lost"
         elif outcome.state is not RunState.LOST and outcome.started:
@@ -109,9 +125,11 @@ async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifac
             if not outcome.workspace_empty:
                 await _collect(run, lease, profile, artifacts_dir, inputs)
     except asyncio.CancelledError:
-        stage = run.stage
-        outcome = Outcome(RunState.CANCELLED, outcome.exit_code,
-                          f"cancelled while {stage.value}", started=outcome.started)
+        if run.detaching:  # this kernel goes; the run goes on in its slot, kept for another
+            outcome = Outcome(RunState.DETACHED, workspace_empty=True)
+        else:
+            outcome = Outcome(RunState.CANCELLED, outcome.exit_code,
+                              f"cancelled while {run.stage.value}", started=outcome.started)
     except SandboxLostError as exc:
         if outcome.started:
             outcome = Outcome(RunState.LOST, outcome.exit_code, str(exc))
@@ -123,7 +141,8 @@ async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifac
                           started=outcome.started)
     finally:
         with contextlib.suppress(Exception):
-            if await _despite_cancel(lease.release(reset=not outcome.workspace_empty)):
+            if outcome.state is not RunState.DETACHED and await _despite_cancel(
+                    lease.release(reset=not outcome.workspace_empty)):
                 run._request_cancel()
         if requeue is None:
             run._finish(outcome.state, outcome.exit_code, outcome.error)
@@ -132,15 +151,42 @@ async def _attempt(run: Run, profile: Profile, pool: Pool, lease: Lease, artifac
         raise _Requeue(requeue)
 
 
-async def _execute(run: Run, profile: Profile, lease: Lease, grace: float) -> Outcome:
-    """Run the command in the leased slot, within its timeout; say how it ended."""
+async def _execute(run: Run, profile: Profile, lease: Lease, grace: float,
+                   inputs: dict[str, FileInfo]) -> Outcome:
+    """Upload the run's inputs (listed into ``inputs``), run its command in the leased
+    slot within its timeout, and say how it ended."""
+    run._assign(lease.sandbox_id, lease.index, lease.sandbox.id)
+    run._stage(Stage.UPLOADING)
+    inputs.update(await _upload(run, lease))
+    if run.cancelling:
+        return Outcome(RunState.CANCELLED, error="cancelled while uploading", started=False)
     timeout = run.timeout = run.spec.timeout or profile.run_timeout
     request = ExecRequest(run_id=run.id, argv=(run.spec.interpreter,),
                           env={**profile.env, **run.spec.env, "SANDBOX_RUN_ID": run.id},
-                          stdin=run.spec.code)
+                          stdin=run.spec.code, detach=run.spec.detach,
+                          timeout=timeout + BACKSTOP if timeout and run.spec.detach else None)
     run._stage(Stage.RUNNING)
+    return await _watch(run, lease, grace, lease.sandbox.exec(lease.index, request), timeout)
+
+
+async def _follow(run: Run, lease: Lease, grace: float) -> Outcome:
+    """Follow the kept run ``run`` from its first byte, within what is left of its
+    timeout (counted from when it started)."""
+    run._stage(Stage.RUNNING)
+    left = None
+    if run.timeout and run.started_at:
+        left = max(run.timeout - (time.time() - run.started_at), 0.0)
+    outcome = await _watch(run, lease, grace, lease.sandbox.follow(lease.index, run.id), left)
+    # a kept run had started: lost, it is never re-queued
+    return dataclasses.replace(outcome, started=True) if outcome.state is RunState.LOST else outcome
+
+
+async def _watch(run: Run, lease: Lease, grace: float, opening: Awaitable[Process],
+                 timeout: float | None) -> Outcome:
+    """Follow the process ``opening`` gives until it ends, its sandbox is lost, or
+    ``timeout`` passes (then stop it); say how it ended."""
     try:
-        process = await asyncio.wait_for(lease.sandbox.exec(lease.index, request), EXEC_START_TIMEOUT)
+        process = await asyncio.wait_for(opening, EXEC_START_TIMEOUT)
     except SandboxLostError as exc:
         await lease.report_broken(str(exc))
         return Outcome(RunState.LOST, error=str(exc), started=False)
@@ -152,11 +198,13 @@ async def _execute(run: Run, profile: Profile, lease: Lease, grace: float) -> Ou
     lost = asyncio.ensure_future(lease.lost.wait())
     try:
         try:
-            if run.cancelling:  # cancelled as the exec answered (wait_for drops that)
+            if run.cancelling or run.detaching:  # as the exec answered (wait_for drops that)
                 raise asyncio.CancelledError
             done, _ = await asyncio.wait({consume, lost}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
+            if run.detaching:  # let go, not stopped: the run goes on in its slot
+                raise
             run.stop_step = await _stop(run, process, consume, lease, grace)
             return _stopped(run, consume, RunState.CANCELLED, "cancelled while running")
         if consume in done:
@@ -243,6 +291,9 @@ def _stopped(run: Run, consume: asyncio.Future[Exited], state: RunState,
 def _ended(exited: Exited) -> Outcome:
     if exited.reason == "not-found":
         return Outcome(RunState.ERROR, exited.exit_code, exited.error,
+                       workspace_empty=exited.workspace_empty)
+    if exited.reason == "timeout":  # its sandbox stopped it, past its timeout
+        return Outcome(RunState.TIMED_OUT, exited.exit_code, None,
                        workspace_empty=exited.workspace_empty)
     state = RunState.SUCCEEDED if exited.exit_code == 0 else RunState.FAILED
     error = f"killed by signal {exited.signal}" if exited.signal else exited.error

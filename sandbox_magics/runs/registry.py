@@ -1,10 +1,11 @@
-"""`RunRegistry`: every run of this kernel, found by id or name, and the history as a DataFrame."""
+"""`RunRegistry`: every run of this kernel, found by id or name; `history_frame`: the history
+as a DataFrame."""
 
 from __future__ import annotations
 
 import itertools
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import UnknownRunError
 from .run import Run
@@ -18,11 +19,12 @@ COLUMNS = ["id", "name", "profile", "backend", "interpreter", "session", "sandbo
 
 
 class RunRegistry:
-    """Runs in submission order; ids are ``r1``, ``r2``, ... per kernel."""
+    """Runs in submission order; ids are ``r<first>``, ``r<first+1>``, ... (a restarted
+    kernel goes on from its predecessor's last id)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: int = 1) -> None:
         self._runs: dict[str, Run] = {}
-        self._counter = itertools.count(1)
+        self._counter = itertools.count(first)
         self._lock = threading.Lock()
 
     def next_id(self) -> str:
@@ -36,6 +38,9 @@ class RunRegistry:
     def __iter__(self):  # type: ignore[no-untyped-def]
         with self._lock:
             return iter(list(self._runs.values()))
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._runs
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -55,9 +60,12 @@ class RunRegistry:
         known = ", ".join(list(self._runs)[-5:]) or "none yet"
         raise UnknownRunError(f"No run with id or name {key!r}; recent runs: {known}.")
 
-    def to_frame(self) -> pd.DataFrame:
-        import pandas as pd
-        frame = pd.DataFrame([run.as_row() for run in self], columns=COLUMNS)
-        for column in ("queued", "started", "ended"):
-            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
-        return frame.set_index("id")
+
+
+def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of the run history (`Run.as_row`) as a DataFrame indexed by run id."""
+    import pandas as pd
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    for column in ("queued", "started", "ended"):
+        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    return frame.set_index("id")

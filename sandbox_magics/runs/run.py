@@ -28,7 +28,8 @@ class RunSpec:
 
     ``uploads`` are (local, remote) pairs copied in before the run; ``downloads`` are
     (remote, local) pairs copied out after it. ``raise_error``: `Run.wait` and ``await run``
-    raise `RunFailedError` if the run fails.
+    raise `RunFailedError` if the run fails. ``detach``: the run goes on in its sandbox
+    when this kernel goes (a ``--bg`` cell), for a later kernel to attach.
     """
 
     code: str
@@ -41,6 +42,7 @@ class RunSpec:
     uploads: tuple[tuple[str, str], ...] = ()
     downloads: tuple[tuple[str, str], ...] = ()
     raise_error: bool = True
+    detach: bool = False
 
 
 Listener = Callable[["Run", str, bytes], None]
@@ -58,6 +60,7 @@ class Run:
         self.stage = Stage.QUEUED
         self.stop_step: str | None = None
         self.sandbox: str | None = None
+        self.engine_id: str | None = None
         self.slot: int | None = None
         self.pgid: int | None = None
         self.exit_code: int | None = None
@@ -99,6 +102,11 @@ class Run:
     def cancelling(self) -> bool:
         """Whether a cancel was asked and the run has not ended yet."""
         return self.state is RunState.CANCELLING
+
+    @property
+    def detaching(self) -> bool:
+        """Whether this kernel is letting the run go on without it (it is shutting down)."""
+        return self.state is RunState.DETACHING
 
     @property
     def stdout(self) -> str:
@@ -170,6 +178,9 @@ class Run:
             return f"{what} failed: sandbox lost ({self.error}). Run it again: the pool replaces the sandbox."
         if self.state is RunState.ERROR:
             return f"{what} could not run: {self.error}"
+        if self.state is RunState.DETACHED:
+            return (f"{what} was left running in sandbox {self.sandbox} when this client shut "
+                    f"down; a later kernel can follow it with %sandbox attach {self.id}.")
         return f"{what} is {self.state.value}."
 
     def add_listener(self, listener: Listener) -> None:
@@ -198,9 +209,12 @@ class Run:
         self.state = state
         self._emit("state", b"")
 
-    def _assign(self, sandbox: str, slot: int) -> None:
-        self.sandbox, self.slot = sandbox, slot
-        self.started_at = time.time()
+    def _assign(self, sandbox: str, slot: int, engine_id: str,
+                started_at: float | None = None) -> None:
+        """The run has slot ``slot`` of ``sandbox`` (the engine's ``engine_id``) from
+        ``started_at`` (now, unless it is an attached run started earlier)."""
+        self.sandbox, self.slot, self.engine_id = sandbox, slot, engine_id
+        self.started_at = started_at or time.time()
         self._to(RunState.RUNNING)
 
     def _stage(self, stage: Stage) -> None:
@@ -213,10 +227,16 @@ class Run:
         if self.state in (RunState.QUEUED, RunState.RUNNING):
             self._to(RunState.CANCELLING)
 
+    def _request_detach(self) -> None:
+        """This kernel goes away: the drive lets the run go on in its sandbox."""
+        if self.state is RunState.RUNNING:
+            self._to(RunState.DETACHING)
+
     def _requeue(self) -> None:
         """Back to the queue: the sandbox it was given was lost before it started (a run
         being cancelled stays so, and ends at the queue)."""
-        self.sandbox, self.slot, self.pgid, self.started_at = None, None, None, None
+        self.sandbox, self.slot, self.engine_id = None, None, None
+        self.pgid, self.started_at = None, None
         if self.state is RunState.RUNNING:
             self._to(RunState.QUEUED)
 

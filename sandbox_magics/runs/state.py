@@ -8,9 +8,12 @@ and the transitions allowed between them, in two tables checked at every change.
       │  └────────┘ re-queued: its sandbox was lost before its process started
       └──> CANCELLING <──┘ a cancel was asked; the run stops, or ends by itself first
       └──> CANCELLED | ERROR | LOST (never given a slot, or re-queued too often)
+               RUNNING ──> DETACHING ──> DETACHED | any finished state
 
 A cancel is a state, not a flag: a drive that meets CANCELLING at any await (one asyncio
-may have dropped a cancel at) ends the run CANCELLED. Finished states are final.
+may have dropped a cancel at) ends the run CANCELLED. A detached (``--bg``) run whose
+kernel goes away is let go, not stopped: DETACHING, then DETACHED, for this kernel final;
+it goes on in its sandbox for a later kernel to attach. Finished states are final.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class RunState(enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    DETACHING = "detaching"
+    DETACHED = "detached"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed-out"
@@ -51,19 +56,22 @@ class TransitionError(SandboxError):
     allow (a bug in the caller, never a user's doing)."""
 
 
-FINISHED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT,
-                      RunState.CANCELLED, RunState.LOST, RunState.ERROR})
+ENDED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT,
+                   RunState.CANCELLED, RunState.LOST, RunState.ERROR})
+FINISHED = ENDED | {RunState.DETACHED}
 
 TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
     RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLING, RunState.CANCELLED,
                                 RunState.ERROR, RunState.LOST}),
-    RunState.RUNNING: frozenset({RunState.QUEUED, RunState.CANCELLING} | FINISHED),
-    RunState.CANCELLING: FINISHED,
+    RunState.RUNNING: frozenset({RunState.QUEUED, RunState.CANCELLING, RunState.DETACHING}
+                                | ENDED),
+    RunState.CANCELLING: ENDED,
+    RunState.DETACHING: frozenset({RunState.DETACHED} | ENDED),
     **{state: frozenset() for state in FINISHED},
 }
 
 STAGES: Mapping[Stage, frozenset[Stage]] = {
-    Stage.QUEUED: frozenset({Stage.QUEUED, Stage.UPLOADING}),
+    Stage.QUEUED: frozenset({Stage.QUEUED, Stage.UPLOADING, Stage.RUNNING}),  # attached: RUNNING
     Stage.UPLOADING: frozenset({Stage.RUNNING, Stage.QUEUED}),
     Stage.RUNNING: frozenset({Stage.COLLECTING, Stage.QUEUED}),
     Stage.COLLECTING: frozenset(),

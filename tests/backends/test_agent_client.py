@@ -166,3 +166,37 @@ def test_output_the_agent_let_go_is_one_stderr_line_and_the_offset_goes_past_it(
         play(agent, scenario)
     finally:
         agent.stop()
+
+
+def test_a_detached_run_no_client_watches_is_stopped_by_the_agent_past_its_timeout(
+        agent: Agent) -> None:
+    script = "trap 'echo interrupted; exit 130' INT; echo up; while :; do sleep 0.05; done"
+
+    async def scenario(sandbox: AgentSandbox) -> None:
+        await leave_after_first_output(await sandbox.exec(
+            0, ExecRequest("bg", ("bash",), stdin=script, detach=True, timeout=0.5)))
+        state = await state_once(sandbox, 0, "bg", lambda s: s.state == "ended")
+        assert state.exited is not None and state.exited.reason == "timeout"
+        assert state.exited.exit_code == 130
+        events = await events_of(await sandbox.follow(0, "bg"))
+        assert output(events, "stdout") == b"up\ninterrupted\n"
+    play(agent, scenario)
+
+
+def test_kept_runs_lists_detached_runs_going_or_unread_and_not_blocking_ones(agent: Agent) -> None:
+    async def scenario(sandbox: AgentSandbox) -> None:
+        await leave_after_first_output(await sandbox.exec(
+            0, ExecRequest("going", ("bash",), stdin="echo up; sleep 300", detach=True)))
+        await leave_after_first_output(await sandbox.exec(
+            1, ExecRequest("ended", ("bash",), stdin="echo up", detach=True)))
+        await state_once(sandbox, 1, "ended", lambda s: s.state == "ended")
+        kept = sorted(await sandbox.kept_runs(), key=lambda k: k.slot)
+        assert [(k.run_id, k.slot, k.running) for k in kept] == [
+            ("going", 0, True), ("ended", 1, False)]
+        assert output(await events_of(await sandbox.follow(1, "ended"))) == b"up\n"
+        assert [k.run_id for k in await sandbox.kept_runs()] == ["going"]
+        process = await sandbox.follow(0, "going")
+        assert await process.signal(signal.SIGKILL)
+        await events_of(process)
+        assert await sandbox.kept_runs() == []
+    play(agent, scenario)

@@ -10,10 +10,13 @@ sandbox start is held open by a gate the test opens (a file), after the start to
 (another file): for agents (local, Nomad) a ``sitecustomize`` on their ``PYTHONPATH`` that
 waits; for Modal the stand-in's create call, wrapped to wait.
 
-After a SIGKILL each backend has its own window: local agents watch their parent and exit
-at once (the next kernel removes the folder); a Nomad agent exits once idle for the
-profile's ``heartbeat_window`` (the dead kernel's exec streams close, which kills the runs);
-a Modal sandbox runs on to its ``timeout``.
+A ``--bg`` run outlives its kernel by design (a graceful restart or a SIGKILL): the next
+kernel attaches it, and its ``%sandbox shutdown`` stops it; with no next kernel, it is
+stopped ``heartbeat_window`` after its kernel went. A blocking cell's run ends with its
+kernel. After a SIGKILL each backend has its own window: a local agent stops its runs and
+exits once no client has come for the window (the next kernel removes the folder); so does
+a Nomad agent; a Modal sandbox's detached runs are stopped by their watchdog after the
+window, and the sandbox ends at its ``timeout``.
 
 Narrower tests elsewhere: the interrupt of a run (tests/magics/test_sandbox_cell.py,
 test_modal_cell.py), the folder after a restart (tests/kernel/test_kernel_identity.py),
@@ -112,8 +115,8 @@ class Engine:
     """The local backend: agents are children of the kernel, gated through its PYTHONPATH."""
 
     name = "local"
-    after_kill = WINDOW
-    window = 900.0
+    window = 10.0
+    after_kill = window + 20
 
     def tables(self, lab: Lab, kill: bool) -> tuple[str, str]:
         return "", ""
@@ -138,7 +141,7 @@ class Nomad(Engine):
     raw_exec tasks, the agents, inherit its environment)."""
 
     name = "nomad"
-    window = 3.0
+    window = 10.0
     after_kill = window + 20
 
     def __init__(self, cluster: Cluster, gate: Path) -> None:
@@ -438,20 +441,31 @@ def test_a_restart_while_a_sandbox_starts_leaves_nothing_behind(lab: Lab) -> Non
     shut_down(lab)
 
 
-def test_a_restart_stops_running_runs_and_sandboxes_and_removes_the_folder(lab: Lab) -> None:
-    assert lab.cell("sleep 300", "--bg").status == "ok"
-    assert lab.cell("sleep 300 & wait", "--bg --profile tiny").status == "ok"
-    assert wait_until(lambda: len(lab.run_processes()) >= 3, 60)
+def test_a_restart_ends_a_blocking_run_keeps_a_bg_run_whose_next_kernel_attaches_and_stops_it(
+        lab: Lab) -> None:
+    if lab.engine.name == "modal":
+        pytest.skip("a Modal sandbox keeps no detached run yet (being built: ModalSandbox.follow)")
+    assert lab.cell("sleep 300", "--bg --name kept").status == "ok"
+    assert wait_until(lambda: len(lab.run_processes()) >= 2, 60)
+    kept = set(lab.run_processes())
+    lab.kernel.client.execute(f"%%sandbox bash --env MARK={lab.mark} --profile tiny\nsleep 300")
+    assert wait_until(lambda: len(lab.run_processes()) >= len(kept) + 2, 60)
     lab.kernel.manager.restart_kernel(now=False)
     lab.kernel.client.wait_for_ready(timeout=60)
     lab.pids.append(lab.kernel.pid)
-    assert_clean(lab)
+    assert wait_until(lambda: set(lab.run_processes()) == kept, WINDOW), lab.leftovers()
     lab.load()
+    listed = lab.kernel.execute(f"print({CLIENT}.runs().loc['r1', 'state'])").stdout
+    assert "running (started by the previous kernel" in listed, listed
+    attached = lab.kernel.execute(f"print({CLIENT}.attach('kept').state.value)").stdout
+    assert attached.strip() == "running", attached
     assert lab.cell("echo after the restart").stdout == "after the restart\n"
-    shut_down(lab)
+    reply = lab.kernel.execute("%sandbox shutdown", timeout=120)
+    assert "and 1 run(s) (1 of them --bg)" in reply.stdout, reply.stdout
+    assert_clean(lab)
 
 
-def test_a_sigkilled_kernel_leaves_nothing_running_after_the_window_and_the_next_kernel_cleans_up(
+def test_a_sigkilled_kernels_bg_runs_end_after_the_heartbeat_window_and_the_next_kernel_cleans_up(
         doomed_lab: Lab) -> None:
     lab = doomed_lab
     assert lab.cell("sleep 300", "--bg").status == "ok"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sandbox_magics.runs import LogBuffer, Run, RunRegistry, RunSpec
 from sandbox_magics.runs.log import SpillBudget
-from sandbox_magics.runs.registry import COLUMNS
+from sandbox_magics.runs.registry import COLUMNS, history_frame
 
 
 def test_history_row_and_frame_have_the_log_dropped_bytes_column(tmp_path: Path) -> None:
@@ -20,4 +20,4 @@ def test_history_row_and_frame_have_the_log_dropped_bytes_column(tmp_path: Path)
     assert row["output_bytes"] == 10_000 and row["log_dropped_bytes"] == 10_000 - 8 * 100
     registry = RunRegistry()
     registry.add(run)
-    assert registry.to_frame().loc["r1", "log_dropped_bytes"] == 9_200
+    assert history_frame([run.as_row() for run in registry]).loc["r1", "log_dropped_bytes"] == 9_200

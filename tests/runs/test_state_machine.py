@@ -10,15 +10,17 @@ import pytest
 
 from sandbox_magics.exceptions import SandboxError
 from sandbox_magics.runs import Run, RunSpec, RunState, Stage
-from sandbox_magics.runs.state import FINISHED, STAGES, TRANSITIONS, TransitionError
+from sandbox_magics.runs.state import ENDED, FINISHED, STAGES, TRANSITIONS, TransitionError
 
 ALLOWED = {
     (RunState.QUEUED, RunState.RUNNING), (RunState.QUEUED, RunState.CANCELLING),
     (RunState.QUEUED, RunState.CANCELLED), (RunState.QUEUED, RunState.ERROR),
     (RunState.QUEUED, RunState.LOST),
     (RunState.RUNNING, RunState.QUEUED), (RunState.RUNNING, RunState.CANCELLING),
-    *((RunState.RUNNING, end) for end in FINISHED),
-    *((RunState.CANCELLING, end) for end in FINISHED),
+    (RunState.RUNNING, RunState.DETACHING), (RunState.DETACHING, RunState.DETACHED),
+    *((RunState.RUNNING, end) for end in ENDED),
+    *((RunState.CANCELLING, end) for end in ENDED),
+    *((RunState.DETACHING, end) for end in ENDED),
 }
 
 
@@ -51,6 +53,7 @@ def test_the_table_is_the_one_tested_and_finished_states_are_final() -> None:
 
 
 STAGE_ALLOWED = {(Stage.QUEUED, Stage.QUEUED), (Stage.QUEUED, Stage.UPLOADING),
+                 (Stage.QUEUED, Stage.RUNNING),
                  (Stage.UPLOADING, Stage.RUNNING), (Stage.UPLOADING, Stage.QUEUED),
                  (Stage.RUNNING, Stage.COLLECTING), (Stage.RUNNING, Stage.QUEUED)}
 

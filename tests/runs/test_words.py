@@ -30,7 +30,7 @@ def test_cancel_steps_read_as_words(step: str, words: str) -> None:
 
 def ended(state: RunState, code: int | None, step: str | None = None) -> Run:
     run = Run("r3", RunSpec("sleep 9"), "local")
-    run._assign("default-1", 0)
+    run._assign("default-1", 0, "default-1")
     if state is RunState.CANCELLED:
         run._request_cancel()
         run.stop_step = step

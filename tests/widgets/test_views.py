@@ -9,6 +9,7 @@ import pytest
 
 from sandbox_magics.pool import PoolStatus, SandboxState, SandboxStatus, SlotState
 from sandbox_magics.runs import Run, RunSpec, RunState
+from sandbox_magics.runs.registry import history_frame
 from sandbox_magics.widgets import RunLogView
 from sandbox_magics.widgets._html import LEGEND_STATES
 from sandbox_magics.widgets.dashboard import render
@@ -49,7 +50,7 @@ def test_dashboard_renders_ten_thousand_slots_as_one_compact_string() -> None:
 def test_views_fall_back_to_text_without_ipywidgets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
     run = make_run()
-    run._assign("default-1", 0)
+    run._assign("default-1", 0, "default-1")
     run._finish(RunState.FAILED, 2)
     view = RunLogView(run, no_poll)
     assert view.widget is None
@@ -73,10 +74,10 @@ def test_runs_table_html_leaves_a_running_runs_exit_code_blank() -> None:
     registry = RunRegistry()
     going, ended = Run("r1", RunSpec("sleep 9"), "local"), Run("r2", RunSpec("exit 3"), "local")
     for run in (going, ended):
-        run._assign("default-1", 0)
+        run._assign("default-1", 0, "default-1")
         registry.add(run)
     ended._finish(RunState.FAILED, 3)
-    html = tidy(registry.to_frame())._repr_html_()
+    html = tidy(history_frame([run.as_row() for run in registry]))._repr_html_()
     assert "NA" not in html and "<td>3</td>" in html
 
 
