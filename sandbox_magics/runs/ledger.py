@@ -103,12 +103,15 @@ class Ledger:
         return f"<Ledger {self.path}>"
 
     def append(self, record: RunRecord) -> None:
-        """Add ``record`` as the latest of its run, in one write."""
+        """Add ``record`` as the latest of its run, in one write (on a line of its own,
+        should a crash have torn the last one)."""
         line = (json.dumps(dataclasses.asdict(record)) + "\n").encode()
         with locked(self.path.with_suffix(".lock"), self._thread_lock):
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                os.write(fd, line)
+                size = os.fstat(fd).st_size
+                torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+                os.write(fd, b"\n" + line if torn else line)
             finally:
                 os.close(fd)
 

@@ -203,3 +203,29 @@ def test_sidebar_and_log_panel_say_what_happened_to_the_kernel(lab: JupyterLab, 
     page.evaluate("() => window.sbxTest.nb().sessionContext.shutdown()")
     page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
     wait_text(panel, "is not running", 15)
+
+
+def test_a_bg_run_outlives_a_kernel_restart_and_its_attached_log_and_sidebar_row_show_it_whole(
+        lab: JupyterLab, page: Any) -> None:
+    nb = Notebook(lab, page, "attach_after_restart.ipynb")
+    nb.run("%load_ext sandbox_magics")
+    started = nb.run("%%sandbox bash --bg --name outlives\n"
+                     "for i in $(seq 1 300); do echo \"tick $i.\"; sleep 0.05; done")
+    wait_text(nb.output(started), "tick 3.", 20)
+    page.evaluate("() => window.sbxTest.nb().sessionContext.session.kernel.restart()")
+    nb.wait_idle(60)
+    nb.run("%load_ext sandbox_magics")
+    runs = nb.run("%sandbox runs")
+    wait_text(nb.output(runs), "running (started by the previous kernel at", 20)
+
+    attached = nb.run("%sandbox attach outlives")
+    wait_text(nb.output(attached), "tick 300.", 60)
+    head = nb.output(attached).inner_text().splitlines()[0]
+    assert "succeeded, exit code 0" in head and "2.8 KB of output" in head, head
+    lines = nb.run("run = get_ipython().magics_manager.registry['SandboxMagics'].client"
+                   ".get_run('outlives')\nprint(run.stdout.splitlines()[:2], "
+                   "len(run.stdout.splitlines()))")
+    wait_text(nb.output(lines), "['tick 1.', 'tick 2.'] 300", 10)
+    page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
+    row = page.locator("#sandbox-magics-sidebar .sbx-lab-run[data-run]", has_text="outlives")
+    wait_text(row.locator(".sbx-lab-state"), "succeeded", 15)
