@@ -75,9 +75,9 @@ class Manager:
         self.pools: dict[str, Pool] = {}
         self._state_root = state_root
         self.ledger = Ledger(self.identity.kernel_id, state_root)
-        self.previous = {r.id: r for r in self.ledger.compact().values()
-                         if r.process != self.identity.process}
-        self.runs = RunRegistry(first=1 + max((_number(i) for i in self.previous), default=0))
+        recorded = self.ledger.compact()
+        self.previous = {i: r for i, r in recorded.items() if r.process != self.identity.process}
+        self.runs = RunRegistry(first=1 + max(map(_number, recorded), default=0))
         self._on_run = on_run
         self.listeners: list[Callable[[PoolEvent], None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -152,8 +152,7 @@ class Manager:
             if run_id in self.runs:
                 continue
             lease = pool.claim(run_id)
-            record = self.previous.get(run_id) or next(
-                (r for r in every_kernel(self._state_root) if r.id == run_id), None)
+            record = self.previous.get(run_id)
             spec = RunSpec(code="", interpreter=record.interpreter if record else "unknown",
                            profile=pool.profile.name, timeout=record.timeout if record else None,
                            name=record.name if record else None, detach=True,
@@ -221,10 +220,10 @@ class Manager:
         self._start(run, drive(run, profile, pool, self.client_folder("artifacts"), self.grace))
         return run
 
-    async def attach(self, key: str, all_kernels: bool = False) -> Run:
-        """The run ``key`` (id or name) of an earlier kernel of this kernel id (or, with
-        ``all_kernels``, of any kernel of this user), attached: its sandbox adopted, its
-        log replayed from the first byte, then followed; a run of this kernel as it is.
+    async def attach(self, key: str) -> Run:
+        """The run ``key`` (id or name) of the kernel this one restarted, attached: its
+        sandbox adopted, its log replayed from the first byte, then followed; a run of
+        this kernel as it is.
 
         Raises:
             UnknownRunError: no such run, it ended with its kernel, or no sandbox keeps it.
@@ -232,48 +231,39 @@ class Manager:
         self._check_open()
         with contextlib.suppress(UnknownRunError):
             return self.runs.get(key)
-        record = self._find_record(key, all_kernels)
+        record = self._find_record(key)
         if not record.going or not record.detach:
             raise UnknownRunError(
                 f"Run {record.id} cannot be attached: it is {record.shown_state(self.identity)}"
                 ", and nothing keeps it (only a --bg run outlives its kernel).")
         pool = self.pool(self.profile(record.profile))
         await pool.settled(SETTLE_TIMEOUT)
-        if record.id not in self.runs and record.kernel != self.identity.kernel_id \
-                and record.engine_id and await pool.take(record.engine_id):
-            self._attach_kept(pool)
-        elif record.id not in self.runs:
-            self._attach_kept(pool)
+        self._attach_kept(pool)
         if record.id in self.runs:
             return self.runs.get(record.id)
         raise UnknownRunError(
             f"Run {record.id} is no longer kept by a sandbox of profile {record.profile!r} "
-            f"(sandbox {record.sandbox}): it was stopped, or ended and its sandbox went with "
-            "no kernel watching for the profile's heartbeat_window.")
+            f"(sandbox {record.sandbox}): it was stopped, or it ended and its sandbox went "
+            "when no kernel had come for the profile's heartbeat_window.")
 
-    def _find_record(self, key: str, all_kernels: bool) -> RunRecord:
-        records = list(self.previous.values())
-        if all_kernels:
-            records = [r for r in every_kernel(self._state_root)
-                       if r.process != self.identity.process]
-        for record in reversed(records):
+    def _find_record(self, key: str) -> RunRecord:
+        for record in reversed(self.previous.values()):
             if record.id == key or record.name == key:
                 return record
-        where = "any earlier kernel of yours" if all_kernels else "the previous kernel"
-        raise UnknownRunError(f"No run with id or name {key!r} in this kernel or {where}; "
-                              "%sandbox runs --all lists them.")
+        raise UnknownRunError(f"No run with id or name {key!r} in this kernel or the one it "
+                              "restarted; %sandbox runs lists them (--all: those of your "
+                              "other kernels, which only they can attach).")
 
     def history(self, all_kernels: bool = False) -> list[dict[str, Any]]:
-        """Rows of the run history: this kernel's runs, then those of the kernels this one
-        restarted (``all_kernels``: of every kernel of this user) that are not here."""
-        rows = [run.as_row() for run in self.runs]
+        """Rows of the run history: this kernel's runs, then those of the kernel this one
+        restarted that are not here; ``all_kernels`` adds the live ``--bg`` runs of every
+        other kernel of this user."""
         here = {run.id for run in self.runs}
-        records = self.previous.values() if not all_kernels else [
-            r for r in every_kernel(self._state_root) if r.process != self.identity.process]
-        for record in records:
-            if record.id in here and record.kernel == self.identity.kernel_id:
-                continue
-            rows.append(_row(record, self.identity))
+        rows = [run.as_row() for run in self.runs]
+        rows += [_row(r, self.identity) for r in self.previous.values() if r.id not in here]
+        if all_kernels:
+            rows += [_row(r, self.identity) for r in every_kernel(self._state_root)
+                     if r.kernel != self.identity.kernel_id and r.going and r.detach]
         return rows
 
     def _ended(self, run: Run, task: asyncio.Task[None]) -> None:

@@ -211,8 +211,9 @@ class Client:
         those of every earlier kernel of this user."""
         return history_frame(self._manager.history(all_kernels))
 
-    def attach(self, run: str, all_kernels: bool = False) -> Run:
-        """The detached run ``run`` (id or name) an earlier kernel started, attached here:
+    def attach(self, run: str) -> Run:
+        """The detached run ``run`` (id or name) the kernel this one restarted started
+        (same kernel id: the same notebook), attached here:
         its log replayed from the first byte, then followed; ``wait``, ``cancel``, its
         exit code and artifacts work as for a run started here. A run of this kernel is
         returned as it is.
@@ -221,11 +222,11 @@ class Client:
             UnknownRunError: no such run, it ended with its kernel, or no sandbox keeps it.
         """
         self._check_open()
-        return self._loop.run(self._manager.attach(run, all_kernels), ATTACH_TIMEOUT)
+        return self._loop.run(self._manager.attach(run), ATTACH_TIMEOUT)
 
-    async def aattach(self, run: str, all_kernels: bool = False) -> Run:
+    async def aattach(self, run: str) -> Run:
         self._check_open()
-        return await self._loop.arun(self._manager.attach(run, all_kernels))
+        return await self._loop.arun(self._manager.attach(run))
 
     async def _pool_status(self) -> list[PoolStatus]:
         return self._manager.status()

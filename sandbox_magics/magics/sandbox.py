@@ -129,8 +129,8 @@ class SandboxMagics(Magics):
             %sandbox profiles             the profiles, as a DataFrame
             %sandbox runs [--all]         every run of this kernel and the one it restarted
                                           (--all: of every earlier kernel), as a DataFrame
-            %sandbox attach RUN [--all]   follow a --bg run an earlier kernel started: its
-                                          whole log, then live; wait, cancel, artifacts
+            %sandbox attach RUN           follow a --bg run the kernel this one restarted
+                                          started: its whole log, then live
             %sandbox status               every pool's sandboxes and slots
             %sandbox logs RUN             the live log of a run (id or name)
             %sandbox artifacts RUN        the files a run left: list, preview, download
@@ -228,14 +228,12 @@ class SandboxMagics(Magics):
 
     @magic_arguments()
     @argument("run", help="run id or name, as %%sandbox runs shows it")
-    @argument("--all", action="store_true",
-              help="look among the runs of every earlier kernel of this user")
     def _attach(self, line: str) -> Run:
-        """Follow a --bg run an earlier kernel started: the returned `Run` shows its whole
-        log, then what comes; wait, cancel and its artifacts work as for a run of this
-        kernel."""
+        """Follow a --bg run the kernel this one restarted started: the returned `Run`
+        shows its whole log, then what comes; wait, cancel and its artifacts work as for a
+        run of this kernel."""
         args = _parse(self._attach, line)
-        return self.client.attach(args.run, all_kernels=args.all)
+        return self.client.attach(args.run)
 
     @magic_arguments()
     def _status(self, line: str) -> None:

@@ -425,17 +425,6 @@ class Pool:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._settled.wait(), timeout)
 
-    async def take(self, engine_id: str) -> bool:
-        """Adopt sandbox ``engine_id`` of this profile, whoever started it (a run of another
-        kernel of this user is attached here); return whether it serves in this pool now."""
-        if any(r.sandbox is not None and r.sandbox.id == engine_id for r in self._live()):
-            return True
-        found = await asyncio.wait_for(self.backend.discover(self.profile), DISCOVER_TIMEOUT)
-        for sandbox in found:
-            if sandbox.id == engine_id:
-                return await self._adopt(sandbox, "taken over from another kernel to attach its run")
-        return False
-
     async def _adopt_or_reap(self) -> None:
         """Adopt what this kernel's predecessor left if it is healthy, reap what owners
         that stopped sending heartbeats left, and leave the rest alone."""
@@ -454,9 +443,9 @@ class Pool:
                                             f"{self.profile.heartbeat_window:g} s")
                 self._spawn(self._stop(sandbox))
 
-    async def _adopt(self, sandbox: Sandbox, why: str) -> bool:
+    async def _adopt(self, sandbox: Sandbox, why: str) -> None:
         """Serve ``sandbox`` in this pool, the runs it keeps held for their claims, if it is
-        healthy; else stop it. Return whether it serves."""
+        healthy; else stop it."""
         _adopted.add((self.backend.name, sandbox.id))
         health = await self._health(sandbox)
         if health.ok and not self._closed:
@@ -470,10 +459,9 @@ class Pool:
             self._spawn(sandbox.heartbeat(self.identity.tags(self.profile.name)))
             held = f"; it keeps run(s) {', '.join(k.run_id for k in kept)}" if kept else ""
             self._emit(EventKind.ADOPTED, record.id, f"{why} ({sandbox.id}){held}")
-            return True
+            return
         self._emit(EventKind.REAPED, detail=f"{sandbox.id}: {why}, and unhealthy ({health.reason})")
         self._spawn(self._stop(sandbox))
-        return False
 
     def _adopted_name(self, sandbox: Sandbox) -> str:
         name = sandbox.tags.get(identity.NAME, "")

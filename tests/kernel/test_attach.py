@@ -137,6 +137,34 @@ def test_a_bg_run_on_nomad_outlives_its_kernel_and_a_new_kernel_attaches_its_who
     _attach_and_check(cluster_kernel, run_id)
 
 
+def test_a_bg_run_that_ended_while_no_kernel_watched_gives_its_whole_log_exit_code_and_files(
+        local_kernel: Kernel, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    reply = local_kernel.execute(
+        f"%%sandbox bash --bg --name unwatched --no-raise-error\n"
+        f"echo before; until [ -e {go} ]; do sleep 0.02; done; echo after >&2; "
+        "echo kept > result.txt; exit 4")
+    assert reply.status == "ok", reply.error
+    assert local_kernel.execute(f"""
+        import time
+        run = {CLIENT}.get_run('unwatched')
+        while "before" not in run.stdout: time.sleep(0.02)
+    """).status == "ok"
+    os.kill(local_kernel.pid, signal.SIGKILL)
+    go.touch()
+    assert wait_until(lambda: any((tmp_path / "ws").rglob("result.txt")), 30)
+    local_kernel.manager.restart_kernel(now=True)
+    local_kernel.client.wait_for_ready(timeout=60)
+    assert local_kernel.execute("%load_ext sandbox_magics").status == "ok"
+    reply = local_kernel.execute(f"""
+        run = {CLIENT}.attach('unwatched')
+        run.wait(60)
+        print(repr(run.stdout), repr(run.stderr), run.exit_code,
+              [a.read_bytes() for a in run.artifacts])
+    """)
+    assert reply.stdout.strip() == "'before\\n' 'after\\n' 4 [b'kept\\n']", reply.stdout + reply.stderr
+
+
 @pytest.mark.soak
 def test_a_bg_run_writing_for_30_s_is_attached_whole_after_a_ten_minute_absence(
         local_kernel: Kernel) -> None:
