@@ -19,6 +19,8 @@ from .exceptions import (
     SandboxError,
     SandboxLostError,
     SandboxStartError,
+    SweepError,
+    SweepFailedError,
     UnknownProfileError,
     UnknownRunError,
     UnknownSandboxError,
@@ -30,12 +32,13 @@ __version__ = "0.1.0"
 __all__ = [
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState",
-    "SandboxError", "SandboxLostError", "SandboxStartError", "UnknownProfileError",
+    "SandboxError", "SandboxLostError", "SandboxStartError", "Sweep", "SweepError",
+    "SweepFailedError", "UnknownProfileError",
     "UnknownRunError", "UnknownSandboxError", "WaitTimeoutError", "load_profiles", "load_ipython_extension", "unload_ipython_extension",
 ]
 
 _LAZY = {"Client": ".kernel", "Profile": ".profiles", "load_profiles": ".profiles",
-         "Run": ".runs", "RunSpec": ".runs", "RunState": ".runs"}
+         "Run": ".runs", "RunSpec": ".runs", "RunState": ".runs", "Sweep": ".sweeps"}
 
 
 def __getattr__(name: str) -> Any:
@@ -56,10 +59,12 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics; the manager and its loop start on first use."""
     from .magics import SandboxMagics
     from .runs import Run
+    from .sweeps import Sweep
     magics = SandboxMagics(shell=ipython)
     ipython.register_magics(magics)
     ipython.configurables.append(magics)
     ipython.display_formatter.ipython_display_formatter.for_type(Run, magics.display_run)
+    ipython.display_formatter.ipython_display_formatter.for_type(Sweep, magics.display_sweep)
     from .widgets._kernel_status import keep_busy_while_shells_run
     from .widgets.lab import LabBridge
     keep_busy_while_shells_run()  # the panels' clicks on subshells must not make it look idle
@@ -70,12 +75,14 @@ def unload_ipython_extension(ipython: Any) -> None:
     """Stop every sandbox of this kernel and remove the magics."""
     from .magics import SandboxMagics
     from .runs import Run
+    from .sweeps import Sweep
     for magics in list(ipython.magics_manager.registry.values()):
         if isinstance(magics, SandboxMagics):
             if getattr(magics, "lab", None) is not None:
                 magics.lab.close()
             magics.close()
     ipython.display_formatter.ipython_display_formatter.pop(Run, None)
+    ipython.display_formatter.ipython_display_formatter.pop(Sweep, None)
     ipython.magics_manager.registry.pop("SandboxMagics", None)
     ipython.magics_manager.magics["line"].pop("sandbox", None)
     ipython.magics_manager.magics["cell"].pop("sandbox", None)

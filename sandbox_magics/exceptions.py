@@ -17,7 +17,10 @@ written for the builtin still catches ours)::
     ├── AcquireTimeoutError [TimeoutError]  no slot became free within the acquire timeout
     ├── WaitTimeoutError [TimeoutError]     a wait for a run or the manager ended first
     ├── ClosedError                     the client or pool has been shut down
+    ├── SweepError [ValueError]         a sweep's parameters make no grid (empty, malformed,
+    │                                   too large); nothing ran
     └── RunFailedError                  a run ended with a non-zero exit, a timeout or a cancel
+        └── SweepFailedError            items of a sweep did not succeed (their parameters)
 
 In IPython every error renders as its one-line message, not a traceback wall
 (``_render_traceback_``, the hook ipyparallel's remote errors use too).
@@ -97,3 +100,12 @@ class RunFailedError(SandboxError):
         super().__init__(message)
         self.run_id = run_id
         self.exit_code = exit_code
+
+
+class SweepError(SandboxError, ValueError):
+    """Raised when a sweep's parameters cannot make a grid (the sentence says why)."""
+
+
+class SweepFailedError(RunFailedError):
+    """Raised by a sweep's wait when items did not succeed: the sentence lists their
+    parameter sets."""

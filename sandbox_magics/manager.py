@@ -32,6 +32,10 @@ from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState, Stage
 from .runs.drive import attached, drive
 from .runs.ledger import Ledger, RunRecord, every_kernel
 from .runs.run import Listener
+from .sweeps import Sweep
+from .sweeps.grid import Params
+from .sweeps.sweep import Item
+from .sweeps.sweep import drive as drive_sweep
 
 CANCEL_GRACE = 2.0
 SETTLE_TIMEOUT = 45.0
@@ -60,12 +64,14 @@ class Stopped:
 class Manager:
     """Pools, runs and backends of one client. Loop-bound: call from its loop only.
 
-    ``on_run`` is called with each new `Run` (submitted or attached) before it is used."""
+    ``on_run`` is called with each new `Run` (submitted or attached), ``on_sweep`` with
+    each new `Sweep`, before it is used."""
 
     def __init__(self, load_profiles: Callable[[], dict[str, Profile]],
                  me: Identity | None = None, pool_options: dict[str, Any] | None = None,
                  grace: float = CANCEL_GRACE, on_run: Callable[[Run], None] | None = None,
-                 state_root: Path | None = None) -> None:
+                 state_root: Path | None = None,
+                 on_sweep: Callable[[Sweep], None] | None = None) -> None:
         self._load_profiles = load_profiles
         self.identity = me or Identity()
         self._pool_options = pool_options or {}
@@ -79,9 +85,12 @@ class Manager:
         self.previous = {i: r for i, r in recorded.items() if r.process != self.identity.process}
         self.runs = RunRegistry(first=1 + max(map(_number, recorded), default=0))
         self._on_run = on_run
+        self._on_sweep = on_sweep
         self.listeners: list[Callable[[PoolEvent], None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        self.sweeps: dict[str, Sweep] = {}
+        self._sweep_tasks: dict[str, set[asyncio.Task[None]]] = {}
         self._folders: dict[str, Path] = {}
         self._noticed: set[str] = set()
         self._ledger_failed = False
@@ -220,6 +229,49 @@ class Manager:
         self._start(run, drive(run, profile, pool, self.client_folder("artifacts"), self.grace))
         return run
 
+    def map(self, spec: RunSpec, params: list[Params], name: str | None = None,
+            retries: int = 0, fail_fast: bool = False,
+            max_parallel: int | None = None) -> Sweep:
+        """Run ``spec`` once per parameter set (each one's values as environment variables,
+        ``SANDBOX_PARAMS`` and a ``params.json``); return the `Sweep` at once."""
+        self._check_open()
+        self.profile(spec.profile)
+        sweep_id = f"s{len(self.sweeps) + 1}"
+        sweep = Sweep(sweep_id, name or spec.name or sweep_id, spec, params, retries,
+                      fail_fast, max_parallel)
+        if self._on_sweep is not None:
+            self._on_sweep(sweep)
+        self.sweeps[sweep_id] = sweep
+        self._drive_sweep(sweep, sweep.items)
+        return sweep
+
+    def _drive_sweep(self, sweep: Sweep, items: list[Item]) -> None:
+        folder = self.client_folder("sweeps") / sweep.id
+        task = asyncio.ensure_future(drive_sweep(
+            sweep, items, self.submit, self.cancel, lambda item: folder / f"{item.index}.json"))
+        tasks = self._sweep_tasks.setdefault(sweep.id, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def cancel_sweep(self, sweep: Sweep) -> None:
+        """Cancel every item of ``sweep`` not ended yet."""
+        tasks = list(self._sweep_tasks.get(sweep.id, ()))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sweep._finish()
+
+    def retry_sweep(self, sweep: Sweep) -> list[Item]:
+        """Run again the items of ``sweep`` that ended without succeeding; return them."""
+        self._check_open()
+        items = sweep.failed
+        for item in items:
+            item.cancelled = False
+        if items:
+            sweep._reopen()
+            self._drive_sweep(sweep, items)
+        return items
+
     async def attach(self, key: str) -> Run:
         """The run ``key`` (id or name) of the kernel this one restarted, attached: its
         sandbox adopted, its log replayed from the first byte, then followed; a run of
@@ -345,6 +397,10 @@ class Manager:
         if not leave_detached:
             await self._adopt_left_runs()
         self.state = ManagerState.CLOSED
+        sweeps = [task for tasks in self._sweep_tasks.values() for task in tasks]
+        for task in sweeps:  # first, so that no item starts a run meanwhile
+            task.cancel()
+        await asyncio.gather(*sweeps, return_exceptions=True)
         sandboxes = sum(len(pool.status().sandboxes) for pool in self.pools.values())
         going = [self.runs.get(run_id) for run_id in self._tasks]
         left = [run for run in going if leave_detached and run.spec.detach

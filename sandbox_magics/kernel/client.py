@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import enum
+import json
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..exceptions import ClosedError
+from ..exceptions import ClosedError, UnknownRunError
 from ..identity import Identity
 from ..manager import CLOSED, Manager, Stopped
 from ..pool import PoolStatus
@@ -31,6 +32,8 @@ from ..profiles import Profile, ProfileCache
 from ..runs import Run, RunSpec
 from ..runs.registry import history_frame
 from ..runs.run import Listener
+from ..sweeps import Sweep, from_rows, grid
+from ..sweeps.sweep import ITEM_STATES
 from .loop import LoopThread
 
 if TYPE_CHECKING:
@@ -65,7 +68,8 @@ class Client:
         self.state = ClientState.OPEN
         self._profile_cache = ProfileCache()
         self._loop = LoopThread()
-        self._manager = Manager(self._profiles, self.identity, pool_options, on_run=self._wire)
+        self._manager = Manager(self._profiles, self.identity, pool_options, on_run=self._wire,
+                                on_sweep=self._wire_sweep)
         atexit.register(_shutdown_at_exit, weakref.ref(self))
         # Also before any atexit handler: Modal's SDK stops its event loop in one, registered
         # when a Modal pool first imports it (after this), and no sandbox could be terminated
@@ -119,6 +123,74 @@ class Client:
     def _wire(self, run: Run) -> None:
         """Make ``run.cancel()`` reach the manager's loop from any thread."""
         run._cancel = lambda: self.cancel(run)
+
+    def _wire_sweep(self, sweep: Sweep) -> None:
+        """Make ``sweep.cancel()`` and ``sweep.retry_failed()`` reach the manager's loop."""
+        sweep._cancel = lambda: self._loop.run(self._manager.cancel_sweep(sweep), CALL_TIMEOUT)
+        sweep._retry = lambda: self._loop.run(self._retry_sweep(sweep), CALL_TIMEOUT)
+
+    async def _retry_sweep(self, sweep: Sweep) -> None:
+        self._manager.retry_sweep(sweep)
+
+    def map(self, code: str, interpreter: str = "bash", *,
+            params: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]] | pd.DataFrame,
+            zip: bool = False, name: str | None = None, retries: int = 0,
+            fail_fast: bool = False, max_parallel: int | None = None,
+            **options: Any) -> Sweep:
+        """Run ``code`` once per parameter set and return the `Sweep` at once.
+
+        ``params`` is a grid (``{"lr": [1e-4, 3e-4], "seed": range(5)}``: every
+        combination, or with ``zip`` the i-th values together) or rows (a list of dicts, a
+        DataFrame). Each item gets its values as environment variables, ``SANDBOX_PARAMS``
+        (JSON) and a ``params.json`` in its workspace; it is named ``name[k=v,...]``.
+        ``retries``: runs again an item whose command failed; ``fail_fast``: cancels the rest
+        at the first item that fails for good; ``max_parallel``: items in flight at most.
+        The other options are `submit`'s, for each item.
+
+        Raises:
+            SweepError: the grid is empty, malformed or too large (nothing runs).
+        """
+        self._check_open()
+        if isinstance(params, Mapping):
+            sets = grid([(k, [_text(v) for v in values]) for k, values in params.items()], zip)
+        else:
+            sets = from_rows(params, "params")
+        spec = self._spec(code, interpreter, options.pop("profile", "default"),
+                          options.pop("timeout", None), options.pop("env", None),
+                          options.pop("session", None), None, options.pop("uploads", ()),
+                          options.pop("downloads", ()), options.pop("raise_error", True), False)
+        if options:
+            raise TypeError(f"Client.map() got unexpected options: {', '.join(options)}")
+        return self._loop.run(self._map(spec, sets, name, retries, fail_fast, max_parallel),
+                              CALL_TIMEOUT)
+
+    async def _map(self, spec: RunSpec, sets: list[dict[str, str]], name: str | None,
+                   retries: int, fail_fast: bool, max_parallel: int | None) -> Sweep:
+        return self._manager.map(spec, sets, name, retries, fail_fast, max_parallel)
+
+    def get_sweep(self, key: str | Sweep) -> Sweep:
+        """A sweep by id or name (the latest of that name).
+
+        Raises:
+            UnknownRunError: no sweep has that id or name.
+        """
+        if isinstance(key, Sweep):
+            return key
+        sweeps = self._manager.sweeps
+        found = sweeps.get(key) or next(
+            (s for s in reversed(sweeps.values()) if s.name == key), None)
+        if found is None:
+            raise UnknownRunError(f"No sweep with id or name {key!r}; sweeps: "
+                                  f"{', '.join(s.name for s in sweeps.values()) or 'none yet'}.")
+        return found
+
+    def sweeps(self) -> pd.DataFrame:
+        """Every sweep of this client, one row each: its items in each state."""
+        import pandas as pd
+        rows = [{"id": s.id, "name": s.name, "items": len(s.items), **s.counts(),
+                 "done": s.done} for s in self._manager.sweeps.values()]
+        return pd.DataFrame(rows, columns=["id", "name", "items", *ITEM_STATES, "done"]
+                            ).set_index("id")
 
     async def _submit(self, spec: RunSpec, listener: Listener | None) -> Run:
         return self._manager.submit(spec, listener)
@@ -313,6 +385,13 @@ class Client:
             return await self._loop.arun(self._manager.shutdown(purge, leave_detached))
         finally:
             self._loop.stop()
+
+
+def _text(value: Any) -> str:
+    """A grid value as a command sees it: text as is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value.item() if hasattr(value, "item") else value)
 
 
 async def _every(interval: Callable[[], float], callback: Callable[[], bool]) -> None:

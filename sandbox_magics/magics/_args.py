@@ -74,6 +74,37 @@ def run_args(f: F) -> F:
     return f
 
 
+def sweep_args(f: F) -> F:
+    """A sweep: the cell run once per point of a parameter grid."""
+    decorators = [
+        argument("--map", action="append", default=[], metavar="NAME=VALUES",
+                 help="sweep NAME over VALUES (a,b,c or an inclusive integer range A..B); "
+                      "several --map make a grid of every combination (repeatable)"),
+        argument("--zip", action="store_true",
+                 help="pair the --map lists (the i-th values together) instead of combining them"),
+        argument("--map-from", default=None, metavar="VAR",
+                 help="one item per row of VAR, a list of dicts or a DataFrame"),
+        argument("--retries", type=_count("--retries", 0), default=0, metavar="N",
+                 help="run an item whose command failed again, up to N times"),
+        argument("--fail-fast", action="store_true",
+                 help="cancel the rest of the sweep at the first item that fails for good"),
+        argument("--max-parallel", type=_count("--max-parallel", 1), default=None, metavar="K",
+                 help="at most K items in flight"),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def _count(flag: str, least: int) -> Callable[[str], int]:
+    """The argparse type of ``flag``: a whole number of at least ``least``."""
+    def check(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < least:
+            raise UsageError(f"{flag} takes a whole number of at least {least}, got {text!r}.")
+        return int(text)
+    return check
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)

@@ -26,13 +26,15 @@ from traitlets import Bool, Unicode, observe
 
 from ..exceptions import RunFailedError, UnknownRunError, WaitTimeoutError
 from ..kernel import Client
-from ..manager import Stopped
 from ..kernel.cell import queue_listener, stream_to_cell
+from ..manager import Stopped
 from ..runs import Run, RunState
 from ..runs.words import stop_words
-from ..widgets import ArtifactsView, Dashboard, RunLogView
+from ..sweeps import Sweep, SweepFailedError, from_rows, grid, parse_map
+from ..widgets import ArtifactsView, Dashboard, RunLogView, SweepView
 from ..widgets.runs_table import tidy
-from ._args import parse_downloads, parse_env, parse_uploads, run_args, split_line
+from ._args import (parse_downloads, parse_env, parse_uploads, run_args, split_line,
+                    sweep_args)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,6 +68,7 @@ class SandboxMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._client: Client | None = None
         self._log_views: weakref.WeakKeyDictionary[Run, RunLogView] = weakref.WeakKeyDictionary()
+        self._sweep_views: weakref.WeakKeyDictionary[Sweep, SweepView] = weakref.WeakKeyDictionary()
         self._dashboard: Dashboard | None = None
         self.on_client: list[Callable[[Client], None]] = []  # called with each new client
 
@@ -85,9 +88,11 @@ class SandboxMagics(Magics):
 
     def close(self, purge: bool = False) -> Stopped:
         """Close the views and shut the client down; say what that stopped."""
-        for view in [*self._log_views.values(), *([self._dashboard] if self._dashboard else [])]:
+        for view in [*self._log_views.values(), *self._sweep_views.values(),
+                     *([self._dashboard] if self._dashboard else [])]:
             view.close()
         self._log_views.clear()
+        self._sweep_views.clear()
         self._dashboard = None
         stopped = Stopped()
         if self._client is not None:
@@ -96,6 +101,7 @@ class SandboxMagics(Magics):
         return stopped
 
     @magic_arguments()
+    @sweep_args
     @run_args
     @line_cell_magic
     def sandbox(self, line: str, cell: str | None = None) -> Any:
@@ -169,6 +175,15 @@ class SandboxMagics(Magics):
                        uploads=parse_uploads(args.upload), downloads=parse_downloads(args.download),
                        raise_error=raise_error)
         captures = _captures(args.out, args.err)
+        if args.map or args.map_from is not None:
+            if captures:
+                raise UsageError("--out and --err take one run's output; a sweep keeps each "
+                                 "item's: sweep.logs(item).stdout, or sweep.df's last_line.")
+            options.pop("name")
+            return self.client.map(cell, args.interpreter, params=self._grid(args),
+                                   name=args.name, retries=args.retries,
+                                   fail_fast=args.fail_fast, max_parallel=args.max_parallel,
+                                   **options)
         if args.bg:
             run = self.client.submit(cell, args.interpreter, detach=True, **options)
             self.shell.user_ns.update({var: RunStream(run, s) for var, s in captures.items()})
@@ -190,6 +205,25 @@ class SandboxMagics(Magics):
         elif run.state not in (RunState.SUCCEEDED, RunState.FAILED):
             print(f"[sandbox] {run.failure_message()}", file=sys.stderr)
         return None
+
+    def _grid(self, args: Any) -> list[dict[str, str]]:
+        """The parameter sets of ``--map``/``--zip`` or ``--map-from VAR``."""
+        if args.map_from is None:
+            return grid([parse_map(spec) for spec in args.map], args.zip)
+        if args.map:
+            raise UsageError("Give the parameters with --map or with --map-from, not both.")
+        if args.map_from not in self.shell.user_ns:
+            raise UsageError(f"--map-from {args.map_from}: no such variable in the notebook.")
+        return from_rows(self.shell.user_ns[args.map_from])
+
+    def display_sweep(self, sweep: Sweep) -> bool:
+        """IPython's display hook for a `Sweep`: its live view, with a display id so that
+        its final state replaces the text a frontend without widgets keeps."""
+        if sweep not in self._sweep_views:
+            self._sweep_views[sweep] = SweepView(sweep, self.client.every)
+        view = self._sweep_views[sweep]
+        view.display_handle = display(view, display_id=True)
+        return True
 
     def log_view(self, run: Run) -> RunLogView:
         """The (cached) live log view of ``run``."""
@@ -220,8 +254,13 @@ class SandboxMagics(Magics):
         return self.client.profiles()
 
     @magic_arguments()
+    def _sweeps(self, line: str) -> pd.DataFrame:
+        _parse(self._sweeps, line)
+        return self.client.sweeps()
+
+    @magic_arguments()
     @argument("--all", action="store_true",
-              help="add the runs of every earlier kernel of this user")
+              help="add the live --bg runs of every other kernel of this user")
     def _runs(self, line: str) -> pd.DataFrame:
         args = _parse(self._runs, line)
         return tidy(self.client.runs(all_kernels=args.all))
@@ -259,33 +298,52 @@ class SandboxMagics(Magics):
         display(ArtifactsView(self.client.get_run(args.run), self.client.every))
 
     @magic_arguments()
-    @argument("runs", nargs="*", help="run ids or names (default: every unfinished run)")
+    @argument("runs", nargs="*",
+              help="run or sweep ids or names (default: every unfinished run and sweep)")
     @argument("--timeout", type=float, default=None, help="give up after this many seconds")
     def _wait(self, line: str) -> None:
-        """Wait for runs; the views of those that ended show their final state before this
-        returns, so a notebook run headless keeps it."""
+        """Wait for runs and sweeps; the views of those that ended show their final state
+        before this returns, so a notebook run headless keeps it. Raises if one failed,
+        naming it (for a sweep, the parameter sets that did not succeed)."""
         args = _parse(self._wait, line)
-        runs = ([self.client.get_run(key) for key in args.runs] if args.runs
-                else [r for r in self.client.manager.runs if not r.done])
+        runs: list[Run] = []
+        sweeps: list[Sweep] = []
+        for key in args.runs:
+            try:
+                runs.append(self.client.get_run(key))
+            except UnknownRunError:
+                sweeps.append(self.client.get_sweep(key))
+        if not args.runs:
+            runs = [r for r in self.client.manager.runs if not r.done]
+            sweeps = [s for s in self.client.manager.sweeps.values() if not s.done]
+        waits = [*runs, *sweeps]
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         try:
-            for run in runs:
-                run.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            for waited in waits:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                waited.join(left)
         except KeyboardInterrupt:
-            print(f"Stopped waiting; the runs go on ({', '.join(r.id for r in runs if not r.done)}).")
+            going = ", ".join(w.id for w in waits if not w.done)
+            print(f"Stopped waiting; the runs go on ({going}).")
             raise
-        for run in runs:
-            if run.done and run in self._log_views:
-                self._log_views[run].refresh()
-        pending = [r.id for r in runs if not r.done]
+        for view in [*self._log_views.values(), *self._sweep_views.values()]:
+            if getattr(view, "run", None) in runs or getattr(view, "sweep", None) in sweeps:
+                view.refresh()
+        pending = [w.id for w in waits if not w.done]
         if pending:
             raise WaitTimeoutError(f"Still running after {args.timeout:g} s: "
                                    f"{', '.join(pending)}; they go on: wait again, or cancel them.")
         failed = [r for r in runs if r.spec.raise_error and r.state is not RunState.SUCCEEDED]
+        failed_sweeps = [s for s in sweeps if s.spec.raise_error and s.failed]
+        if failed_sweeps:
+            raise SweepFailedError(" ".join(
+                [*(r.failure_message() for r in failed), *(s.failure_message() for s in failed_sweeps)]),
+                failed_sweeps[0].id, None)
         if failed:
             raise RunFailedError(" ".join(r.failure_message() for r in failed),
                                  failed[0].id, failed[0].exit_code)
-        print(f"{len(runs)} run(s) finished.")
+        print(f"{len(runs)} run(s) and {len(sweeps)} sweep(s) finished." if sweeps
+              else f"{len(runs)} run(s) finished.")
 
     @magic_arguments()
     @argument("sandbox", help="sandbox name, as %%sandbox status shows it")
@@ -340,6 +398,7 @@ class SandboxMagics(Magics):
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
         "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "end-session": _end_session,
         "scale": _scale, "shutdown": _shutdown, "sandbox-log": _sandbox_log, "attach": _attach,
+        "sweeps": _sweeps,
     }
 
 
