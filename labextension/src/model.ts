@@ -35,6 +35,20 @@ export interface IRun {
   done: boolean;
 }
 
+export interface ISweep {
+  id: string;
+  name: string;
+  profile: string;
+  items: number;
+  queued: number;
+  running: number;
+  succeeded: number;
+  failed: number;
+  lost: number;
+  cancelled: number;
+  done: boolean;
+}
+
 export interface IState {
   type: 'state';
   now: number;
@@ -42,6 +56,7 @@ export interface IState {
   total: number;
   pools: IPool[];
   runs: IRun[];
+  sweeps?: ISweep[];
 }
 
 export interface ILog {

@@ -2,7 +2,7 @@
 import { Dialog, InputDialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { ILog, IRun, IState, SandboxModel } from './model';
+import { ILog, IRun, IState, ISweep, SandboxModel } from './model';
 
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -135,6 +135,9 @@ export class SandboxPanel extends ModelView {
     for (const pool of state.pools) {
       node.append(this._pool(state, pool));
     }
+    if (state.sweeps?.length) {
+      node.append(this._sweeps(state.sweeps));
+    }
     node.append(this._runs(state));
     this._tick();
   }
@@ -204,6 +207,37 @@ export class SandboxPanel extends ModelView {
       el('div', { class: 'sbx-lab-controls' }, scale, stop),
       ...boxes
     );
+  }
+
+  private _sweeps(sweeps: ISweep[]): HTMLElement {
+    const list = el('section', { class: 'sbx-lab-sweeps' }, el('h3', {}, 'Sweeps'));
+    for (const sweep of [...sweeps].reverse()) {
+      const ended = sweep.succeeded + sweep.failed + sweep.lost + sweep.cancelled;
+      const bar = el('progress', { class: 'sbx-lab-sweep-bar', max: String(sweep.items), value: String(ended) });
+      const counts = (['running', 'queued', 'succeeded', 'failed', 'lost', 'cancelled'] as const)
+        .filter(k => sweep[k] > 0)
+        .map(k => `${sweep[k]} ${k}`)
+        .join(' · ');
+      const row = el(
+        'div',
+        { class: `sbx-lab-sweep${sweep.done ? ' sbx-lab-sweep-done' : ''}`, 'data-sweep': sweep.id },
+        el('b', {}, sweep.name),
+        el('span', { class: 'sbx-lab-muted' }, ` ${sweep.id} · ${sweep.profile} · ${ended}/${sweep.items} ended`),
+        bar,
+        el('div', { class: 'sbx-lab-sweep-counts' }, counts)
+      );
+      if (!sweep.done) {
+        const cancel = el('button', { class: 'sbx-lab-button sbx-lab-cancel', title: `Cancel every item of ${sweep.name} not ended` }, 'Cancel');
+        cancel.onclick = () => {
+          cancel.textContent = 'Cancelling…';
+          (cancel as HTMLButtonElement).disabled = true;
+          this.model?.send({ action: 'cancel-sweep', sweep: sweep.id });
+        };
+        row.append(cancel);
+      }
+      list.append(row);
+    }
+    return list;
   }
 
   private _runs(state: IState): HTMLElement {

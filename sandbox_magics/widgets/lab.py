@@ -6,11 +6,12 @@ towards the frontend, so a page connected before the extension was loaded lights
 A frontend without the extension ignores it; a kernel without this target closes the
 frontend's comm, and the frontend shows nothing.
 
-Over every comm the kernel sends the pools and runs of this kernel's client as one JSON
-message (``{"type": "state", ...}``), only when something changed and at most every
+Over every comm the kernel sends the pools, runs and sweeps of this kernel's client as one
+JSON message (``{"type": "state", ...}``), only when something changed and at most every
 `INTERVAL` seconds, from a poller on the manager's loop (as the panels refresh). The
-frontend sends actions: ``cancel`` a run, ``scale`` a pool (``sandboxes`` a number or
-null for auto), ``shutdown`` a pool (scale to 0), and ``log`` to follow one run's tail.
+frontend sends actions: ``cancel`` a run, ``cancel-sweep`` a sweep, ``scale`` a pool
+(``sandboxes`` a number or null for auto), ``shutdown`` a pool (scale to 0), and ``log``
+to follow one run's tail.
 
 JupyterLab 4.6 delivers comm messages to a kernel subshell (see `_comm`), so actions are
 handled while a blocking cell holds the main shell; each is handed to a thread so that
@@ -58,6 +59,11 @@ def run_state(run: Any) -> dict[str, Any]:
             "queued": run.queued_at, "started": run.started_at, "ended": run.ended_at,
             "sandbox": run.sandbox, "slot": run.slot, "exit_code": run.exit_code,
             "done": run.done}
+
+
+def sweep_state(sweep: Any) -> dict[str, Any]:
+    return {"id": sweep.id, "name": sweep.name, "items": len(sweep.items),
+            "profile": sweep.spec.profile, "done": sweep.done, **sweep.counts()}
 
 
 class LabBridge:
@@ -146,13 +152,17 @@ class LabBridge:
                 "runs": []}
 
     def state(self, client: Client) -> dict[str, Any]:
-        """The pools and runs of ``client`` as plain data (call on its loop)."""
+        """The pools, runs and sweeps of ``client`` as plain data (call on its loop); the
+        runs of a sweep's items show in its progress, not one by one."""
         pools = [pool_state(p) for p in client.manager.status()]
-        runs = list(client.manager.runs)
+        sweeps = list(client.manager.sweeps.values())
+        items = {run.id for sweep in sweeps for item in sweep.items for run in item.runs}
+        runs = [r for r in client.manager.runs if r.id not in items]
         shown = [r for r in runs if not r.done] + [r for r in runs if r.done][-FINISHED_SHOWN:]
         return {"type": "state", "now": time.time(),
                 "busy": sum(p["busy"] for p in pools), "total": sum(p["total"] for p in pools),
-                "pools": pools, "runs": [run_state(r) for r in shown]}
+                "pools": pools, "runs": [run_state(r) for r in shown],
+                "sweeps": [sweep_state(s) for s in sweeps]}
 
     def _tick(self) -> bool:
         _comm.detach()
@@ -225,6 +235,13 @@ class LabBridge:
             run_id = str(data.get("run"))
             self._in_thread(comm, f"cancel {run_id}",
                             lambda: f"Run {run_id}: {client.cancel(run_id)}.")
+        elif action == "cancel-sweep":
+            sweep = client.get_sweep(str(data.get("sweep")))
+
+            def cancel() -> str:
+                sweep.cancel()
+                return f"Sweep {sweep.name}: cancelled ({sweep.counts()['cancelled']} item(s))."
+            self._in_thread(comm, f"cancel sweep {sweep.name}", cancel)
         elif action in ("scale", "shutdown"):
             profile = str(data.get("profile"))
             target = 0 if action == "shutdown" else scale_target(data.get("sandboxes"))

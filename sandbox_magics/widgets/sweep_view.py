@@ -1,9 +1,9 @@
 """`SweepView`: a sweep's live view — counts by state, a progress bar, a paged table of its
-items (parameters, state, duration, last line), and the log of the item picked in it.
+items (parameters, state, duration, last line); clicking a row opens that item's log.
 
 One widget for the whole sweep, refreshed by the shared poller (at most twice a second):
-the table shows one page (`PAGE` rows) as HTML and a picker of that page's items, so a
-sweep of 1,000 items costs what one of 20 does.
+the table is a list box of one page (`PAGE` rows, fixed-width columns), so a sweep of
+1,000 items costs what one of 20 does.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from ._html import CSS, PolledView, badge, esc
 from .run_log import RunLogView
 
 PAGE = 20
+# The table's rows and its head in the notebook's code font, so the columns line up.
+STYLE = ("<style>.sbx-sweep-table select,.sbx-sweep-head{font-family:var(--jp-code-font-family,"
+         "monospace);font-size:var(--jp-code-font-size,12px)}.sbx-sweep-head{margin:0 0 0 2px;"
+         "white-space:pre;overflow:hidden}</style>")
 
 
 class SweepView(PolledView):
@@ -36,16 +40,17 @@ class SweepView(PolledView):
         self._counts = w.HTML()
         self._bar = w.IntProgress(min=0, max=len(self.sweep.items), value=0,
                                   layout=w.Layout(width="100%"))
-        self._table = w.HTML()
-        self._pick = w.Dropdown(description="Item log", options=[], value=None,
-                                layout=w.Layout(width="60%"))
+        self._head = w.HTML()
+        self._table = w.Select(options=[], value=None, rows=PAGE,
+                               layout=w.Layout(width="100%"))
+        self._table.add_class("sbx-sweep-table")
         self._prev = w.Button(description="◀ Page", layout=w.Layout(width="7em"))
         self._next = w.Button(description="Page ▶", layout=w.Layout(width="7em"))
         self._logbox = w.VBox()
         self._prev.on_click(lambda _: self.turn(-1))
         self._next.on_click(lambda _: self.turn(1))
-        self._pick.observe(lambda change: self.show_log(change["new"]), "value")
-        return w.VBox([self._counts, self._bar, w.HBox([self._prev, self._next, self._pick]),
+        self._table.observe(lambda change: self.show_log(change["new"]), "value")
+        return w.VBox([self._counts, self._bar, w.HBox([self._prev, self._next]), self._head,
                        self._table, self._logbox])
 
     @property
@@ -88,13 +93,14 @@ class SweepView(PolledView):
             self._bar.bar_style = ("danger" if counts["failed"] or counts["lost"] else
                                    "success" if sweep.done else "info")
             self._counts.value = self._counts_html(counts)
-            self._table.value = self._table_html(rows)
-            options = [(f"{i.index}: {i.name} ({i.state})", i.index) for i in rows]
-            if [o[1] for o in options] != [o[1] for o in self._pick.options] or \
-                    [o[0] for o in options] != [o[0] for o in self._pick.options]:
-                picked = self._pick.value
-                self._pick.options = options
-                self._pick.value = picked if picked in {o[1] for o in options} else None
+            widths = self._widths()
+            self._head.value = (f"<pre class='sbx-sweep-head'>"
+                                f"{esc(_line(self._columns(), widths))}</pre>")
+            options = [(_line(self._cells(i), widths), i.index) for i in rows]
+            if options != list(self._table.options):
+                picked = self._table.value
+                self._table.options = options
+                self._table.value = picked if picked in {o[1] for o in options} else None
             self._prev.disabled = self.page == 0
             self._next.disabled = self.page >= self.pages - 1
         if sweep.done and self.display_handle is not None:
@@ -105,18 +111,22 @@ class SweepView(PolledView):
     def _counts_html(self, counts: dict[str, int]) -> str:
         sweep = self.sweep
         shown = " ".join(f"{badge(state)} {counts[state]}" for state in ITEM_STATES)
-        return (f"{CSS}<div class='sbx-head'><b>{esc(sweep.name)}</b> <span class='sbx-muted'>"
+        return (f"{CSS}{STYLE}<div class='sbx-head'><b>{esc(sweep.name)}</b> <span class='sbx-muted'>"
                 f"{esc(sweep.id)} · {len(sweep.items)} items · {esc(sweep.spec.profile)} · "
                 f"page {self.page + 1} of {self.pages}</span> {shown}</div>")
 
-    def _table_html(self, rows: list[Item]) -> str:
+    def _columns(self) -> list[str]:
         names = list(self.sweep.items[0].params) if self.sweep.items else []
-        head = "".join(f"<th>{esc(n)}</th>" for n in ["#", *names, "state", "duration", "last line"])
-        body = "".join(
-            "<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in [i.index, *i.params.values()])
-            + f"<td>{badge(i.state)}</td><td>{esc(_duration(i))}</td>"
-            f"<td class='sbx-muted'>{esc(i.last_line())}</td></tr>" for i in rows)
-        return f"<table class='sbx-sweep'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return ["#", *names, "state", "duration", "last line"]
+
+    def _cells(self, item: Item) -> list[str]:
+        return [str(item.index), *item.params.values(), item.state, _duration(item),
+                item.last_line()]
+
+    def _widths(self) -> list[int]:
+        """Column widths of the page shown (the last line column is not padded)."""
+        rows = [self._columns(), *(self._cells(i) for i in self._rows())]
+        return [min(max(len(row[c]) for row in rows), 24) for c in range(len(rows[0]) - 1)]
 
     def text(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in self.sweep.counts().items() if n)
@@ -126,6 +136,11 @@ class SweepView(PolledView):
         if self._log is not None:
             self._log.close()
         super().close()
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    """``cells`` as one row of fixed-width columns (the last one as it is)."""
+    return "  ".join(c[:w].ljust(w) for c, w in zip(cells, widths)) + "  " + cells[-1]
 
 
 def _duration(item: Item) -> str:

@@ -229,3 +229,31 @@ def test_a_bg_run_outlives_a_kernel_restart_and_its_attached_log_and_sidebar_row
     page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
     row = page.locator("#sandbox-magics-sidebar .sbx-lab-run[data-run]", has_text="outlives")
     wait_text(row.locator(".sbx-lab-state"), "succeeded", 15)
+
+
+def test_a_sweeps_view_and_sidebar_move_while_items_run_and_a_clicked_row_opens_its_log(
+        lab: JupyterLab, page: Any, screenshots: Path) -> None:
+    gate = lab.root / "sweep-gate"
+    nb = Notebook(lab, page, "sweep_view.ipynb")
+    nb.run("%load_ext sandbox_magics")
+    cell = nb.run("%%sandbox bash --name grid --map i=0..11 --max-parallel 4\n"
+                  f"echo \"item $i starts\"; until [ -e {gate} ]; do sleep 0.05; done; "
+                  "echo \"item $i done\"")
+    view = nb.output(cell)
+    wait_text(view, "running 4", 30)
+    bar = view.locator(".progress-bar")
+    assert bar.get_attribute("style") and "width: 0%" in bar.get_attribute("style")
+    page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
+    sweep_row = page.locator("#sandbox-magics-sidebar .sbx-lab-sweep[data-sweep]", has_text="grid")
+    wait_text(sweep_row, "0/12 ended", 15)
+    assert "4 running" in sweep_row.inner_text()
+    gate.touch()
+    wait_text(view, "succeeded 12", 60)
+    wait_for(lambda: "width: 100%" in (bar.get_attribute("style") or ""), 10, "the bar never filled")
+    wait_text(sweep_row, "12/12 ended", 15)
+    assert sweep_row.locator(".sbx-lab-cancel").count() == 0
+    assert page.locator("#sandbox-magics-sidebar .sbx-lab-run[data-run]",
+                        has_text="grid[i=").count() == 0, "sweep items listed one by one"
+    view.locator(".sbx-sweep-table select").select_option(index=3)
+    wait_text(view, "item 3 done", 10)
+    page.screenshot(path=str(screenshots / "sweep.png"))
