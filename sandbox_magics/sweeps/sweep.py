@@ -159,13 +159,15 @@ class Sweep:
             run = item.run
             start = run.started_at if run else None
             end = run.ended_at if run else None
-            rows.append({
+            row = {
                 "item": item.name, **item.params, "state": item.state,
                 "exit_code": run.exit_code if run else None, "attempts": len(item.runs),
                 "started": pd.to_datetime(start, unit="s", utc=True) if start else pd.NaT,
                 "duration_s": round(end - start, 3) if start and end else None,
-                "sandbox": run.sandbox if run else None, "last_line": item.last_line(),
-                **{k: v for k, v in item.results.items() if k not in item.params}})
+                "sandbox": run.sandbox if run else None, "last_line": item.last_line()}
+            # a result named as a column already there is kept as result.NAME
+            rows.append({**row, **{k if k not in row else f"result.{k}": v
+                                   for k, v in item.results.items()}})
         return pd.DataFrame(rows).set_index("item")
 
     def join(self, timeout: float | None = None) -> bool:
