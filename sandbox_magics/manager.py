@@ -246,9 +246,7 @@ class Manager:
         return sweep
 
     def _drive_sweep(self, sweep: Sweep, items: list[Item]) -> None:
-        folder = self.client_folder("sweeps") / sweep.id
-        task = asyncio.ensure_future(drive_sweep(
-            sweep, items, self.submit, self.cancel, lambda item: folder / f"{item.index}.json"))
+        task = asyncio.ensure_future(drive_sweep(sweep, items, self.submit, self.cancel))
         tasks = self._sweep_tasks.setdefault(sweep.id, set())
         tasks.add(task)
         task.add_done_callback(tasks.discard)

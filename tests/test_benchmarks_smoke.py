@@ -15,5 +15,5 @@ def test_benchmark_command_runs_every_case_and_prints_the_table() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     cases = {row.split(" | ")[0].strip("| ").split(" ", 1)[0] for row in rows[1:]}
-    assert cases == {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
+    assert cases == {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"}
     assert all(row.count(" | ") == 6 for row in rows)

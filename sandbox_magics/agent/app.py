@@ -275,9 +275,10 @@ _FILE_ERRORS = {
 
 
 @contextlib.contextmanager
-def _file_refusals(request: web.Request) -> Iterator[None]:
-    """Turn what the workspace refuses about the request's ``{path}`` into a `Refusal`."""
-    path = workspace.shown(request.match_info["path"])
+def _file_refusals(request: web.Request, rel: str | None = None) -> Iterator[None]:
+    """Turn what the workspace refuses about the request's ``{path}`` (or ``rel``) into a
+    `Refusal`."""
+    path = workspace.shown(request.match_info["path"] if rel is None else rel)
     try:
         yield
     except workspace.PathEscapeError as exc:
@@ -420,6 +421,7 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     run = slot.begin(body.run_id, body.detach, request.app[MAX_OUTPUT_MB] * 2**20)
     try:
         slot.path.mkdir(parents=True, exist_ok=True)
+        _write_files(request, slot.path, body.files)
         with tempfile.TemporaryFile() as stdin:
             await _receive_stdin(request, stdin, stdin_head)
             try:
@@ -430,8 +432,17 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     except BaseException:
         slot.abandon(run)
         raise
-    run.start(job, slot.path, body.timeout)
+    run.start(job, slot.path, body.timeout, tuple(body.files))
     return await _follow(request, run, 0, owner=True)
+
+
+def _write_files(request: web.Request, root: Path, files: dict[str, str]) -> None:
+    """Write an exec's ``files`` into the workspace ``root``, as the file route writes."""
+    for name, text in files.items():
+        with _file_refusals(request, name):
+            fd, _ = workspace.open_file(workspace.confine(root, name), name, write=True)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(text.encode())
 
 
 def _not_started(run: process.Run, argv: list[str], exc: OSError) -> None:

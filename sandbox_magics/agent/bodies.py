@@ -10,8 +10,9 @@ run's input is the rest of the exec body, after the JSON line, never a JSON stri
 from __future__ import annotations
 
 import json
+import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Signals sent to stop a run (a run given one through the signal route ends "cancelled");
@@ -20,6 +21,8 @@ STOPPING = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGH
                       signal.SIGQUIT})
 SIGNALS = STOPPING | {signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGSTOP}
 _SHOWN = 60
+_FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+MAX_FILES_BYTES = 1024 * 1024
 
 
 class BadBody(ValueError):
@@ -31,13 +34,15 @@ class ExecBody:
     """``POST /slots/{slot}/exec``'s JSON line: run ``argv`` with ``env`` added to the
     agent's own, the rest of the body as its stdin; a ``detach``-ed run goes on when its
     client goes away; past ``timeout`` seconds the agent stops the run (SIGINT, SIGTERM,
-    SIGKILL), whether a client watches or not."""
+    SIGKILL), whether a client watches or not. ``files`` (name → text) are written into
+    the workspace before the run starts and removed when it ends."""
 
     run_id: str
     argv: list[str]
     env: dict[str, str]
     detach: bool = False
     timeout: float | None = None
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,16 @@ def exec_body(raw: bytes) -> ExecBody:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not 0 < timeout < float("inf")):
         raise BadBody(f"timeout must be a positive number of seconds or null, got: {_shown(timeout)}")
+    files = {} if body.get("files") is None else body["files"]
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise BadBody(f"files must be an object of file names to text, got: {_shown(files)}")
+    for name in files:
+        if not _FILE_NAME.fullmatch(name) or name in (".", ".."):
+            raise BadBody(f"files are named by a plain file name (letters, digits, . _ -), "
+                          f"got: {_shown(name)}")
+    if sum(len(v.encode()) for v in files.values()) > MAX_FILES_BYTES:
+        raise BadBody(f"files hold at most {MAX_FILES_BYTES // 1024} KiB in all; "
+                      "upload larger files instead")
     return ExecBody(
         run_id=run_id,
         argv=[_os_text(arg, "argv items") for arg in argv],
@@ -78,6 +93,7 @@ def exec_body(raw: bytes) -> ExecBody:
              for name, value in env.items()},
         detach=detach,
         timeout=None if timeout is None else float(timeout),
+        files=dict(files),
     )
 
 

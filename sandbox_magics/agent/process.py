@@ -140,11 +140,12 @@ class Run:
     followers: int = 0
     read: bool = False
 
-    def start(self, job: Job, workspace_path: Path, timeout: float | None = None) -> None:
+    def start(self, job: Job, workspace_path: Path, timeout: float | None = None,
+              files: tuple[str, ...] = ()) -> None:
         """Record ``job``, started for this run in ``workspace_path``, until it ends; stop
-        it past ``timeout`` seconds."""
+        it past ``timeout`` seconds; remove the ``files`` written for it when it ends."""
         self.job = job
-        self.recorder = asyncio.ensure_future(record(self, workspace_path, timeout))
+        self.recorder = asyncio.ensure_future(record(self, workspace_path, timeout, files))
 
     @property
     def kept_for_a_client(self) -> bool:
@@ -260,10 +261,12 @@ def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: IO[bytes]) -> 
     return job
 
 
-async def record(run: Run, workspace_path: Path, timeout: float | None = None) -> None:
+async def record(run: Run, workspace_path: Path, timeout: float | None = None,
+                 files: tuple[str, ...] = ()) -> None:
     """Keep the run's output in its log as it comes, then its EXIT payload (with whether
-    ``workspace_path`` is empty and the output's size); past ``timeout`` seconds, stop the
-    run (its EXIT gives the reason "timeout")."""
+    ``workspace_path`` is empty, once the ``files`` written for the run are removed, and
+    the output's size); past ``timeout`` seconds, stop the run (its EXIT gives the reason
+    "timeout")."""
     job = run.job
     assert job is not None
     out = OutputBuffer()
@@ -280,6 +283,9 @@ async def record(run: Run, workspace_path: Path, timeout: float | None = None) -
             pumper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pumper
+    for name in files:
+        with contextlib.suppress(OSError):
+            os.unlink(workspace_path / name)  # a link the run put there goes, not its target
     run.log.end({**info, "workspace_empty": workspace.is_empty(workspace_path),
                  "bytes": run.log.size})
 

@@ -99,7 +99,8 @@ class AgentSandbox(Sandbox):
         size = _utf8_size(stdin, request.run_id)
         line = json.dumps({"run_id": request.run_id, "argv": list(request.argv),
                            "env": dict(request.env), "detach": request.detach,
-                           "timeout": request.timeout}).encode() + b"\n"
+                           "timeout": request.timeout, "files": dict(request.files)}
+                          ).encode() + b"\n"
         # A known length, not chunks: a chunked body's last chunk is written after the
         # body, and an agent gone by then left aiohttp's writing task failing unretrieved.
         return await self._stream("POST", f"/slots/{slot}/exec", slot, request.run_id,

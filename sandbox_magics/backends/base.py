@@ -38,7 +38,8 @@ class ExecRequest:
     closed early, for a later client to follow (the agent backends keep it and its
     output; they stop a command that is not detached then). Past ``timeout`` seconds the
     sandbox itself stops the command, whether a client watches or not (its `Exited`
-    then gives the reason "timeout")."""
+    then gives the reason "timeout"). ``files`` (plain file name → text, small) are in the
+    workspace when the command starts and gone when it ends."""
 
     run_id: str
     argv: tuple[str, ...]
@@ -46,6 +47,7 @@ class ExecRequest:
     stdin: str | None = None
     detach: bool = False
     timeout: float | None = None
+    files: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

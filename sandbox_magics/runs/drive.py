@@ -163,7 +163,7 @@ async def _execute(run: Run, profile: Profile, lease: Lease, grace: float,
     timeout = run.timeout = run.spec.timeout or profile.run_timeout
     request = ExecRequest(run_id=run.id, argv=(run.spec.interpreter,),
                           env={**profile.env, **run.spec.env, "SANDBOX_RUN_ID": run.id},
-                          stdin=run.spec.code, detach=run.spec.detach,
+                          stdin=run.spec.code, detach=run.spec.detach, files=run.spec.files,
                           timeout=timeout + BACKSTOP if timeout and run.spec.detach else None)
     run._stage(Stage.RUNNING)
     return await _watch(run, lease, grace, lease.sandbox.exec(lease.index, request), timeout)

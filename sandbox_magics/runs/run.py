@@ -29,7 +29,8 @@ class RunSpec:
     ``uploads`` are (local, remote) pairs copied in before the run; ``downloads`` are
     (remote, local) pairs copied out after it. ``raise_error``: `Run.wait` and ``await run``
     raise `RunFailedError` if the run fails. ``detach``: the run goes on in its sandbox
-    when this kernel goes (a ``--bg`` cell), for a later kernel to attach.
+    when this kernel goes (a ``--bg`` cell), for a later kernel to attach. ``files``
+    (plain file name → text, small) are in the workspace while the command runs.
     """
 
     code: str
@@ -43,6 +44,7 @@ class RunSpec:
     downloads: tuple[tuple[str, str], ...] = ()
     raise_error: bool = True
     detach: bool = False
+    files: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 Listener = Callable[["Run", str, bytes], None]

@@ -233,7 +233,7 @@ class Sweep:
 
 
 async def drive(sweep: Sweep, items: list[Item], submit: Callable[[RunSpec], Run],
-                stop: Callable[[Run], Awaitable[Any]], params_file: Callable[[Item], Path]) -> None:
+                stop: Callable[[Run], Awaitable[Any]]) -> None:
     """Run ``items`` of ``sweep`` (all of them, or those being retried) to their ends, then
     mark the sweep finished if nothing else runs; ``submit`` starts a run, ``stop`` cancels
     one. Cancel this task to cancel the items."""
@@ -244,8 +244,8 @@ async def drive(sweep: Sweep, items: list[Item], submit: Callable[[RunSpec], Run
         for task in tasks:
             if task is not asyncio.current_task():
                 task.cancel()
-    tasks.extend(asyncio.ensure_future(_item(sweep, item, gate, submit, stop, params_file,
-                                             cancel_rest)) for item in items)
+    tasks.extend(asyncio.ensure_future(_item(sweep, item, gate, submit, stop, cancel_rest))
+                 for item in items)
     try:
         await asyncio.gather(*tasks, return_exceptions=True)
     except asyncio.CancelledError:
@@ -260,13 +260,13 @@ async def drive(sweep: Sweep, items: list[Item], submit: Callable[[RunSpec], Run
 
 async def _item(sweep: Sweep, item: Item, gate: asyncio.Semaphore,
                 submit: Callable[[RunSpec], Run], stop: Callable[[Run], Awaitable[Any]],
-                params_file: Callable[[Item], Path], cancel_rest: Callable[[], None]) -> None:
+                cancel_rest: Callable[[], None]) -> None:
     """Run one item until it succeeds or its tries are used up."""
     failures = 0
     try:
         async with gate:
             while True:
-                run = submit(_spec_of(sweep, item, params_file(item)))
+                run = submit(_spec_of(sweep, item))
                 item.runs.append(run)
                 try:
                     await asyncio.shield(asyncio.wrap_future(run._future))
@@ -292,17 +292,15 @@ async def _item(sweep: Sweep, item: Item, gate: asyncio.Semaphore,
         raise
 
 
-def _spec_of(sweep: Sweep, item: Item, params_file: Path) -> RunSpec:
+def _spec_of(sweep: Sweep, item: Item) -> RunSpec:
     """The run of ``item``: the sweep's cell with the item's parameters as environment
     variables, ``SANDBOX_PARAMS`` and a ``params.json``; downloads go to a folder named
     after the item."""
-    params_file.parent.mkdir(parents=True, exist_ok=True)
-    params_file.write_text(json.dumps(item.params))
     spec = sweep.spec
+    params = json.dumps(item.params)
     return dataclasses.replace(
-        spec, name=item.name,
-        env={**spec.env, **item.params, "SANDBOX_PARAMS": json.dumps(item.params)},
-        uploads=(*spec.uploads, (str(params_file), "params.json")),
+        spec, name=item.name, env={**spec.env, **item.params, "SANDBOX_PARAMS": params},
+        files={**spec.files, "params.json": params},
         downloads=tuple((remote, str(Path(item.name) / local)) for remote, local in spec.downloads))
 
 

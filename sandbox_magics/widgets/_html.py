@@ -134,7 +134,7 @@ class PolledView(abc.ABC):
             self.refresh()
             _comm.unpin(self._widget)
             PolledView._live.add(self)
-            self._poller = self._every(PolledView.interval, self._poll)
+            self._poller = self._every(type(self).interval, self._poll)
         return self._widget
 
     def _poll(self) -> bool:

@@ -18,6 +18,9 @@ from ._html import CSS, PolledView, badge, esc
 from .run_log import RunLogView
 
 PAGE = 20
+INTERVAL = 0.6
+"""Seconds between refreshes at least: any second of a sweep sees at most two updates of
+a widget, however many items change."""
 # The table's rows and its head in the notebook's code font, so the columns line up.
 STYLE = ("<style>.sbx-sweep-table select,.sbx-sweep-head{font-family:var(--jp-code-font-family,"
          "monospace);font-size:var(--jp-code-font-size,12px)}.sbx-sweep-head{margin:0 0 0 2px;"
@@ -26,6 +29,10 @@ STYLE = ("<style>.sbx-sweep-table select,.sbx-sweep-head{font-family:var(--jp-co
 
 class SweepView(PolledView):
     """Live view of ``sweep``; picking an item shows its latest run's log below."""
+
+    @classmethod
+    def interval(cls) -> float:
+        return max(INTERVAL, super().interval())
 
     def __init__(self, sweep: Sweep, every: Any) -> None:
         super().__init__(every)
@@ -41,9 +48,8 @@ class SweepView(PolledView):
         self._bar = w.IntProgress(min=0, max=len(self.sweep.items), value=0,
                                   layout=w.Layout(width="100%"))
         self._head = w.HTML()
-        self._table = w.Select(options=[], value=None, rows=PAGE,
-                               layout=w.Layout(width="100%"))
-        self._table.add_class("sbx-sweep-table")
+        self._table = w.Select(options=[], value=None, rows=PAGE, layout=w.Layout(width="100%"),
+                               _dom_classes=("sbx-sweep-table",))
         self._prev = w.Button(description="◀ Page", layout=w.Layout(width="7em"))
         self._next = w.Button(description="Page ▶", layout=w.Layout(width="7em"))
         self._logbox = w.VBox()
@@ -89,9 +95,10 @@ class SweepView(PolledView):
             self._seen = key
             counts = sweep.counts()
             ended = counts["succeeded"] + counts["failed"] + counts["lost"] + counts["cancelled"]
-            self._bar.value = ended
-            self._bar.bar_style = ("danger" if counts["failed"] or counts["lost"] else
-                                   "success" if sweep.done else "info")
+            with self._bar.hold_sync():  # one message per widget and refresh
+                self._bar.value = ended
+                self._bar.bar_style = ("danger" if counts["failed"] or counts["lost"] else
+                                       "success" if sweep.done else "info")
             self._counts.value = self._counts_html(counts)
             widths = self._widths()
             self._head.value = (f"<pre class='sbx-sweep-head'>"
@@ -99,10 +106,13 @@ class SweepView(PolledView):
             options = [(_line(self._cells(i), widths), i.index) for i in rows]
             if options != list(self._table.options):
                 picked = self._table.value
-                self._table.options = options
-                self._table.value = picked if picked in {o[1] for o in options} else None
-            self._prev.disabled = self.page == 0
-            self._next.disabled = self.page >= self.pages - 1
+                with self._table.hold_sync():
+                    self._table.options = options
+                    self._table.value = picked if picked in {o[1] for o in options} else None
+            if self._prev.disabled != (self.page == 0):
+                self._prev.disabled = self.page == 0
+            if self._next.disabled != (self.page >= self.pages - 1):
+                self._next.disabled = self.page >= self.pages - 1
         if sweep.done and self.display_handle is not None:
             # in an empty context, as RunLogView's final display (see _comm)
             contextvars.Context().run(self.display_handle.update, self)

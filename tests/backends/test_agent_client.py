@@ -200,3 +200,40 @@ def test_kept_runs_lists_detached_runs_going_or_unread_and_not_blocking_ones(age
         await events_of(process)
         assert await sandbox.kept_runs() == []
     play(agent, scenario)
+
+
+def test_an_execs_files_are_in_the_workspace_while_it_runs_and_gone_after(agent: Agent) -> None:
+    async def scenario(sandbox: AgentSandbox) -> None:
+        events = await events_of(await sandbox.exec(0, ExecRequest(
+            "f", ("bash",), stdin="cat params.json; ls", files={"params.json": '{"lr": "1"}'})))
+        assert output(events, "stdout") == b'{"lr": "1"}params.json\n'
+        assert events[-1].workspace_empty is True
+        assert not (agent.slot(0) / "params.json").exists()
+    play(agent, scenario)
+
+
+@pytest.mark.parametrize(("files", "says"), [
+    ({"../x": "a"}, "plain file name"), ({"a/b": "a"}, "plain file name"),
+    ({"..": "a"}, "plain file name"), ({"big": "x" * (1024 * 1024 + 1)}, "at most 1024 KiB"),
+])
+def test_an_exec_whose_files_are_not_plain_small_files_is_refused(
+        agent: Agent, files: dict[str, str], says: str) -> None:
+    async def scenario(sandbox: AgentSandbox) -> None:
+        with pytest.raises(AgentRequestError, match=says):
+            await sandbox.exec(0, ExecRequest("f", ("bash",), stdin="true", files=files))
+    play(agent, scenario)
+
+
+def test_an_execs_file_is_never_written_through_a_link_the_workspace_holds(
+        agent: Agent, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    agent.slot(0).mkdir(parents=True, exist_ok=True)
+    (agent.slot(0) / "params.json").symlink_to(outside)
+
+    async def scenario(sandbox: AgentSandbox) -> None:
+        with pytest.raises(AgentRequestError, match="params.json"):
+            await sandbox.exec(0, ExecRequest("f", ("bash",), stdin="true",
+                                              files={"params.json": "x"}))
+    play(agent, scenario)
+    assert outside.read_text() == "keep"
