@@ -13,6 +13,7 @@ from .exceptions import (
     AcquireTimeoutError,
     AgentAuthError,
     AgentRequestError,
+    BudgetError,
     ClosedError,
     ProfileError,
     RunFailedError,
@@ -30,7 +31,8 @@ from .exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
+    "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "BudgetError", "Client",
+    "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState",
     "SandboxError", "SandboxLostError", "SandboxStartError", "Sweep", "SweepError",
     "SweepFailedError", "UnknownProfileError",

@@ -17,6 +17,8 @@ written for the builtin still catches ours)::
     ├── AcquireTimeoutError [TimeoutError]  no slot became free within the acquire timeout
     ├── WaitTimeoutError [TimeoutError]     a wait for a run or the manager ended first
     ├── ClosedError                     the client or pool has been shut down
+    ├── BudgetError                     the kernel's or profile's budget is spent: no new
+    │                                   sandbox starts
     ├── SweepError [ValueError]         a sweep's parameters make no grid (empty, malformed,
     │                                   too large); nothing ran
     └── RunFailedError                  a run ended with a non-zero exit, a timeout or a cancel
@@ -109,3 +111,8 @@ class SweepError(SandboxError, ValueError):
 class SweepFailedError(RunFailedError):
     """Raised by a sweep's wait when items did not succeed: the sentence lists their
     parameter sets."""
+
+
+class BudgetError(SandboxError):
+    """Raised for a run that waits for a sandbox when the budget is spent: the sentence
+    says the budget and what it was spent on."""

@@ -27,6 +27,7 @@ from .exceptions import (ClosedError, ProfileError, SandboxError, UnknownProfile
                          UnknownRunError, UnknownSandboxError)
 from .identity import Identity
 from .pool import Pool, PoolEvent, PoolStatus
+from .pool import cost as pricing
 from .profiles import Profile, shown_env_name
 from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState, Stage
 from .runs.drive import attached, drive
@@ -39,6 +40,7 @@ from .sweeps.sweep import drive as drive_sweep
 
 CANCEL_GRACE = 2.0
 SETTLE_TIMEOUT = 45.0
+BUDGET_CHECK = 1.0
 """Seconds to wait for a pool to adopt what an earlier kernel left, before attaching."""
 CLOSED = ("This sandbox client has been shut down; create a new Client "
           "(or run %reload_ext sandbox_magics).")
@@ -53,12 +55,14 @@ class ManagerState(enum.Enum):
 class Stopped:
     """What a shutdown stopped: ``sandboxes``, and ``runs`` unfinished runs, ``detached``
     of them ``--bg`` runs that would have outlived the kernel; ``left``: sandboxes left
-    running for a later kernel (a kernel going away lets its detached runs go on)."""
+    running for a later kernel (a kernel going away lets its detached runs go on); ``cost``:
+    what this kernel's sandboxes cost, estimated (None: unknown)."""
 
     sandboxes: int = 0
     runs: int = 0
     detached: int = 0
     left: int = 0
+    cost: float | None = 0.0
 
 
 class Manager:
@@ -91,6 +95,8 @@ class Manager:
         self._watchers: set[asyncio.Task[None]] = set()
         self.sweeps: dict[str, Sweep] = {}
         self._sweep_tasks: dict[str, set[asyncio.Task[None]]] = {}
+        self.budget: float | None = None
+        self._hard: asyncio.Task[None] | None = None
         self._folders: dict[str, Path] = {}
         self._noticed: set[str] = set()
         self._ledger_failed = False
@@ -141,7 +147,7 @@ class Manager:
         if key not in self.backends:
             self.backends[key] = make_backend(profile, self.identity)
         pool = Pool(profile, self.backends[key], self.identity, on_event=self._on_event,
-                    **self._pool_options)
+                    budget=lambda: self.budget_spent(profile.name), **self._pool_options)
         self.pools[profile.name] = pool
         pool.start()
         watcher = asyncio.ensure_future(self._attach_when_settled(pool))
@@ -169,7 +175,7 @@ class Manager:
             run = self._new_run(run_id, spec, pool.profile)
             run.timeout = spec.timeout
             run._assign(lease.sandbox_id, lease.index, lease.sandbox.id,
-                        started_at=record.started if record else None)
+                        started_at=record.started if record else None, rate=lease.rate)
             if record is not None:
                 run.queued_at = record.queued
             run._notice(f"Run {run_id} was {_started_by(record, self.identity)}; attached: its "
@@ -228,6 +234,56 @@ class Manager:
             return run
         self._start(run, drive(run, profile, pool, self.client_folder("artifacts"), self.grace))
         return run
+
+    def cost(self) -> float | None:
+        """What this kernel's sandboxes cost so far, estimated, over the pools whose price
+        is known (None if no pool's is)."""
+        known = [c for c in (pool.cost() for pool in self.pools.values()) if c is not None]
+        return sum(known) if known or not self.pools else None
+
+    def budget_spent(self, profile: str) -> str | None:
+        """Why no new sandbox of ``profile`` may start (the kernel's budget or the
+        profile's ``max_cost`` is spent), as the sentence its waiting runs fail with;
+        None while money is left."""
+        pool = self.pools.get(profile)
+        if pool is not None and pricing.over_budget(pool.cost(), pool.profile.max_cost):
+            return (f"Profile {profile!r} has spent its max_cost of "
+                    f"{pricing.money(pool.profile.max_cost)} ({pricing.money(pool.cost())} so "
+                    "far); no new sandbox of it starts. Raise max_cost in the profiles file.")
+        spent = self.cost()
+        if not pricing.over_budget(spent, self.budget):
+            return None
+        parts = ", ".join(f"{name} {pricing.money(p.cost())}" for name, p in self.pools.items()
+                          if p.cost())
+        return (f"The budget of {pricing.money(self.budget)} for this kernel is spent "
+                f"({pricing.money(spent)} so far: {parts}); no new sandbox starts. Raise it "
+                "with %sandbox budget DOLLARS.")
+
+    def set_budget(self, dollars: float | None, hard: bool = False) -> None:
+        """Spend at most ``dollars`` on this kernel's sandboxes (None: no limit): once
+        reached no new sandbox starts; with ``hard`` the runs going are cancelled too."""
+        self._check_open()
+        if dollars is not None and not dollars >= 0:
+            raise ProfileError(f"A budget is a number of dollars, 0 or more; got {dollars!r}.")
+        self.budget = dollars
+        if self._hard is not None:
+            self._hard.cancel()
+            self._hard = None
+        if hard and dollars is not None:
+            self._hard = asyncio.ensure_future(self._enforce_hard())
+            self._watchers.add(self._hard)
+            self._hard.add_done_callback(self._watchers.discard)
+
+    async def _enforce_hard(self) -> None:
+        """Once the budget is spent, cancel every run still going and stop every sandbox."""
+        while not pricing.over_budget(self.cost(), self.budget):
+            await asyncio.sleep(BUDGET_CHECK)
+        for run in [r for r in self.runs if not r.done]:
+            run._notice(f"The budget of {pricing.money(self.budget)} is spent and it is hard: "
+                        f"run {run.id} is cancelled.")
+            await self.cancel(run)
+        await asyncio.gather(*(pool.scale(0) for pool in self.pools.values()),
+                             return_exceptions=True)
 
     def map(self, spec: RunSpec, params: list[Params], name: str | None = None,
             retries: int = 0, fail_fast: bool = False,
@@ -419,6 +475,7 @@ class Manager:
             leave.update(run_id for pool in self.pools.values() for run_id in pool.kept())
         closed = await asyncio.gather(*(pool.aclose(leave) for pool in self.pools.values()),
                                       return_exceptions=True)
+        spent = self.cost()
         self.pools.clear()
         await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
         self.backends.clear()
@@ -430,7 +487,7 @@ class Manager:
         kept = sum(len(c) for c in closed if isinstance(c, list))
         return Stopped(sandboxes=sandboxes - kept, runs=len(going) - len(left),
                        detached=sum(run.spec.detach for run in going if run not in left),
-                       left=kept)
+                       left=kept, cost=spent)
 
     async def _adopt_left_runs(self) -> None:
         """Start the pools of profiles whose detached runs the previous kernel left going,
@@ -465,7 +522,7 @@ def _row(record: RunRecord, me: Identity) -> dict[str, Any]:
         "queued": record.queued, "started": record.started, "ended": record.ended,
         "wait_s": (record.started or record.ended or record.queued) - record.queued,
         "run_s": (record.ended - record.started) if record.ended and record.started else None,
-        "output_bytes": None, "log_dropped_bytes": None, "error": record.error,
+        "output_bytes": None, "log_dropped_bytes": None, "cost": None, "error": record.error,
     }
 
 

@@ -10,7 +10,8 @@ import sandbox_magics
 EXPECTED = {
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState", "SandboxError",
-    "SandboxLostError", "SandboxStartError", "UnknownProfileError", "UnknownRunError",
+    "SandboxLostError", "SandboxStartError", "Sweep", "SweepError", "SweepFailedError",
+    "BudgetError", "UnknownProfileError", "UnknownRunError",
     "UnknownSandboxError", "WaitTimeoutError", "load_profiles", "load_ipython_extension",
     "unload_ipython_extension",
 }

@@ -13,6 +13,7 @@ export interface IPool {
   starting: number;
   target: number | null;
   max_sandboxes: number;
+  spending?: string;
   sandboxes: {
     id: string;
     state: string;
@@ -57,6 +58,7 @@ export interface IState {
   pools: IPool[];
   runs: IRun[];
   sweeps?: ISweep[];
+  money?: string;
 }
 
 export interface ILog {

@@ -70,10 +70,14 @@ export class StatusItem extends ModelView {
       this.hide();
       return;
     }
-    this.node.textContent = `sandbox ${state.busy}/${state.total}`;
+    this.node.textContent = `sandbox ${state.busy}/${state.total}` + (state.money ? ` · ${state.money}` : '');
     this.node.title = state.pools.length
       ? state.pools
-          .map(p => `${p.profile} (${p.backend}): ${p.busy}/${p.total} busy, ${p.queued} queued`)
+          .map(
+            p =>
+              `${p.profile} (${p.backend}): ${p.busy}/${p.total} busy, ${p.queued} queued` +
+              (p.spending ? `, ${p.spending}` : '')
+          )
           .join('\n')
       : 'No pool has started in this kernel yet';
     this.show();
@@ -202,7 +206,8 @@ export class SandboxPanel extends ModelView {
         { class: 'sbx-lab-pool-head' },
         el('b', {}, pool.profile),
         ` ${pool.backend} · ${pool.busy}/${pool.total} busy · ${pool.queued} queued` +
-          (pool.starting ? ` · ${pool.starting} starting` : '')
+          (pool.starting ? ` · ${pool.starting} starting` : '') +
+          (pool.spending ? ` · ${pool.spending}` : '')
       ),
       el('div', { class: 'sbx-lab-controls' }, scale, stop),
       ...boxes

@@ -244,5 +244,11 @@ class Backend(abc.ABC):
         """Sentences a user should see when this backend serves ``profile``."""
         return []
 
+    async def price_per_hour(self, profile: Profile) -> float | None:
+        """Dollars one sandbox of ``profile`` costs an hour: the profile's
+        ``price_per_hour``, else the engine's own rates where it has them; None if
+        unknown (never a guess)."""
+        return profile.price_per_hour
+
     async def aclose(self) -> None:
         """Release the backend's own resources (sessions, clients)."""

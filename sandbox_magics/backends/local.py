@@ -189,6 +189,10 @@ class Backend(BaseBackend):
                     "backend reserves no GPU: runs use this machine as it is."]
         return []
 
+    async def price_per_hour(self, profile: Profile) -> float | None:
+        """This machine costs nothing more while a sandbox runs, unless a profile says so."""
+        return 0.0 if profile.price_per_hour is None else profile.price_per_hour
+
     async def create(self, profile: Profile, tags: Mapping[str, str]) -> LocalSandbox:
         sandbox_id = tags[identity.NAME]
         root = self._client_dir() / sandbox_id

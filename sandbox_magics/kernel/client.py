@@ -168,6 +168,25 @@ class Client:
                    retries: int, fail_fast: bool, max_parallel: int | None) -> Sweep:
         return self._manager.map(spec, sets, name, retries, fail_fast, max_parallel)
 
+    def budget(self, dollars: float | None, hard: bool = False) -> None:
+        """Spend at most ``dollars`` on this kernel's sandboxes (None: no limit). Once the
+        estimated cost reaches it no new sandbox starts and runs waiting for one fail with
+        a sentence saying so; runs going go on, unless ``hard`` (then they are cancelled
+        and the sandboxes stopped)."""
+        self._check_open()
+        self._loop.run(self._set_budget(dollars, hard), CALL_TIMEOUT)
+
+    async def _set_budget(self, dollars: float | None, hard: bool) -> None:
+        self._manager.set_budget(dollars, hard)
+
+    def cost(self) -> float | None:
+        """What this kernel's sandboxes cost so far, estimated (None: unknown)."""
+        self._check_open()
+        return self._loop.run(self._cost(), CALL_TIMEOUT)
+
+    async def _cost(self) -> float | None:
+        return self._manager.cost()
+
     def get_sweep(self, key: str | Sweep) -> Sweep:
         """A sweep by id or name (the latest of that name).
 

@@ -28,6 +28,7 @@ from ..exceptions import RunFailedError, UnknownRunError, WaitTimeoutError
 from ..kernel import Client
 from ..kernel.cell import queue_listener, stream_to_cell
 from ..manager import Stopped
+from ..pool.cost import money
 from ..runs import Run, RunState
 from ..runs.words import stop_words
 from ..sweeps import Sweep, SweepFailedError, from_rows, grid, parse_map
@@ -145,6 +146,7 @@ class SandboxMagics(Magics):
             %sandbox end-session NAME     free a --session's slot (its files are deleted)
             %sandbox sandbox-log NAME     the engine's log of a sandbox, also of a dead one
             %sandbox scale PROFILE N      keep N sandboxes of PROFILE running
+            %sandbox budget DOLLARS [--hard]  cap what this kernel's sandboxes cost (off: none)
             %sandbox shutdown             stop every sandbox and run of this kernel (--bg
                                           runs, and those the previous kernel left, too)
 
@@ -391,14 +393,32 @@ class SandboxMagics(Magics):
         _ = self.client  # made now if need be: the previous kernel may have left --bg runs
         stopped = self.close(purge=args.purge)
         detached = f" ({stopped.detached} of them --bg)" if stopped.detached else ""
+        cost = "" if stopped.cost == 0 else (
+            f" This kernel's sandboxes cost {money(stopped.cost)} (estimated)." if stopped.cost
+            else " What its sandboxes cost is unknown: give their profiles a price_per_hour.")
         print(f"Stopped {stopped.sandboxes} sandbox(es) and {stopped.runs} run(s){detached}; "
-              "nothing of this kernel is running.")
+              f"nothing of this kernel is running.{cost}")
+
+    @magic_arguments()
+    @argument("dollars", help="dollars this kernel may spend on sandboxes, or off")
+    @argument("--hard", action="store_true",
+              help="once spent, also cancel the runs going and stop the sandboxes")
+    def _budget(self, line: str) -> None:
+        """Cap what this kernel's sandboxes may cost: once reached no new sandbox starts,
+        and runs waiting for one fail saying so."""
+        args = _parse(self._budget, line)
+        dollars = None if args.dollars == "off" else _dollars(args.dollars)
+        self.client.budget(dollars, hard=args.hard)
+        spent = money(self.client.cost())
+        print("No budget: sandboxes start as profiles allow." if dollars is None else
+              f"Budget: {money(dollars)} for this kernel ({spent} spent so far)"
+              + ("; once spent, the runs going are cancelled too." if args.hard else "."))
 
     _commands: dict[str, Callable[[SandboxMagics, str], Any]] = {
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
         "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "end-session": _end_session,
         "scale": _scale, "shutdown": _shutdown, "sandbox-log": _sandbox_log, "attach": _attach,
-        "sweeps": _sweeps,
+        "sweeps": _sweeps, "budget": _budget,
     }
 
 
@@ -413,6 +433,16 @@ def _parse(magic: Callable[..., Any], line: str) -> Any:
             raise
         flags = sorted({o for a in parser._actions for o in a.option_strings if o.startswith("--")})
         raise UsageError(f"{exc}; valid options are: {', '.join(flags)}.") from None
+
+
+def _dollars(text: str) -> float:
+    try:
+        value = float(text.lstrip("$"))
+    except ValueError:
+        raise UsageError(f"%sandbox budget takes a number of dollars or off, got {text!r}.") from None
+    if not value >= 0:
+        raise UsageError(f"A budget is 0 dollars or more, got {text!r}.")
+    return value
 
 
 def _captures(out: str | None, err: str | None) -> dict[str, str | None]:

@@ -25,11 +25,12 @@ from typing import Any, Literal
 
 from .. import identity
 from ..backends.base import Backend, Health, KeptRun, Sandbox
-from ..exceptions import (AcquireTimeoutError, ClosedError, ProfileError, SandboxError,
+from ..exceptions import (AcquireTimeoutError, BudgetError, ClosedError, ProfileError, SandboxError,
                           SandboxStartError, SlotBusyError, UnknownRunError,
                           UnknownSandboxError)
 from ..identity import Identity
 from ..profiles import Profile
+from . import cost as pricing
 from . import policy
 from .state import EventKind, Lease, PoolEvent, SandboxRecord, SandboxState, SlotRecord, SlotState
 from .status import PoolStatus, SandboxStatus
@@ -63,7 +64,8 @@ class Pool:
 
     def __init__(self, profile: Profile, backend: Backend, me: Identity | None = None,
                  on_event: Callable[[PoolEvent], None] | None = None,
-                 tick: float = 1.0, cooldown: float = 10.0) -> None:
+                 tick: float = 1.0, cooldown: float = 10.0,
+                 budget: Callable[[], str | None] | None = None) -> None:
         self.profile = profile
         self.backend = backend
         self.identity = me or Identity()
@@ -89,6 +91,9 @@ class Pool:
         self._discovered = False
         self._settled = asyncio.Event()
         self._kept: dict[str, SlotRecord] = {}
+        self.price_per_hour: float | None = None
+        self._spent_seconds = 0.0
+        self._budget = budget
         self._closed = False
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -314,9 +319,14 @@ class Pool:
         so a restarted kernel adopts its sandboxes instead of starting new ones)."""
         if self._closed or not self._discovered:
             return
+        if self._budget is not None and any(not w.future.done() for w in self._waiters) \
+                and (spent := self._budget()):
+            self._fail_waiters(BudgetError(spent))  # no money left to wait for a slot with
         now = time.monotonic()
         for action in policy.decide(self.profile, self.target, self._facts(), now, self._cooldown):
             if isinstance(action, policy.Start):
+                if self._budget is not None and self._budget():
+                    continue
                 self._emit(EventKind.SCALE_UP, detail=f"{action.reason}: starting {action.count} sandbox(es)")
                 for _ in range(action.count):
                     self._start_sandbox()
@@ -368,6 +378,7 @@ class Pool:
                 f"{type(exc).__name__}: {exc}" if not isinstance(exc, asyncio.TimeoutError)
                 else f"it did not start within {self.profile.start_timeout:g} s")
             self.sandboxes.remove(record)
+            self._spent_seconds += time.monotonic() - record.created
             self._failed_starts += 1
             self._last_failure, self._last_error = time.monotonic(), reason
             self._emit(EventKind.START_FAILED, record.id,
@@ -501,7 +512,15 @@ class Pool:
         with contextlib.suppress(ValueError):
             self.sandboxes.remove(record)
             self.retired.append(record)
+            self._spent_seconds += time.monotonic() - record.created
         self.reconcile()
+
+    def cost(self) -> float | None:
+        """What this pool's sandboxes cost so far, live and retired, idle or not (None:
+        their price is unknown)."""
+        now = time.monotonic()
+        return pricing.cost(self.price_per_hour, self._spent_seconds + sum(
+            now - r.created for r in self.sandboxes))
 
     async def sandbox_log(self, name: str) -> str:
         """The engine's log of sandbox ``name``, live or among the recently retired.
@@ -523,6 +542,12 @@ class Pool:
             await asyncio.wait_for(sandbox.terminate(), STOP_TIMEOUT)
 
     async def _maintain(self) -> None:
+        try:
+            self.price_per_hour = await asyncio.wait_for(
+                self.backend.price_per_hour(self.profile), DISCOVER_TIMEOUT)
+        except Exception as exc:
+            self._emit(EventKind.MAINTENANCE_FAILED, detail=f"no price for its sandboxes ({exc}); "
+                                                        "their cost is unknown")
         try:
             await self._adopt_or_reap()
         finally:
@@ -596,7 +621,8 @@ class Pool:
             max_sandboxes=self.profile.max_sandboxes, target=self.target, queued=self.queued,
             sandboxes=tuple(SandboxStatus.of(r) for r in self.sandboxes),
             retired=tuple(SandboxStatus.of(r) for r in self.retired),
-            events=tuple(self.events)[-EVENTS_SHOWN:])
+            events=tuple(self.events)[-EVENTS_SHOWN:],
+            price_per_hour=self.price_per_hour, cost=self.cost())
 
     async def aclose(self, leave: Collection[str] = ()) -> list[str]:
         """Stop every sandbox and task, but leave running the sandboxes whose slots hold a
@@ -621,6 +647,8 @@ class Pool:
         await asyncio.gather(*tasks, return_exceptions=True)
         records = [r for r in self.sandboxes if r.sandbox is not None and r not in left]
         await asyncio.gather(*(self._retire(r) for r in records), return_exceptions=True)
+        now = time.monotonic()  # those left running cost until now, as far as we know
+        self._spent_seconds += sum(now - r.created for r in self.sandboxes)
         self.sandboxes.clear()
         self._kept.clear()
         return [r.id for r in left]

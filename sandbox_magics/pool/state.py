@@ -102,6 +102,8 @@ class SandboxRecord:
 class LeaseOwner(Protocol):
     """What a lease asks of the pool that granted it (`Pool`)."""
 
+    price_per_hour: float | None
+
     async def release(self, lease: Lease, reset: bool = True) -> None: ...
 
     async def suspect(self, record: SandboxRecord, reason: str) -> bool: ...
@@ -130,6 +132,12 @@ class Lease:
     @property
     def index(self) -> int:
         return self.slot.index
+
+    @property
+    def rate(self) -> float | None:
+        """Dollars an hour of this slot: its sandbox's price over its slots (None: unknown)."""
+        price = self.owner.price_per_hour
+        return None if price is None else price / max(len(self.slot.sandbox.slots), 1)
 
     @property
     def lost(self) -> asyncio.Event:

@@ -72,7 +72,8 @@ class PoolCounts:
 
 @dataclass(frozen=True)
 class PoolStatus:
-    """One pool: its limits, sandboxes, recently retired sandboxes and latest events."""
+    """One pool: its limits, sandboxes, recently retired sandboxes and latest events, what
+    one sandbox costs an hour and what its sandboxes cost so far (None: unknown)."""
 
     profile: str
     backend: str
@@ -83,6 +84,8 @@ class PoolStatus:
     sandboxes: tuple[SandboxStatus, ...]
     retired: tuple[SandboxStatus, ...] = ()
     events: tuple[PoolEvent, ...] = ()
+    price_per_hour: float | None = None
+    cost: float | None = None
 
     def counts(self) -> PoolCounts:
         """Busy, total and the rest, as every view shows them."""
@@ -104,4 +107,5 @@ class PoolStatus:
             "retired": [{"id": r.id, "state": r.state.value, "reason": r.reason}
                         for r in self.retired],
             "events": [e.as_dict() for e in self.events],
+            "price_per_hour": self.price_per_hour, "cost": self.cost,
         }

@@ -86,6 +86,11 @@ class Profile:
         heartbeat_window: seconds after which a sandbox whose owner stopped sending
             heartbeats is reaped by another kernel.
         log_limit_mb: how much of one run's log is kept on disk.
+        price_per_hour: dollars one sandbox costs an hour, set by whoever runs the cluster
+            (``None``: the engine's own rates where it has them, Modal's; else unknown;
+            the local backend costs 0 and shows no money).
+        max_cost: dollars this kernel may spend on the profile's sandboxes; once reached,
+            no new sandbox starts (``None``: no limit).
         engine_tables: the engine sub-tables (``[profiles.NAME.local]`` ...) by backend
             name, read-only and unchecked; a backend reads its own with `engine_settings`.
         source: where the profile was last defined, e.g. ``profiles file '/x/p.toml'``.
@@ -111,6 +116,8 @@ class Profile:
     start_timeout: float = _checked(60.0, positive)
     heartbeat_window: float = _checked(900.0, positive)
     log_limit_mb: float = _checked(1024.0, positive)
+    price_per_hour: float | None = _checked(None, not_negative)
+    max_cost: float | None = _checked(None, not_negative)
     engine_tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
     source: str = field(default="Profile() arguments", compare=False, repr=False)
 

@@ -155,7 +155,7 @@ async def _execute(run: Run, profile: Profile, lease: Lease, grace: float,
                    inputs: dict[str, FileInfo]) -> Outcome:
     """Upload the run's inputs (listed into ``inputs``), run its command in the leased
     slot within its timeout, and say how it ended."""
-    run._assign(lease.sandbox_id, lease.index, lease.sandbox.id)
+    run._assign(lease.sandbox_id, lease.index, lease.sandbox.id, rate=lease.rate)
     run._stage(Stage.UPLOADING)
     inputs.update(await _upload(run, lease))
     if run.cancelling:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 COLUMNS = ["id", "name", "profile", "backend", "interpreter", "session", "sandbox", "slot",
            "state", "exit_code", "queued", "started", "ended", "wait_s", "run_s",
-           "output_bytes", "log_dropped_bytes", "error"]
+           "output_bytes", "log_dropped_bytes", "cost", "error"]
 
 
 class RunRegistry:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import RunFailedError, WaitTimeoutError
+from ..pool import cost as pricing
 from .artifacts import Artifact
 from .log import LogBuffer
 from .state import RunState, Stage, check_stage, check_transition
@@ -64,6 +65,7 @@ class Run:
         self.sandbox: str | None = None
         self.engine_id: str | None = None
         self.slot: int | None = None
+        self.rate: float | None = 0.0
         self.pgid: int | None = None
         self.exit_code: int | None = None
         self.error: str | None = None
@@ -104,6 +106,14 @@ class Run:
     def cancelling(self) -> bool:
         """Whether a cancel was asked and the run has not ended yet."""
         return self.state is RunState.CANCELLING
+
+    @property
+    def cost(self) -> float | None:
+        """Its share of its sandbox's cost while it held its slot, estimated (None:
+        unknown; 0 before it had a slot)."""
+        if self.started_at is None:
+            return 0.0
+        return pricing.cost(self.rate, (self.ended_at or time.time()) - self.started_at)
 
     @property
     def detaching(self) -> bool:
@@ -212,10 +222,12 @@ class Run:
         self._emit("state", b"")
 
     def _assign(self, sandbox: str, slot: int, engine_id: str,
-                started_at: float | None = None) -> None:
+                started_at: float | None = None, rate: float | None = None) -> None:
         """The run has slot ``slot`` of ``sandbox`` (the engine's ``engine_id``) from
-        ``started_at`` (now, unless it is an attached run started earlier)."""
+        ``started_at`` (now, unless it is an attached run started earlier), at ``rate``
+        dollars an hour (None: unknown)."""
         self.sandbox, self.slot, self.engine_id = sandbox, slot, engine_id
+        self.rate = rate
         self.started_at = started_at or time.time()
         self._to(RunState.RUNNING)
 
@@ -265,5 +277,6 @@ class Run:
             "state": self.state.value, "exit_code": self.exit_code,
             "queued": self.queued_at, "started": self.started_at, "ended": self.ended_at,
             "wait_s": wait, "run_s": run_seconds, "output_bytes": self.log.total_bytes,
-            "log_dropped_bytes": self.log.dropped_bytes, "error": self.error,
+            "log_dropped_bytes": self.log.dropped_bytes,
+            "cost": self.cost if self.rate else None, "error": self.error,
         }

@@ -8,7 +8,7 @@ times, one lost to the infrastructure (its sandbox died, it never got a slot) up
 fails for good. Any thread may read a sweep, wait for it, cancel it or retry what failed.
 
 ``df`` is one row per item: its parameters, state, exit code, attempts, start, duration,
-sandbox, last line of output, and its results: the keys of a ``result.json`` it wrote, or
+sandbox, last line of output, estimated cost (empty where free), and its results: the keys of a ``result.json`` it wrote, or
 the columns of a one-row ``metrics.csv``, or its last stdout line when that is a JSON
 object.
 """
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import SweepFailedError, WaitTimeoutError
+from ..pool import cost as pricing
 from ..runs import Run, RunSpec, RunState
 from ..runs.artifacts import Artifact
 from .grid import Params, item_name
@@ -76,6 +77,11 @@ class Item:
         """Whether the item has ended (for now: `Sweep.retry_failed` may run it again)."""
         return (self.run.done if self.run is not None else self.cancelled)
 
+    @property
+    def cost(self) -> float | None:
+        """What every run tried for the item cost, estimated (None: unknown)."""
+        return pricing.total(run.cost for run in self.runs)
+
     def last_line(self) -> str:
         """The last non-empty line of the last run's output, stdout and stderr together."""
         run = self.run
@@ -123,6 +129,11 @@ class Sweep:
         return counts
 
     @property
+    def cost(self) -> float | None:
+        """What the sweep's runs cost so far, estimated (None: unknown)."""
+        return pricing.total(item.cost for item in self.items)
+
+    @property
     def failed(self) -> list[Item]:
         """Items that ended without succeeding (failed, lost or cancelled)."""
         return [i for i in self.items if i.done and i.state != "succeeded"]
@@ -164,7 +175,8 @@ class Sweep:
                 "exit_code": run.exit_code if run else None, "attempts": len(item.runs),
                 "started": pd.to_datetime(start, unit="s", utc=True) if start else pd.NaT,
                 "duration_s": round(end - start, 3) if start and end else None,
-                "sandbox": run.sandbox if run else None, "last_line": item.last_line()}
+                "sandbox": run.sandbox if run else None, "last_line": item.last_line(),
+                "cost": item.cost if any(r.rate for r in item.runs) else None}
             # a result named as a column already there is kept as result.NAME
             rows.append({**row, **{k if k not in row else f"result.{k}": v
                                    for k, v in item.results.items()}})

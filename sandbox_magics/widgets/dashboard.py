@@ -16,6 +16,7 @@ from typing import Any
 
 from ..kernel import Client
 from ..pool import PoolEvent, PoolStatus
+from ..pool.cost import spending
 from ._html import CSS, LEGEND_STATES, PolledView, esc
 
 TITLE_LIMIT = 256
@@ -44,6 +45,11 @@ def pool_counts(pool: PoolStatus, runs: collections.Counter[str]) -> dict[str, i
     }
 
 
+def _spent(pool: PoolStatus) -> str:
+    words = spending(pool.price_per_hour, pool.cost)
+    return f" · {esc(words)}" if words else ""
+
+
 def render(status: list[PoolStatus], run_states: dict[str, collections.Counter[str]],
            run_names: dict[str, str] | None = None) -> str:
     """The dashboard's HTML for ``Manager.status()``, run states counted per profile and
@@ -62,7 +68,7 @@ def render(status: list[PoolStatus], run_states: dict[str, collections.Counter[s
             f'{counts["sandboxes"]}/{pool.max_sandboxes} sandboxes · {counts["busy"]} busy · '
             f'{counts["free"]} free · {counts["queued"]} queued · {counts["starting"]} starting · '
             f'runs: {counts["running"]} running, {counts["succeeded"]} ok, '
-            f'{counts["failed"]} failed</span><div class="sbx-grid">')
+            f'{counts["failed"]} failed{_spent(pool)}</span><div class="sbx-grid">')
         for box in pool.sandboxes:
             cells = "".join(
                 f'<i class="sbx-s-{state.value}" title="{esc(box.id)} slot {i}: {state.value}'
@@ -121,5 +127,5 @@ class Dashboard(PolledView):
             lines.append(f"{pool.profile} ({pool.backend}): {c['sandboxes']} sandboxes, "
                          f"{c['busy']} busy, {c['free']} free, {c['queued']} queued, "
                          f"{c['starting']} starting; runs {c['running']} running, "
-                         f"{c['succeeded']} succeeded, {c['failed']} failed")
+                         f"{c['succeeded']} succeeded, {c['failed']} failed{_spent(pool)}")
         return "\n".join(lines) or "No pool has started yet."

@@ -27,6 +27,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ..pool.cost import money, spending
 from . import _comm
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ def pool_state(pool: PoolStatus) -> dict[str, Any]:
         "profile": pool.profile, "backend": pool.backend,
         "busy": counts.busy, "total": counts.total,
         "queued": counts.queued, "starting": counts.starting, "target": pool.target,
-        "max_sandboxes": pool.max_sandboxes,
+        "max_sandboxes": pool.max_sandboxes, "price_per_hour": pool.price_per_hour,
+        "cost": pool.cost, "spending": spending(pool.price_per_hour, pool.cost),
         "sandboxes": [{"id": box.id, "state": box.state.value,
                        "slots": [s.value for s in box.slots], "runs": list(box.runs)}
                       for box in pool.sandboxes],
@@ -159,10 +161,12 @@ class LabBridge:
         items = {run.id for sweep in sweeps for item in sweep.items for run in item.runs}
         runs = [r for r in client.manager.runs if r.id not in items]
         shown = [r for r in runs if not r.done] + [r for r in runs if r.done][-FINISHED_SHOWN:]
+        priced = [p for p in pools if p["price_per_hour"] != 0]
         return {"type": "state", "now": time.time(),
                 "busy": sum(p["busy"] for p in pools), "total": sum(p["total"] for p in pools),
                 "pools": pools, "runs": [run_state(r) for r in shown],
-                "sweeps": [sweep_state(s) for s in sweeps]}
+                "sweeps": [sweep_state(s) for s in sweeps],
+                "money": money(client.manager.cost()) if priced else ""}
 
     def _tick(self) -> bool:
         _comm.detach()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
+from ..pool.cost import money
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -69,4 +71,6 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
     for column in SECONDS_COLUMNS:
         if column in frame:
             frame[column] = frame[column].round(3)
+    if "cost" in frame:  # dollars as read; nothing where free (local) or unknown
+        frame["cost"] = [money(v) if v == v and v is not None else "" for v in frame["cost"]]
     return runs_frame_class()(frame)
