@@ -417,6 +417,16 @@ class Manager:
         self._check_open()
         await self.pool(self.profile(profile_name)).scale(sandboxes)
 
+    def keep_idle(self, profile: str) -> int:
+        """Reset the idle clock of ``profile``'s idle sandboxes once; return how many."""
+        self._check_open()
+        return self.pool(self.profile(profile)).keep_idle()
+
+    def stop_idle(self, profile: str) -> int:
+        """Stop now the idle sandboxes of ``profile`` due to stop; return how many."""
+        self._check_open()
+        return self.pool(self.profile(profile)).stop_idle()
+
     async def end_session(self, session: str) -> list[str]:
         """End ``session`` in every pool that has it; return those pools' profiles."""
         self._check_open()

@@ -21,6 +21,12 @@ slots_per_sandbox = 1
 max_sandboxes = 1
 acquire_timeout = 60
 artifact_limit_mb = 0.01
+
+[profiles.priced]
+slots_per_sandbox = 1
+max_sandboxes = 1
+idle_timeout = 60
+price_per_hour = 3.6
 """
 
 

@@ -14,6 +14,7 @@ export interface IPool {
   target: number | null;
   max_sandboxes: number;
   spending?: string;
+  idle_warning?: string | null;
   sandboxes: {
     id: string;
     state: string;

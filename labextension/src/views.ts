@@ -210,8 +210,17 @@ export class SandboxPanel extends ModelView {
           (pool.spending ? ` · ${pool.spending}` : '')
       ),
       el('div', { class: 'sbx-lab-controls' }, scale, stop),
+      ...(pool.idle_warning ? [this._idleWarning(pool.profile, pool.idle_warning)] : []),
       ...boxes
     );
+  }
+
+  private _idleWarning(profile: string, text: string): HTMLElement {
+    const keep = el('button', { class: 'sbx-lab-button sbx-lab-keep', title: 'Start their idle clock again, once' }, 'Keep');
+    const stop = el('button', { class: 'sbx-lab-button sbx-lab-stop-idle', title: 'Stop these idle sandboxes now' }, 'Stop now');
+    keep.onclick = () => this.model?.send({ action: 'keep-idle', profile });
+    stop.onclick = () => this.model?.send({ action: 'stop-idle', profile });
+    return el('div', { class: 'sbx-lab-notice sbx-lab-idle' }, `${text} — `, keep, ' ', stop);
   }
 
   private _sweeps(sweeps: ISweep[]): HTMLElement {

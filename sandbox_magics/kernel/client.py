@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..exceptions import ClosedError, UnknownRunError
 from ..identity import Identity
@@ -39,6 +39,7 @@ from .loop import LoopThread
 if TYPE_CHECKING:
     import pandas as pd
 
+T = TypeVar("T")
 CALL_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 120.0
 ATTACH_TIMEOUT = 120.0
@@ -127,10 +128,8 @@ class Client:
     def _wire_sweep(self, sweep: Sweep) -> None:
         """Make ``sweep.cancel()`` and ``sweep.retry_failed()`` reach the manager's loop."""
         sweep._cancel = lambda: self._loop.run(self._manager.cancel_sweep(sweep), CALL_TIMEOUT)
-        sweep._retry = lambda: self._loop.run(self._retry_sweep(sweep), CALL_TIMEOUT)
-
-    async def _retry_sweep(self, sweep: Sweep) -> None:
-        self._manager.retry_sweep(sweep)
+        sweep._retry = lambda: self._loop.run(
+            self._call(self._manager.retry_sweep, sweep), CALL_TIMEOUT)
 
     def map(self, code: str, interpreter: str = "bash", *,
             params: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]] | pd.DataFrame,
@@ -161,12 +160,8 @@ class Client:
                           options.pop("downloads", ()), options.pop("raise_error", True), False)
         if options:
             raise TypeError(f"Client.map() got unexpected options: {', '.join(options)}")
-        return self._loop.run(self._map(spec, sets, name, retries, fail_fast, max_parallel),
-                              CALL_TIMEOUT)
-
-    async def _map(self, spec: RunSpec, sets: list[dict[str, str]], name: str | None,
-                   retries: int, fail_fast: bool, max_parallel: int | None) -> Sweep:
-        return self._manager.map(spec, sets, name, retries, fail_fast, max_parallel)
+        return self._loop.run(self._call(self._manager.map, spec, sets, name, retries,
+                                         fail_fast, max_parallel), CALL_TIMEOUT)
 
     def budget(self, dollars: float | None, hard: bool = False) -> None:
         """Spend at most ``dollars`` on this kernel's sandboxes (None: no limit). Once the
@@ -174,18 +169,29 @@ class Client:
         a sentence saying so; runs going go on, unless ``hard`` (then they are cancelled
         and the sandboxes stopped)."""
         self._check_open()
-        self._loop.run(self._set_budget(dollars, hard), CALL_TIMEOUT)
+        self._loop.run(self._call(self._manager.set_budget, dollars, hard), CALL_TIMEOUT)
 
-    async def _set_budget(self, dollars: float | None, hard: bool) -> None:
-        self._manager.set_budget(dollars, hard)
+    def keep_idle(self, profile: str) -> int:
+        """Keep ``profile``'s idle sandboxes warm: their idle clock starts again, once;
+        return how many."""
+        self._check_open()
+        return self._loop.run(self._call(self._manager.keep_idle, profile), CALL_TIMEOUT)
+
+    def stop_idle(self, profile: str) -> int:
+        """Stop now ``profile``'s idle sandboxes that the pool would stop for being idle;
+        return how many."""
+        self._check_open()
+        return self._loop.run(self._call(self._manager.stop_idle, profile), CALL_TIMEOUT)
+
+    @staticmethod
+    async def _call(function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on the manager's loop (the manager is loop-bound)."""
+        return function(*args)
 
     def cost(self) -> float | None:
         """What this kernel's sandboxes cost so far, estimated (None: unknown)."""
         self._check_open()
-        return self._loop.run(self._cost(), CALL_TIMEOUT)
-
-    async def _cost(self) -> float | None:
-        return self._manager.cost()
+        return self._loop.run(self._call(self._manager.cost), CALL_TIMEOUT)
 
     def get_sweep(self, key: str | Sweep) -> Sweep:
         """A sweep by id or name (the latest of that name).

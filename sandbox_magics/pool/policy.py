@@ -179,6 +179,17 @@ def decide(profile: Profile, target: int | None, counts: Counts, now: float,
     return actions
 
 
+def idle_stops(profile: Profile, target: int | None, counts: Counts, now: float) -> dict[str, float]:
+    """Seconds left before `decide` stops each idle sandbox for being idle past
+    ``idle_timeout`` (0 once due), longest idle first; those the minimum keeps are left out."""
+    low, _ = bounds(profile, target)
+    serving = [s for s in counts.sandboxes if not s.draining and not s.starting]
+    idle = sorted((s for s in serving if not s.in_use and s.idle_since is not None),
+                  key=lambda s: s.idle_since or 0.0)
+    return {s.id: max(0.0, (s.idle_since or now) + profile.idle_timeout - now)
+            for s in idle[:max(0, len(serving) - low)]}
+
+
 class Found(enum.Enum):
     """What the pool does with a sandbox that ``discover`` found."""
 

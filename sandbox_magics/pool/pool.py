@@ -604,6 +604,26 @@ class Pool:
         self._failed_starts = 0
         self.reconcile()
 
+    def keep_idle(self) -> int:
+        """Reset the idle clock of every idle sandbox once (the user kept them warm);
+        return how many."""
+        idle = [r for r in self.sandboxes if r.state is SandboxState.READY and not r.running]
+        for record in idle:
+            record.idle_since = time.monotonic()
+        if idle:
+            self._emit(EventKind.SCALE, detail=f"{len(idle)} idle sandbox(es) kept warm")
+        return len(idle)
+
+    def stop_idle(self) -> int:
+        """Stop now the idle sandboxes the pool would stop for being idle; return how many."""
+        due = policy.idle_stops(self.profile, self.target, self._facts(), time.monotonic())
+        for record in [r for r in self.sandboxes if r.id in due]:
+            self._withdraw(record, SandboxState.STOPPING)
+            self._end_sessions(record, "was stopped (idle, stopped from the panel)")
+            self._emit(EventKind.SCALE_DOWN, record.id, "idle, stopped from the panel")
+            self._spawn(self._retire(record))
+        return len(due)
+
     def update_profile(self, profile: Profile) -> None:
         """Adopt a changed definition of this pool's profile (limits apply from now on; a
         `scale` target stays, unless the new maximum is below it)."""
@@ -615,11 +635,12 @@ class Pool:
     def status(self) -> PoolStatus:
         """The pool now as immutable data, for status views (`PoolStatus.counts` gives
         the numbers they show)."""
+        stops = policy.idle_stops(self.profile, self.target, self._facts(), time.monotonic())
         return PoolStatus(
             profile=self.profile.name, backend=self.backend.name,
             slots_per_sandbox=self.profile.slots_per_sandbox,
             max_sandboxes=self.profile.max_sandboxes, target=self.target, queued=self.queued,
-            sandboxes=tuple(SandboxStatus.of(r) for r in self.sandboxes),
+            sandboxes=tuple(SandboxStatus.of(r, stops.get(r.id)) for r in self.sandboxes),
             retired=tuple(SandboxStatus.of(r) for r in self.retired),
             events=tuple(self.events)[-EVENTS_SHOWN:],
             price_per_hour=self.price_per_hour, cost=self.cost())

@@ -19,6 +19,7 @@ A status shares nothing with the pool, so it may be read on another thread;
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,9 @@ from .state import UNREADY_SLOT, PoolEvent, SandboxRecord, SandboxState, SlotSta
 @dataclass(frozen=True)
 class SandboxStatus:
     """One sandbox: each slot's state and the run using it; ``reason``: why it was stopped
-    or lost; ``details``: what its backend tells of it (process id, address...)."""
+    or lost; ``details``: what its backend tells of it (process id, address...);
+    ``idle_for``: seconds it has run nothing (None: busy or not ready); ``stops_in``:
+    seconds before the pool stops it for that (None: it is kept)."""
 
     id: str
     state: SandboxState
@@ -37,18 +40,24 @@ class SandboxStatus:
     runs: tuple[str | None, ...]
     reason: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
+    idle_for: float | None = None
+    stops_in: float | None = None
 
     @classmethod
-    def of(cls, record: SandboxRecord) -> SandboxStatus:
+    def of(cls, record: SandboxRecord, stops_in: float | None = None) -> SandboxStatus:
         """``record`` now; a sandbox whose slots do not exist yet shows ``size`` slots in
-        its own state."""
+        its own state. ``stops_in``: seconds before the pool stops it for being idle."""
         if record.slots or record.state is SandboxState.READY:
             slots = tuple(s.state for s in record.slots)
             runs = tuple(s.run_id for s in record.slots)
         else:
             slots, runs = (UNREADY_SLOT[record.state],) * record.size, (None,) * record.size
         details = record.sandbox.describe() if record.sandbox is not None else {}
-        return cls(record.id, record.state, slots, runs, record.reason or "", details)
+        idle_for = (time.monotonic() - record.idle_since
+                    if record.idle_since is not None and record.state is SandboxState.READY
+                    and not record.running else None)
+        return cls(record.id, record.state, slots, runs, record.reason or "", details,
+                   idle_for, stops_in)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state.value, "slots": [s.value for s in self.slots],

@@ -10,8 +10,8 @@ Over every comm the kernel sends the pools, runs and sweeps of this kernel's cli
 JSON message (``{"type": "state", ...}``), only when something changed and at most every
 `INTERVAL` seconds, from a poller on the manager's loop (as the panels refresh). The
 frontend sends actions: ``cancel`` a run, ``cancel-sweep`` a sweep, ``scale`` a pool
-(``sandboxes`` a number or null for auto), ``shutdown`` a pool (scale to 0), and ``log``
-to follow one run's tail.
+(``sandboxes`` a number or null for auto), ``shutdown`` a pool (scale to 0), ``keep-idle``
+or ``stop-idle`` a pool's idle sandboxes it warns of, and ``log`` to follow one run's tail.
 
 JupyterLab 4.6 delivers comm messages to a kernel subshell (see `_comm`), so actions are
 handled while a blocking cell holds the main shell; each is handed to a thread so that
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 TARGET = "sandbox_magics"
 INTERVAL = 1.0
 FINISHED_SHOWN = 20
+IDLE_WARN_AHEAD = 90.0
 LOG_LINES = 200
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,27 @@ def pool_state(pool: PoolStatus) -> dict[str, Any]:
         "queued": counts.queued, "starting": counts.starting, "target": pool.target,
         "max_sandboxes": pool.max_sandboxes, "price_per_hour": pool.price_per_hour,
         "cost": pool.cost, "spending": spending(pool.price_per_hour, pool.cost),
+        "idle_warning": idle_warning(pool),
         "sandboxes": [{"id": box.id, "state": box.state.value,
                        "slots": [s.value for s in box.slots], "runs": list(box.runs)}
                       for box in pool.sandboxes],
     }
+
+
+def idle_warning(pool: PoolStatus) -> str | None:
+    """What the sidebar warns of, `IDLE_WARN_AHEAD` seconds before the pool stops idle
+    sandboxes that cost money: "2 sandboxes idle 9 min, stopping in 1 min"; else None."""
+    due = [box for box in pool.sandboxes if box.stops_in is not None]
+    if pool.price_per_hour == 0 or not due or min(b.stops_in or 0 for b in due) > IDLE_WARN_AHEAD:
+        return None
+    idle = max(b.idle_for or 0 for b in due)
+    left = min(b.stops_in or 0 for b in due)
+    return (f"{len(due)} {pool.profile} sandbox(es) idle {_minutes(idle)}, "
+            f"stopping in {_minutes(left)}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def run_state(run: Any) -> dict[str, Any]:
@@ -246,6 +264,14 @@ class LabBridge:
                 sweep.cancel()
                 return f"Sweep {sweep.name}: cancelled ({sweep.counts()['cancelled']} item(s))."
             self._in_thread(comm, f"cancel sweep {sweep.name}", cancel)
+        elif action in ("keep-idle", "stop-idle"):
+            profile = str(data.get("profile"))
+
+            def idle() -> str:
+                if action == "keep-idle":
+                    return f"Profile {profile}: {client.keep_idle(profile)} idle sandbox(es) kept warm."
+                return f"Profile {profile}: {client.stop_idle(profile)} idle sandbox(es) stopped."
+            self._in_thread(comm, f"{action} {profile}", idle)
         elif action in ("scale", "shutdown"):
             profile = str(data.get("profile"))
             target = 0 if action == "shutdown" else scale_target(data.get("sandboxes"))

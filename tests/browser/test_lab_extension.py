@@ -257,3 +257,36 @@ def test_a_sweeps_view_and_sidebar_move_while_items_run_and_a_clicked_row_opens_
     view.locator(".sbx-sweep-table select").select_option(index=3)
     wait_text(view, "item 3 done", 10)
     page.screenshot(path=str(screenshots / "sweep.png"))
+
+
+def test_the_money_shows_in_the_status_bar_and_sidebar_and_the_idle_warning_answers_while_busy(
+        lab: JupyterLab, page: Any, screenshots: Path) -> None:
+    nb = Notebook(lab, page, "money.ipynb")
+    nb.run("%load_ext sandbox_magics")
+    nb.run("%%sandbox bash --profile priced\necho warm")
+    wait_for(lambda: re.fullmatch(r"sandbox 0/1 · \$0\.\d{4}", status_text(page)) is not None,
+             20, f"status bar says {status_text(page)!r}")
+    page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
+    pool = page.locator('#sandbox-magics-sidebar .sbx-lab-pool[data-profile="priced"]')
+    wait_text(pool.locator(".sbx-lab-pool-head"), "so far ($3.60/h a sandbox)", 15)
+    warning = pool.locator(".sbx-lab-idle")
+    wait_text(warning, "1 priced sandbox(es) idle", 15)
+    assert re.search(r"stopping in \d+ s", warning.inner_text()), warning.inner_text()
+
+    blocking = nb.run("%%sandbox bash\nsleep 20; echo woke", wait=False)
+    wait_for(lambda: page.evaluate("i => window.sbxTest.state(i).running", blocking), 15,
+             "the blocking cell never started")
+    before = int(re.search(r"stopping in (\d+) s", warning.inner_text())[1])
+    wait_for(lambda: int(re.search(r"stopping in (\d+) s", warning.inner_text())[1]) < before,
+             10, "the idle clock does not move")
+    warning.locator(".sbx-lab-keep").click()
+    wait_text(page.locator("#sandbox-magics-sidebar .sbx-lab-notice").first, "kept warm", 10)
+    wait_for(lambda: int(re.search(r"stopping in (\d+) s", warning.inner_text())[1]) >= 58, 10,
+             f"Keep did not start the idle clock again: {warning.inner_text()!r}")
+    assert page.evaluate("i => window.sbxTest.state(i).running", blocking), \
+        "the blocking cell had ended before Keep answered"
+    page.screenshot(path=str(screenshots / "money.png"))
+    warning.locator(".sbx-lab-stop-idle").click()
+    wait_for(lambda: pool.locator(".sbx-lab-idle").count() == 0, 15, "the warning stayed")
+    wait_text(pool.locator(".sbx-lab-pool-head"), "0/0 busy", 15)
+    nb.wait_cell(blocking, 60)

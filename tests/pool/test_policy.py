@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -132,3 +133,18 @@ def tags(kernel: str, process: str, beat: float | None, version: str | None = No
 ])
 def test_classify(case: str, found: dict[str, str], verdict: Found) -> None:
     assert policy.classify(found, ME, NOW, window=900.0) is verdict
+
+
+@pytest.mark.parametrize(("case", "changes", "target", "sandboxes", "stops"), [
+    ("an idle sandbox stops at its idle timeout", {}, None, (box("a", idle_for=20),), {"a": 40}),
+    ("overdue is 0", {}, None, (box("a", idle_for=90),), {"a": 0}),
+    ("a busy or starting one is not idle", {}, None,
+     (box("a", in_use=True, idle_for=None), box("b", starting=True)), {}),
+    ("the minimum keeps the newest idle ones", {"min_sandboxes": 1}, None,
+     (box("a", idle_for=50), box("b", idle_for=10)), {"a": 10}),
+    ("a scale target keeps them all", {}, 2, (box("a", idle_for=50), box("b", idle_for=10)), {}),
+])
+def test_idle_stops(case: str, changes: dict[str, object], target: int | None,
+                    sandboxes: tuple[SandboxFacts, ...], stops: dict[str, float]) -> None:
+    profile = dataclasses.replace(P, **changes)
+    assert policy.idle_stops(profile, target, Counts(0, sandboxes), NOW) == pytest.approx(stops)
