@@ -81,8 +81,9 @@ def test_unknown_profile_is_an_unknown_profile_error_listing_profiles(kernel: Ke
 def test_bad_flags_are_usage_errors(kernel: Kernel) -> None:
     for line, expected in [
         ("--bogus", "unrecognized arguments: --bogus; valid options are: --bg, --download, "
-                    "--env, --err, --name, --no-raise-error, --out, --profile, --raise-error, "
-                    "--session, --timeout, --upload."),
+                    "--env, --err, --fail-fast, --map, --map-from, --max-parallel, --name, "
+                    "--no-raise-error, --out, --profile, --raise-error, --retries, --session, "
+                    "--timeout, --upload, --zip."),
         ("--timeout soon", "--timeout takes a number of seconds"),
         ("--timeout -1", "--timeout must be more than 0"),
         ("--env NOEQUALS", "--env takes NAME=VALUE"),
