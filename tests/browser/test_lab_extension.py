@@ -273,7 +273,7 @@ def test_the_money_shows_in_the_status_bar_and_sidebar_and_the_idle_warning_answ
     wait_text(warning, "1 priced sandbox(es) idle", 15)
     assert re.search(r"stopping in \d+ s", warning.inner_text()), warning.inner_text()
 
-    blocking = nb.run("%%sandbox bash\nsleep 20; echo woke", wait=False)
+    blocking = nb.run("%%sandbox bash\nsleep 10; echo woke", wait=False)
     wait_for(lambda: page.evaluate("i => window.sbxTest.state(i).running", blocking), 15,
              "the blocking cell never started")
     before = int(re.search(r"stopping in (\d+) s", warning.inner_text())[1])
