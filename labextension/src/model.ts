@@ -20,6 +20,8 @@ export interface IPool {
     state: string;
     slots: string[];
     runs: (string | null)[];
+    stage?: string | null;
+    stage_for?: number | null;
   }[];
 }
 

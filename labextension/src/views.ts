@@ -195,7 +195,14 @@ export class SandboxPanel extends ModelView {
           const title = `${box.id} slot ${i}: ${slot}` + (run ? ` · ${run} ${names.get(run) ?? ''}` : '');
           return el('i', { class: `sbx-lab-slot sbx-lab-slot-${slot}`, title });
         }),
-        box.state === 'ready' ? '' : el('span', { class: 'sbx-lab-muted sbx-lab-box-state' }, ` ${box.state}`)
+        box.state === 'ready'
+          ? ''
+          : el(
+              'span',
+              { class: 'sbx-lab-muted sbx-lab-box-state' },
+              ` ${box.state}` +
+                (box.stage && box.state === 'starting' ? `: ${box.stage} (${elapsed(box.stage_for ?? 0)})` : '')
+            )
       )
     );
     return el(

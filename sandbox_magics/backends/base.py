@@ -21,14 +21,27 @@ sandboxes a restarted kernel left behind.
 from __future__ import annotations
 
 import abc
+import contextvars
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal, Union
 
 from ..exceptions import SandboxError
 from ..profiles import Profile
+
+
+STAGE: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "sandbox_magics_stage", default=None)
+"""Where a backend's ``create`` says what a start waits for (set by the pool's start task)."""
+
+
+def report_stage(stage: str) -> None:
+    """Tell whoever starts this sandbox what the start now waits for ("waiting for
+    capacity: memory exhausted on 1 node(s)", "pulling the image")."""
+    if (listener := STAGE.get()) is not None:
+        listener(stage)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .. import identity
-from ..backends.base import Backend, Health, KeptRun, Sandbox
+from ..backends.base import STAGE, Backend, Health, KeptRun, Sandbox
 from ..exceptions import (AcquireTimeoutError, BudgetError, ClosedError, ProfileError, SandboxError,
                           SandboxStartError, SlotBusyError, UnknownRunError,
                           UnknownSandboxError)
@@ -370,6 +370,7 @@ class Pool:
 
     async def _boot(self, record: SandboxRecord) -> None:
         tags = {**self.identity.tags(self.profile.name), identity.NAME: record.id}
+        STAGE.set(lambda stage: self._staged(record, stage))  # this task's own context
         try:
             sandbox = await asyncio.wait_for(
                 self.backend.create(self.profile, tags), self.profile.start_timeout + 5)
@@ -392,10 +393,16 @@ class Pool:
         self._serve(record, sandbox)
         self._emit(EventKind.READY, record.id)
 
+    def _staged(self, record: SandboxRecord, stage: str) -> None:
+        """The start of ``record`` now waits for ``stage`` (the views show it, and since when)."""
+        record.stage, record.stage_since = stage, time.monotonic()
+        self._emit(EventKind.STAGE, record.id, stage)
+
     def _serve(self, record: SandboxRecord, sandbox: Sandbox, kept: Sequence[KeptRun] = ()) -> None:
         """Put a started (or adopted) sandbox's slots in service; those that keep a
         detached run (``kept``) stay busy with it until its run is claimed (`claim`)."""
         record.sandbox = sandbox
+        record.stage = record.stage_since = None
         record.slots = [SlotRecord(record, i) for i in range(sandbox.slots)]
         record.size = sandbox.slots
         record.state = SandboxState.READY

@@ -49,6 +49,7 @@ class EventKind(enum.Enum):
     SCALE_UP = "scale-up"                      # sandboxes are starting, and why
     READY = "ready"                            # a started sandbox serves its slots
     START_FAILED = "start-failed"              # a sandbox did not start (retried after a backoff)
+    STAGE = "stage"                            # a start now waits for something (capacity, image)
     SCALE_DOWN = "scale-down"                  # the policy stops a sandbox, and why
     DRAINING = "draining"                      # a busy sandbox above a scale-down takes no new run
     LOST = "lost"                              # a sandbox died and is retired
@@ -91,6 +92,8 @@ class SandboxRecord:
     reason: str | None = None
     idle_since: float | None = field(default_factory=time.monotonic)
     health_failures: int = 0
+    stage: str | None = None
+    stage_since: float | None = None
 
     @property
     def running(self) -> bool:

@@ -32,7 +32,8 @@ class SandboxStatus:
     """One sandbox: each slot's state and the run using it; ``reason``: why it was stopped
     or lost; ``details``: what its backend tells of it (process id, address...);
     ``idle_for``: seconds it has run nothing (None: busy or not ready); ``stops_in``:
-    seconds before the pool stops it for that (None: it is kept)."""
+    seconds before the pool stops it for that (None: it is kept); ``stage``: what its start
+    waits for now, for ``stage_for`` seconds."""
 
     id: str
     state: SandboxState
@@ -42,6 +43,8 @@ class SandboxStatus:
     details: Mapping[str, Any] = field(default_factory=dict)
     idle_for: float | None = None
     stops_in: float | None = None
+    stage: str | None = None
+    stage_for: float | None = None
 
     @classmethod
     def of(cls, record: SandboxRecord, stops_in: float | None = None) -> SandboxStatus:
@@ -56,12 +59,13 @@ class SandboxStatus:
         idle_for = (time.monotonic() - record.idle_since
                     if record.idle_since is not None and record.state is SandboxState.READY
                     and not record.running else None)
+        stage_for = None if record.stage_since is None else time.monotonic() - record.stage_since
         return cls(record.id, record.state, slots, runs, record.reason or "", details,
-                   idle_for, stops_in)
+                   idle_for, stops_in, record.stage, stage_for)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state.value, "slots": [s.value for s in self.slots],
-                "runs": list(self.runs), **self.details}
+                "runs": list(self.runs), "stage": self.stage, **self.details}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from ..kernel import Client
-from ..pool import PoolEvent, PoolStatus
+from ..pool import PoolEvent, PoolStatus, SandboxState
 from ..pool.cost import spending
 from ._html import CSS, LEGEND_STATES, PolledView, esc
 
@@ -43,6 +43,11 @@ def pool_counts(pool: PoolStatus, runs: collections.Counter[str]) -> dict[str, i
         "failed": sum(runs[s] for s in ("failed", "timed-out", "lost", "error")),
         "cancelled": runs["cancelled"],
     }
+
+
+def _clock(seconds: float | None) -> str:
+    whole = int(seconds or 0)
+    return f"{whole // 60}:{whole % 60:02d}"
 
 
 def _spent(pool: PoolStatus) -> str:
@@ -75,7 +80,10 @@ def render(status: list[PoolStatus], run_states: dict[str, collections.Counter[s
                 f'{" · " + esc(names.get(run, run)) if run else ""}"></i>' if titles
                 else f'<i class="sbx-s-{state.value}"></i>'
                 for i, (state, run) in enumerate(zip(box.slots, box.runs)))
-            parts.append(f'<div class="sbx-row"><span class="sbx-id">{esc(box.id)}</span>{cells}</div>')
+            stage = (f'<span class="sbx-muted"> {esc(box.stage)} ({_clock(box.stage_for)})</span>'
+                     if box.stage and box.state is SandboxState.STARTING else "")
+            parts.append(f'<div class="sbx-row"><span class="sbx-id">{esc(box.id)}</span>{cells}'
+                         f'{stage}</div>')
         events = pool.events[-EVENTS_SHOWN:]
         if events:
             parts.append('<div class="sbx-events">' + " · ".join(

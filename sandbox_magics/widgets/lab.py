@@ -53,7 +53,8 @@ def pool_state(pool: PoolStatus) -> dict[str, Any]:
         "cost": pool.cost, "spending": spending(pool.price_per_hour, pool.cost),
         "idle_warning": idle_warning(pool),
         "sandboxes": [{"id": box.id, "state": box.state.value,
-                       "slots": [s.value for s in box.slots], "runs": list(box.runs)}
+                       "slots": [s.value for s in box.slots], "runs": list(box.runs),
+                       "stage": box.stage, "stage_for": box.stage_for}
                       for box in pool.sandboxes],
     }
 

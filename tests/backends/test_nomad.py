@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
@@ -715,3 +716,34 @@ def test_python_nomad_quirks_are_wrapped(monkeypatch: pytest.MonkeyPatch) -> Non
     assert api._session.verify is True and client.jobs.verify is True
     monkeypatch.setenv("OTHER_TOKEN", "mine")
     assert api.client.job.token == "mine"
+
+
+def test_a_pool_shows_what_a_start_waits_for_as_the_sandboxs_stage_in_the_dashboard(
+        small_cluster: Cluster, prefix: str) -> None:
+    from sandbox_magics.pool import Pool, SandboxState
+    from sandbox_magics.widgets.dashboard import render
+    hog(small_cluster, f"{prefix}hog", 800)
+    p = dataclasses.replace(profile(small_cluster, prefix, memory_mb=400, start_timeout=60),
+                            min_sandboxes=1, max_sandboxes=1)
+
+    async def scenario() -> tuple[str, str]:
+        pool = Pool(p, make_backend(p, Identity()), tick=0.1)
+        pool.start()
+        try:
+            while True:
+                (box,) = pool.status().sandboxes or (None,)
+                if box is not None and box.stage and "capacity" in box.stage:
+                    break
+                await asyncio.sleep(0.05)
+            assert box.state is SandboxState.STARTING and box.stage_for is not None
+            html = render([pool.status()], {})
+            await asyncio.to_thread(small_cluster.api.job.deregister_job, f"{prefix}hog", True)
+            while pool.status().counts().sandboxes != 1:
+                await asyncio.sleep(0.05)
+            return box.stage, html
+        finally:
+            await pool.aclose()
+            await pool.backend.aclose()
+    stage, html = run(scenario)
+    assert stage == "waiting for capacity: memory exhausted on 1 node(s)"
+    assert re.search(r"waiting for capacity: memory exhausted on 1 node\(s\) \(0:\d\d\)", html), html

@@ -44,7 +44,7 @@ from ...identity import Identity, SecretStore
 from ...profiles import Profile
 from ..agent_client import AgentSandbox
 from ..base import Backend as BaseBackend
-from ..base import Health
+from ..base import Health, report_stage
 from . import _job
 from ._api import NomadAPI, NomadAPIError, connection_reason
 from ._settings import Settings
@@ -88,6 +88,7 @@ class _Start:
         if stage != self.stage:
             self.stage = stage
             logger.info("%s: %s", self.job, stage)
+            report_stage(stage)
 
     def expired(self) -> SandboxStartError:
         return SandboxStartError(f"{self.job} did not start within "
