@@ -261,9 +261,11 @@ def test_no_modal_credentials_fail_a_cell_with_one_sentence_within_seconds(
 
 def test_a_sweep_runs_every_item_on_modal(kernel: Kernel) -> None:
     reply = kernel.execute("%%sandbox bash --profile m --name msweep --map i=0..5\n"
-                           "echo \"{\\\"sq\\\": $((i * i))}\"")
+                           "cat params.json; echo; ls; echo \"{\\\"sq\\\": $((i * i))}\"")
     assert reply.status == "ok", reply.error
     got = kernel.execute("df = _.wait(120).df\nprint(sorted(zip(df['i'], df['sq'])), "
                          "set(df['state']))")
     assert got.stdout.strip() == (f"{sorted((str(i), i * i) for i in range(6))} "
                                   "{'succeeded'}"), got.stdout + got.stderr
+    seen = kernel.execute("print(repr(_.logs(3).stdout), [a.path for a in _.artifacts(3)])")
+    assert seen.stdout.strip() == """'{"i": "3"}\\nparams.json\\n{"sq": 9}\\n' []""", seen.stdout

@@ -6,7 +6,9 @@ profile's ``workdir``. A run is one ``Sandbox.exec`` of a small POSIX ``sh`` wra
 group of its own (the group id goes to ``.runs/slot-<k>.pgid`` and, as a marker line, to
 stderr), feeds it the cell body from stdin (exec arguments are capped at 64 KiB; stdin is
 not), and when it ends kills what is left of the group and says whether the slot is
-empty. Marker lines start with ``\\x1e`` and never reach the run's output. Modal has no
+empty. Marker lines start with ``\\x1e`` and never reach the run's output. An exec's small
+``files`` are written through ``sandbox.filesystem`` first, and the wrapper removes them
+(named in ``$SANDBOX_MAGICS_FILES``) when the command ends. Modal has no
 per-exec kill, so `ModalProcess.signal` is a second exec that signals the recorded group.
 Files move through ``sandbox.filesystem``.
 
@@ -44,6 +46,8 @@ HEALTH_INTERVAL = 5.0
 """Seconds a good health answer is reused: the pool asks every tick, and a run whose sandbox
 ends learns it at once from its own exec, so Modal is polled at most this often."""
 RUNS = ".runs"
+FILES_ENV = "SANDBOX_MAGICS_FILES"
+FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 WRAPPER = r"""
 slot=$1; pgfile="$PWD/$2"; shift 2
@@ -61,6 +65,7 @@ else
 fi
 status=$?
 read -r pg < "$pgfile" && kill -s KILL -- "-$pg" 2>/dev/null
+set -f; for f in $SANDBOX_MAGICS_FILES; do rm -f -- "$f"; done; set +f
 empty=1
 for f in .[!.]* ..?* *; do
   if [ -e "$f" ] || [ -L "$f" ]; then empty=0; break; fi
@@ -188,9 +193,17 @@ class ModalSandbox(Sandbox):
 
     async def exec(self, slot: int, request: ExecRequest) -> ModalProcess:
         pgfile = f"{RUNS}/slot-{slot}.pgid"
+        env = dict(request.env)
+        for name, text in request.files.items():  # removed by the wrapper when the run ends
+            if not FILE_NAME.fullmatch(name):
+                raise SandboxError(f"Run {request.run_id}: {name!r} is no plain file name.")
+            await self._fs(f"writing {name}", self.sb.filesystem.write_text, text,
+                           str(self.slot_dir(slot) / name))
+        if request.files:
+            env[FILES_ENV] = " ".join(request.files)
         try:
             cp = await self.sb.exec.aio("sh", "-c", WRAPPER, "sandbox-magics", f"slot-{slot}", pgfile,
-                                        *request.argv, env=dict(request.env) or None, text=False,
+                                        *request.argv, env=env or None, text=False,
                                         workdir=str(self.workdir))
             data = (request.stdin or "").encode()
             for start in range(0, len(data), STDIN_CHUNK):
