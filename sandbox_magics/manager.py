@@ -500,10 +500,10 @@ class Manager:
                        left=kept, cost=spent)
 
     async def _adopt_left_runs(self) -> None:
-        """Start the pools of profiles whose detached runs the previous kernel left going,
-        and attach those runs, so that a shutdown stops them too."""
-        profiles = {r.profile for r in self.previous.values()
-                    if r.going and r.detach and r.id not in self.runs}
+        """Start the pools of the profiles the previous kernel used (they adopt what it
+        left: sandboxes, and detached runs going, which are attached), so that a shutdown
+        stops those too."""
+        profiles = {r.profile for r in self.previous.values()} - set(self.pools)
         for name in profiles:
             with contextlib.suppress(SandboxError):
                 pool = self.pool(self.profile(name))

@@ -18,7 +18,9 @@ import pytest
 
 from tests.conftest import kernel_env
 from tests.kernel_driver import Kernel, agent_pids, wait_until
+from tests.magics.test_modal_cell import start_kernel as modal_kernel
 from tests.magics.test_nomad_cell import nomad_kernel
+from tests.modal_standin.fixtures import Running, standin  # noqa: F401
 from tests.nomad_standin.cluster import Cluster, cluster  # noqa: F401
 
 CLIENT = "get_ipython().magics_manager.registry['SandboxMagics'].client"
@@ -117,6 +119,15 @@ def cluster_kernel(cluster: Cluster, tmp_path: Path) -> Iterator[Kernel]:  # noq
     k.shutdown()
 
 
+@pytest.fixture
+def modal_env_kernel(standin: Running, tmp_path: Path) -> Iterator[Kernel]:  # noqa: F811
+    (tmp_path / "modal").mkdir()
+    k = modal_kernel(tmp_path / "modal", standin.url)
+    yield k
+    k.execute("%sandbox shutdown", timeout=120)
+    k.shutdown()
+
+
 RESTARTS: dict[str, Callable[[Kernel], None]] = {
     "sigkill": _sigkill_and_restart, "graceful": _graceful_restart}
 
@@ -174,6 +185,14 @@ def test_a_bg_run_writing_for_30_s_is_attached_whole_after_a_ten_minute_absence(
     local_kernel.manager.restart_kernel(now=True)
     local_kernel.client.wait_for_ready(timeout=60)
     _attach_and_check(local_kernel, run_id)
+
+
+@pytest.mark.parametrize("restart", list(RESTARTS))
+def test_a_bg_run_on_modal_outlives_its_kernel_and_a_new_kernel_attaches_its_whole_log(
+        modal_env_kernel: Kernel, restart: str) -> None:
+    run_id = _start_writer(modal_env_kernel, "m")
+    RESTARTS[restart](modal_env_kernel)
+    _attach_and_check(modal_env_kernel, run_id)
 
 
 def _agents_under(folder: Path) -> list[int]:

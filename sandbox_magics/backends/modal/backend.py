@@ -34,7 +34,8 @@ from ...exceptions import SandboxError, SandboxLostError, SandboxStartError
 from ...identity import Identity
 from ...profiles import Profile
 from ..base import Backend as BaseBackend
-from ..base import ExecEvent, ExecRequest, Exited, FileInfo, Health, Output, Process, Sandbox, Started
+from ..base import (ExecEvent, ExecRequest, Exited, FileInfo, Health, KeptRun, Output, Process,
+                    Sandbox, Started)
 from .settings import MAX_TIMEOUT, Settings
 
 """The one ``modal`` release this backend and its stand-in are written against."""
@@ -72,6 +73,91 @@ for f in .[!.]* ..?* *; do
 done
 printf '\036sandbox-magics:end status=%s empty=%s\n' "$status" "$empty" >&2
 exit "$status"
+"""
+
+DETACHED = r"""
+mode=$1; slot=$2; id=$3; base="$PWD/.runs/$2"; shift 3
+if [ "$mode" = start ]; then
+  window=$1; limit=$2; shift 2
+  [ -d "$slot" ] && [ -d "${base%/*}" ] || mkdir -p "$slot" "${base%/*}" || exit 125
+  if ! command -v "$1" >/dev/null 2>&1; then
+    printf '\036sandbox-magics:not-found\n' >&2; exit 127
+  fi
+  rm -f "$base.exit" "$base.read" "$base.pgid" "$base.why"
+  cat > "$base.in" || exit 125
+  printf '%s\n' "$id" > "$base.run"; : > "$base.out"; : > "$base.err"
+  touch "${base%/*}/heartbeat"
+  cat > "$base.sh" <<'SUPERVISE'
+base=$1; window=$2; limit=$3; shift 3
+new=; command -v setsid >/dev/null 2>&1 && new=setsid
+$new sh -c 'echo $$ > "$0.pgid"; exec "$@"' "$base" "$@" < "$base.in" > "$base.out" 2> "$base.err" &
+cmd=$!
+started=$(date +%s)
+(
+  while sleep 1; do
+    now=$(date +%s); beat=$(stat -c %Y "${base%/*}/heartbeat" 2>/dev/null || echo "$now")
+    why=
+    if [ $((now - beat)) -gt "$window" ]; then why=owner-gone
+    elif [ "$limit" -gt 0 ] && [ $((now - started)) -gt "$limit" ]; then why=timeout
+    fi
+    if [ -n "$why" ]; then
+      echo "$why" > "$base.why"
+      for sig in INT TERM KILL; do kill -s "$sig" -- "-$cmd" 2>/dev/null || kill -s "$sig" "$cmd"; sleep 2; done
+      exit
+    fi
+  done
+) &
+dog=$!
+wait "$cmd"; status=$?
+kill "$dog" 2>/dev/null
+kill -s KILL -- "-$cmd" 2>/dev/null
+set -f; for f in $SANDBOX_MAGICS_FILES; do rm -f -- "$f"; done; set +f
+empty=1
+for f in .[!.]* ..?* *; do
+  if [ -e "$f" ] || [ -L "$f" ]; then empty=0; break; fi
+done
+why=$(cat "$base.why" 2>/dev/null)
+printf 'status=%s empty=%s why=%s\n' "$status" "$empty" "$why" > "$base.exit.tmp"
+mv "$base.exit.tmp" "$base.exit"
+SUPERVISE
+  new=; command -v setsid >/dev/null 2>&1 && new=setsid
+  (cd "$slot" && $new sh "$base.sh" "$base" "$window" "$limit" "$@" </dev/null >/dev/null 2>&1 &)
+elif [ "$(cat "$base.run" 2>/dev/null)" != "$id" ]; then
+  exit 3
+fi
+o=0; e=0; pg=
+while :; do
+  fin=0; [ -e "$base.exit" ] && fin=1
+  if [ -z "$pg" ] && [ -s "$base.pgid" ]; then
+    read -r pg < "$base.pgid"; printf '\036sandbox-magics:pgid=%s\n' "$pg" >&2
+  fi
+  n=$(wc -c < "$base.out")
+  if [ "$n" -gt "$o" ]; then tail -c +$((o + 1)) "$base.out" | head -c $((n - o)); o=$n; fi
+  n=$(wc -c < "$base.err")
+  if [ "$n" -gt "$e" ]; then tail -c +$((e + 1)) "$base.err" | head -c $((n - e)) >&2; e=$n; fi
+  [ "$fin" = 1 ] && break
+  sleep 0.1
+done
+read -r end < "$base.exit"
+: > "$base.read"
+printf '\036sandbox-magics:end %s\n' "$end" >&2
+"""
+"""A detached run: ``start`` copies the cell (stdin) to ``.runs/slot-K.in`` and starts a
+supervisor (``.runs/slot-K.sh``) in a session of its own, outside the exec, that runs the
+command in a session of its own too, with its stdout and stderr in ``.runs/slot-K.out``
+and ``.err``, stops it (SIGINT, SIGTERM, SIGKILL) once the sandbox's heartbeat file is
+older than the window or the run is past its limit, and writes how it ended to
+``.runs/slot-K.exit``; then, as ``follow`` does for a later client, it streams both files
+from their first byte until the end is recorded (exit 3: the slot keeps no such run)."""
+
+KEPT = r"""
+for run in .runs/slot-*.run; do
+  [ -e "$run" ] || continue
+  base=${run%.run}
+  [ -e "$base.exit" ] && [ -e "$base.read" ] && continue
+  state=running; [ -e "$base.exit" ] && state=ended
+  printf '%s %s %s\n' "${base##*/slot-}" "$state" "$(cat "$run")"
+done
 """
 
 SIGNAL = r"""
@@ -145,8 +231,10 @@ def _prefix_tail(data: bytes) -> int:
 class ModalSandbox(Sandbox):
     """One `modal.Sandbox`, its slots being folders under ``workdir``."""
 
-    def __init__(self, sb: Any, slots: int, tags: Mapping[str, str], workdir: str) -> None:
+    def __init__(self, sb: Any, slots: int, tags: Mapping[str, str], workdir: str,
+                 window: float = 900.0) -> None:
         self.sb = sb
+        self.window = window
         self.id = tags.get(identity.NAME) or sb.object_id
         self.slots = slots
         self.tags = dict(tags)
@@ -201,6 +289,8 @@ class ModalSandbox(Sandbox):
                            str(self.slot_dir(slot) / name))
         if request.files:
             env[FILES_ENV] = " ".join(request.files)
+        if request.detach:
+            return await self._detached(slot, request, env)
         try:
             cp = await self.sb.exec.aio("sh", "-c", WRAPPER, "sandbox-magics", f"slot-{slot}", pgfile,
                                         *request.argv, env=env or None, text=False,
@@ -217,6 +307,50 @@ class ModalSandbox(Sandbox):
         except _modal().exception.Error as exc:
             raise await self.lost(exc, f"starting run {request.run_id}") from None
         return ModalProcess(self, cp, request, pgfile)
+
+    async def _detached(self, slot: int, request: ExecRequest, env: dict[str, str]) -> ModalProcess:
+        """Start ``request`` to go on without this exec (`DETACHED`), and follow it."""
+        limit = str(int(request.timeout)) if request.timeout else "0"
+        try:
+            cp = await self.sb.exec.aio(
+                "sh", "-c", DETACHED, "sandbox-magics", "start", f"slot-{slot}", request.run_id,
+                str(int(self.window)), limit, *request.argv, env=env or None, text=False,
+                workdir=str(self.workdir))
+            cp.stdin.write((request.stdin or "").encode())
+            cp.stdin.write_eof()
+            await cp.stdin.drain.aio()
+        except _modal().exception.Error as exc:
+            raise await self.lost(exc, f"starting run {request.run_id}") from None
+        return ModalProcess(self, cp, request, f"{RUNS}/slot-{slot}.pgid")
+
+    async def kept_runs(self) -> list[KeptRun]:
+        lines = await self._script(KEPT, "listing the runs it keeps")
+        kept = []
+        for line in lines.splitlines():
+            slot, state, run_id = line.split(" ", 2)
+            kept.append(KeptRun(run_id, int(slot), state == "running"))
+        return kept
+
+    async def follow(self, slot: int, run_id: str) -> ModalProcess:
+        if not any(k.slot == slot and k.run_id == run_id for k in await self.kept_runs()):
+            raise SandboxError(f"Modal sandbox {self.id} keeps no run {run_id} in slot {slot}.")
+        try:
+            cp = await self.sb.exec.aio("sh", "-c", DETACHED, "sandbox-magics", "follow",
+                                        f"slot-{slot}", run_id, text=False,
+                                        workdir=str(self.workdir))
+        except _modal().exception.Error as exc:
+            raise await self.lost(exc, f"following run {run_id}") from None
+        return ModalProcess(self, cp, ExecRequest(run_id, ("",)), f"{RUNS}/slot-{slot}.pgid")
+
+    async def _script(self, script: str, doing: str) -> str:
+        """The stdout of ``script`` run by ``sh`` in the workdir."""
+        try:
+            cp = await self.sb.exec.aio("sh", "-c", script, text=True, workdir=str(self.workdir))
+            out = await cp.stdout.read.aio()
+            await cp.wait.aio()
+        except _modal().exception.Error as exc:
+            raise await self.lost(exc, doing) from None
+        return out
 
     async def _fs(self, doing: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         modal = _modal()
@@ -256,6 +390,7 @@ class ModalSandbox(Sandbox):
 
     async def reset(self, slot: int) -> None:
         folder = str(self.slot_dir(slot))
+        await self._script(f"rm -f {RUNS}/slot-{int(slot)}.*", f"emptying slot {slot}")
         with contextlib.suppress(SandboxError):
             await self._fs(f"emptying slot {slot}", self.sb.filesystem.remove, folder,
                            recursive=True)
@@ -277,9 +412,13 @@ class ModalSandbox(Sandbox):
         return Health(True)
 
     async def heartbeat(self, tags: Mapping[str, str]) -> None:
+        """Record ``tags`` on the sandbox, and touch the heartbeat file the watchdog of a
+        detached run reads (it stops the run once the file is older than the window)."""
         new = {**self.tags, **tags}
         await self.sb.set_tags.aio(new)
         self.tags = new
+        await self._fs("writing the heartbeat", self.sb.filesystem.write_text,
+                       str(int(time.time())), str(self.workdir / RUNS / "heartbeat"))
 
     async def terminate(self) -> None:
         self.terminated = True
@@ -368,9 +507,10 @@ class ModalProcess(Process):
                           error=f"{self._request.argv[0]!r} was not found in the sandbox's image")
         empty = None if end is None else end.get("empty") == "1"
         status = int(end["status"]) if end is not None else code
-        if self._signalled and 128 < status < 128 + 65:
-            return Exited(-(status - 128), signal=status - 128, workspace_empty=empty)
-        return Exited(status, workspace_empty=empty)
+        why = (end or {}).get("why") or None
+        if (self._signalled or why) and 128 < status < 128 + 65:
+            return Exited(-(status - 128), signal=status - 128, reason=why, workspace_empty=empty)
+        return Exited(status, reason=why, workspace_empty=empty)
 
     async def signal(self, sig: int) -> bool:
         if self._ended:
@@ -453,7 +593,8 @@ class Backend(BaseBackend):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes one sentence
             raise SandboxStartError(self.explain(profile, exc)) from None
-        return ModalSandbox(sb, profile.slots_per_sandbox, tags, s.workdir)
+        return ModalSandbox(sb, profile.slots_per_sandbox, tags, s.workdir,
+                            profile.heartbeat_window)
 
     def explain(self, profile: Profile, exc: BaseException) -> str:
         """One sentence for a failed start: what Modal said, and what to do."""
@@ -492,7 +633,7 @@ class Backend(BaseBackend):
                 tags = await sb.get_tags.aio()
                 if identity.CLIENT in tags:
                     found.append(ModalSandbox(sb, profile.slots_per_sandbox, tags,
-                                              self.settings.workdir))
+                                              self.settings.workdir, profile.heartbeat_window))
         except modal.exception.Error as exc:
             raise SandboxError(self.explain(profile, exc)) from None
         return found
