@@ -353,3 +353,28 @@ def test_live_modal_runs_a_command() -> None:
         finally:
             await sandbox.terminate()
     assert text(run(scenario, timeout=600), "stdout") == "live\n"
+
+
+def test_a_detached_run_whose_owner_stops_heartbeating_is_stopped_after_the_window(
+        modal_env: Running, tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+
+    async def scenario() -> tuple[list[Any], list[Any], Exited, int]:
+        sandbox = await started(profile(heartbeat_window=2))
+        process = await sandbox.exec(0, ExecRequest(
+            "bg", ("bash",), stdin=f"sleep 300 & echo $! > {marker}; echo up; wait",
+            detach=True))
+        async for event in process:
+            if isinstance(event, Output) and b"up" in event.data:
+                break
+        await process.aclose()  # the kernel goes; the run goes on, then its window passes
+        kept = await sandbox.kept_runs()
+        _, exited = await collect(await sandbox.follow(0, "bg"))
+        after = await sandbox.kept_runs()
+        await sandbox.terminate()
+        return kept, after, exited, int(marker.read_text())
+    kept, after, exited, child = run(scenario)
+    assert [(k.run_id, k.slot, k.running) for k in kept] == [("bg", 0, True)]
+    assert exited.reason == "owner-gone" and exited.signal is not None, exited
+    assert after == [], "a run followed to its end is still listed as kept"
+    assert not pid_alive(child), "the run's child outlived the stop"
