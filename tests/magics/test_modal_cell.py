@@ -14,6 +14,7 @@ import pytest
 from sandbox_magics import identity
 from tests.conftest import kernel_env
 from tests.kernel_driver import Kernel, pid_alive, wait_until
+from tests.magics.test_sweep import check_a_sweep_runs_every_item
 from tests.modal_standin.fixtures import CANARY_VALUE, Running, modal_environment, standin  # noqa: F401,F811
 
 PROFILES = """
@@ -260,12 +261,4 @@ def test_no_modal_credentials_fail_a_cell_with_one_sentence_within_seconds(
 
 
 def test_a_sweep_runs_every_item_on_modal(kernel: Kernel) -> None:
-    reply = kernel.execute("%%sandbox bash --profile m --name msweep --map i=0..5\n"
-                           "cat params.json; echo; ls; echo \"{\\\"sq\\\": $((i * i))}\"")
-    assert reply.status == "ok", reply.error
-    got = kernel.execute("df = _.wait(120).df\nprint(sorted(zip(df['i'], df['sq'])), "
-                         "set(df['state']))")
-    assert got.stdout.strip() == (f"{sorted((str(i), i * i) for i in range(6))} "
-                                  "{'succeeded'}"), got.stdout + got.stderr
-    seen = kernel.execute("print(repr(_.logs(3).stdout), [a.path for a in _.artifacts(3)])")
-    assert seen.stdout.strip() == """'{"i": "3"}\\nparams.json\\n{"sq": 9}\\n' []""", seen.stdout
+    check_a_sweep_runs_every_item(kernel, "m")

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import kernel_env
 from tests.kernel_driver import Kernel, wait_until
+from tests.magics.test_sweep import check_a_sweep_runs_every_item
 from tests.nomad_standin.cluster import Cluster, cluster  # noqa: F401
 
 PROFILES = """
@@ -320,12 +321,4 @@ def test_shutdown_purge_leaves_no_job_and_no_running_allocation(
 
 
 def test_a_sweep_runs_every_item_on_nomad(kernel: Kernel) -> None:
-    reply = kernel.execute("%%sandbox bash --profile cluster --name nsweep --map i=0..5\n"
-                           "cat params.json; echo; ls; echo \"{\\\"sq\\\": $((i * i))}\"")
-    assert reply.status == "ok", reply.error
-    got = kernel.execute("df = _.wait(120).df\nprint(sorted(zip(df['i'], df['sq'])), "
-                         "set(df['state']))")
-    assert got.stdout.strip() == (f"{sorted((str(i), i * i) for i in range(6))} "
-                                  "{'succeeded'}"), got.stdout + got.stderr
-    seen = kernel.execute("print(repr(_.logs(3).stdout), [a.path for a in _.artifacts(3)])")
-    assert seen.stdout.strip() == """'{"i": "3"}\\nparams.json\\n{"sq": 9}\\n' []""", seen.stdout
+    check_a_sweep_runs_every_item(kernel, "cluster")

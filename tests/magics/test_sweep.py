@@ -136,3 +136,17 @@ def test_a_sweep_that_cannot_be_made_is_one_sentence_and_runs_nothing(kernel: Ke
     assert empty.error["ename"] == "SweepError" and "needs values" in empty.error["evalue"]
     assert empty.error["traceback"] == [f"SweepError: {empty.error['evalue']}"]
     assert kernel.execute(f"print(len({CLIENT}.manager.runs))").stdout == before
+
+
+def check_a_sweep_runs_every_item(kernel: Kernel, profile: str) -> None:
+    """A 6-item sweep on ``profile``: every item succeeds with its result, and an item
+    read its params.json, which it does not leave as an artifact."""
+    reply = kernel.execute(f"%%sandbox bash --profile {profile} --name six --map i=0..5\n"
+                           "cat params.json; echo; ls; echo \"{\\\"sq\\\": $((i * i))}\"")
+    assert reply.status == "ok", reply.error
+    got = kernel.execute("df = _.wait(120).df\nprint(sorted(zip(df['i'], df['sq'])), "
+                         "set(df['state']))")
+    assert got.stdout.strip() == (f"{sorted((str(i), i * i) for i in range(6))} "
+                                  "{'succeeded'}"), got.stdout + got.stderr
+    seen = kernel.execute("print(repr(_.logs(3).stdout), [a.path for a in _.artifacts(3)])")
+    assert seen.stdout.strip() == """'{"i": "3"}\\nparams.json\\n{"sq": 9}\\n' []""", seen.stdout

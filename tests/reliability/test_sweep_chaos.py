@@ -11,19 +11,8 @@ import pytest
 
 from sandbox_magics import Client
 from tests.kernel_driver import agent_pids, wait_until
-from tests.reliability.test_chaos import AgentKiller
+from tests.reliability.test_chaos import PROFILES, AgentKiller
 
-PROFILES = """
-[profiles.chaos]
-slots_per_sandbox = 4
-min_sandboxes = 3
-max_sandboxes = 3
-acquire_timeout = 600
-start_timeout = 30
-
-[profiles.chaos.local]
-workspace_base = "{ws}"
-"""
 ITEMS = 60
 
 
