@@ -57,7 +57,9 @@ def test_status_bar_and_sidebar_follow_the_kernel_and_answer_while_busy(
     wait_for(lambda: re.search(r"\d+:\d\d", row.locator(".sbx-lab-elapsed").inner_text()) is not None,
              5, "no elapsed time")
 
-    blocking = nb.run("%%sandbox bash\nsleep 15; echo woke", wait=False)
+    gate = lab.root / "sidebar.gate"
+    blocking = nb.run(f"%%sandbox bash\nuntil [ -e {gate} ]; do sleep 0.05; done; echo woke",
+                      wait=False)
     wait_for(lambda: status_text(page) == "sandbox 3/8" or "3/" in status_text(page), 15,
              f"status bar says {status_text(page)!r}")
     page.screenshot(path=str(screenshots / "sidebar.png"))
@@ -71,6 +73,7 @@ def test_status_bar_and_sidebar_follow_the_kernel_and_answer_while_busy(
     panel.locator(".sbx-lab-run-name", has_text="sidebar-a").click()
     log = page.locator(".sbx-lab-log")
     wait_text(log, "cancelled", 10)
+    gate.touch()
     nb.wait_cell(blocking, 60)
     nb.run("%sandbox cancel sidebar-b")
 
@@ -210,7 +213,7 @@ def test_a_bg_run_outlives_a_kernel_restart_and_its_attached_log_and_sidebar_row
     nb = Notebook(lab, page, "attach_after_restart.ipynb")
     nb.run("%load_ext sandbox_magics")
     started = nb.run("%%sandbox bash --bg --name outlives\n"
-                     "for i in $(seq 1 300); do echo \"tick $i.\"; sleep 0.05; done")
+                     "for i in $(seq 1 200); do echo \"tick $i.\"; sleep 0.04; done")
     wait_text(nb.output(started), "tick 3.", 20)
     page.evaluate("() => window.sbxTest.nb().sessionContext.session.kernel.restart()")
     nb.wait_idle(60)
@@ -219,13 +222,13 @@ def test_a_bg_run_outlives_a_kernel_restart_and_its_attached_log_and_sidebar_row
     wait_text(nb.output(runs), "running (started by the previous kernel at", 20)
 
     attached = nb.run("%sandbox attach outlives")
-    wait_text(nb.output(attached), "tick 300.", 60)
+    wait_text(nb.output(attached), "tick 200.", 60)
     head = nb.output(attached).inner_text().splitlines()[0]
-    assert "succeeded, exit code 0" in head and "2.8 KB of output" in head, head
+    assert "succeeded, exit code 0" in head and "1.8 KB of output" in head, head
     lines = nb.run("run = get_ipython().magics_manager.registry['SandboxMagics'].client"
                    ".get_run('outlives')\nprint(run.stdout.splitlines()[:2], "
                    "len(run.stdout.splitlines()))")
-    wait_text(nb.output(lines), "['tick 1.', 'tick 2.'] 300", 10)
+    wait_text(nb.output(lines), "['tick 1.', 'tick 2.'] 200", 10)
     page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
     row = page.locator("#sandbox-magics-sidebar .sbx-lab-run[data-run]", has_text="outlives")
     wait_text(row.locator(".sbx-lab-state"), "succeeded", 15)
@@ -273,7 +276,9 @@ def test_the_money_shows_in_the_status_bar_and_sidebar_and_the_idle_warning_answ
     wait_text(warning, "1 priced sandbox(es) idle", 15)
     assert re.search(r"stopping in \d+ s", warning.inner_text()), warning.inner_text()
 
-    blocking = nb.run("%%sandbox bash\nsleep 10; echo woke", wait=False)
+    gate = lab.root / "money.gate"
+    blocking = nb.run(f"%%sandbox bash\nuntil [ -e {gate} ]; do sleep 0.05; done; echo woke",
+                      wait=False)
     wait_for(lambda: page.evaluate("i => window.sbxTest.state(i).running", blocking), 15,
              "the blocking cell never started")
     before = int(re.search(r"stopping in (\d+) s", warning.inner_text())[1])
@@ -289,4 +294,5 @@ def test_the_money_shows_in_the_status_bar_and_sidebar_and_the_idle_warning_answ
     warning.locator(".sbx-lab-stop-idle").click()
     wait_for(lambda: pool.locator(".sbx-lab-idle").count() == 0, 15, "the warning stayed")
     wait_text(pool.locator(".sbx-lab-pool-head"), "0/0 busy", 15)
+    gate.touch()
     nb.wait_cell(blocking, 60)

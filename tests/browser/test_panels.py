@@ -101,7 +101,9 @@ def test_controls_answer_while_a_blocking_cell_runs(notebook: Notebook) -> None:
                          "for i in $(seq 2000); do echo line $i; sleep 0.05; done")
     cell = notebook.cell(index)
     wait_text(cell, "line 20")
-    blocking = notebook.run("%%sandbox bash\nsleep 20; echo woke", wait=False)
+    gate = notebook.lab.root / f"{notebook.name}.gate"
+    blocking = notebook.run(f"%%sandbox bash\nuntil [ -e {gate} ]; do sleep 0.05; done; echo woke",
+                            wait=False)
     notebook.page.wait_for_function("() => window.sbxTest.kernelStatus() === 'busy'")
     time.sleep(1.0)
     follow = cell.get_by_role("button", name=re.compile("Follow"))
@@ -116,6 +118,7 @@ def test_controls_answer_while_a_blocking_cell_runs(notebook: Notebook) -> None:
     # (The kernel's status is no guide: a subshell publishes idle after each message.)
     assert notebook.page.evaluate("i => window.sbxTest.state(i).count", blocking) is None, \
         "the blocking cell had already ended"
+    gate.touch()
     notebook.wait_cell(blocking, 60)
     assert "woke" in notebook.cell(blocking).inner_text()
 

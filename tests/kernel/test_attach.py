@@ -130,6 +130,9 @@ def modal_env_kernel(standin: Running, tmp_path: Path) -> Iterator[Kernel]:  # n
 
 RESTARTS: dict[str, Callable[[Kernel], None]] = {
     "sigkill": _sigkill_and_restart, "graceful": _graceful_restart}
+# On the engines a graceful restart is also covered by the lifecycle suite (attach, then
+# shutdown); its checksummed form runs with the soak marker.
+ENGINE_RESTARTS = ["sigkill", pytest.param("graceful", marks=pytest.mark.soak)]
 
 
 @pytest.mark.parametrize("restart", list(RESTARTS))
@@ -140,7 +143,7 @@ def test_a_bg_run_on_local_outlives_its_kernel_and_a_new_kernel_attaches_its_who
     _attach_and_check(local_kernel, run_id)
 
 
-@pytest.mark.parametrize("restart", list(RESTARTS))
+@pytest.mark.parametrize("restart", ENGINE_RESTARTS)
 def test_a_bg_run_on_nomad_outlives_its_kernel_and_a_new_kernel_attaches_its_whole_log(
         cluster_kernel: Kernel, restart: str) -> None:
     run_id = _start_writer(cluster_kernel, "cluster")
@@ -187,7 +190,7 @@ def test_a_bg_run_writing_for_30_s_is_attached_whole_after_a_ten_minute_absence(
     _attach_and_check(local_kernel, run_id)
 
 
-@pytest.mark.parametrize("restart", list(RESTARTS))
+@pytest.mark.parametrize("restart", ENGINE_RESTARTS)
 def test_a_bg_run_on_modal_outlives_its_kernel_and_a_new_kernel_attaches_its_whole_log(
         modal_env_kernel: Kernel, restart: str) -> None:
     run_id = _start_writer(modal_env_kernel, "m")

@@ -75,7 +75,7 @@ def test_unknown_profile_is_an_unknown_profile_error_listing_profiles(kernel: Ke
     reply = kernel.execute("%%sandbox bash --profile nope\necho hi")
     assert reply.error is not None and reply.error["ename"] == "UnknownProfileError"
     assert reply.error["evalue"] == ("Unknown profile 'nope'; valid profiles are: "
-                                     "default, high-memory, pytorch-gpu, tiny.")
+                                     "default, high-memory, priced, pytorch-gpu, tiny.")
 
 
 def test_bad_flags_are_usage_errors(kernel: Kernel) -> None:

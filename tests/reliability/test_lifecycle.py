@@ -167,7 +167,7 @@ class Modal(Engine):
     """The Modal stand-in of this module; a start is gated by wrapping its create call."""
 
     name = "modal"
-    lifetime = 20
+    lifetime = 12
     after_kill = lifetime + 20
 
     def __init__(self, standin: Running) -> None:
