@@ -25,7 +25,7 @@ from tests.nomad_standin.cluster import Cluster, cluster  # noqa: F401
 
 CLIENT = "get_ipython().magics_manager.registry['SandboxMagics'].client"
 MB = 20
-SECONDS = 6.0
+SECONDS = 3.0
 ABSENCE = 600.0
 
 WRITER = textwrap.dedent('''

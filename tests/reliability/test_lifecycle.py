@@ -49,6 +49,8 @@ from tests.modal_standin.server import ControlPlane
 from tests.nomad_standin.cluster import Cluster, start_standin
 
 WINDOW = 20.0
+KILLED_WINDOW = 4.0
+"""The heartbeat window of a lab whose kernel is SIGKILLed (no restart has to fit in it)."""
 CLIENT = "get_ipython().magics_manager.registry['SandboxMagics'].client"
 PROFILES = """
 [profiles.default]
@@ -167,7 +169,7 @@ class Modal(Engine):
     """The Modal stand-in of this module; a start is gated by wrapping its create call."""
 
     name = "modal"
-    lifetime = 12
+    lifetime = 8
     after_kill = lifetime + 20
 
     def __init__(self, standin: Running) -> None:
@@ -232,7 +234,8 @@ class Lab:
         self.workspaces = root / "ws"
         default_table, tiny_table = engine.tables(self, kill)
         profiles = root / "profiles.toml"
-        profiles.write_text(PROFILES.format(backend=engine.name, window=engine.window,
+        window = KILLED_WINDOW if kill else engine.window  # no next kernel to wait for
+        profiles.write_text(PROFILES.format(backend=engine.name, window=window,
                                             default_table=default_table, tiny_table=tiny_table))
         env = {**kernel_env(profiles, self.workspaces), **engine.env(self)}
         env["SANDBOX_MAGICS__TINY__LOCAL__WORKSPACE_BASE"] = str(self.workspaces)
