@@ -21,8 +21,13 @@ written for the builtin still catches ours)::
     │                                   sandbox starts
     ├── SweepError [ValueError]         a sweep's parameters make no grid (empty, malformed,
     │                                   too large); nothing ran
-    └── RunFailedError                  a run ended with a non-zero exit, a timeout or a cancel
-        └── SweepFailedError            items of a sweep did not succeed (their parameters)
+    ├── RunFailedError                  a run ended with a non-zero exit, a timeout or a cancel
+    │   └── SweepFailedError            items of a sweep did not succeed (their parameters)
+    ├── KernelError                     a kernel session could not start, or its kernel died
+    │   ├── KernelInterruptedError      a cell was interrupted; the kernel keeps its state
+    │   └── VariableError               a value could not be pushed or pulled (named)
+    └── RemoteError                     a cell in a kernel session raised: its remote
+                                        traceback, shown once
 
 In IPython every error renders as its one-line message, not a traceback wall
 (``_render_traceback_``, the hook ipyparallel's remote errors use too).
@@ -116,3 +121,29 @@ class SweepFailedError(RunFailedError):
 class BudgetError(SandboxError):
     """Raised for a run that waits for a sandbox when the budget is spent: the sentence
     says the budget and what it was spent on."""
+
+
+class KernelError(SandboxError):
+    """Raised when a kernel session's kernel could not start or died (the sentence says
+    why and what to do)."""
+
+
+class KernelInterruptedError(KernelError):
+    """Raised for a kernel-session cell that was interrupted: the kernel keeps its state."""
+
+
+class VariableError(KernelError):
+    """Raised when values could not be pushed into or pulled out of a kernel session; the
+    sentence names each one, and every other value was moved."""
+
+
+class RemoteError(SandboxError):
+    """Raised when a cell in a kernel session raised: ``ename`` and ``evalue`` as the
+    sandbox's Python saw them; IPython shows the remote ``traceback`` once, as its own."""
+
+    def __init__(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        super().__init__(f"{ename}: {evalue}" if evalue else ename)
+        self.ename, self.evalue, self.traceback = ename, evalue, list(traceback)
+
+    def _render_traceback_(self) -> list[str]:
+        return self.traceback or [str(self)]

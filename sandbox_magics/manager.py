@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import enum
 import shutil
+import sys
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +27,14 @@ from .backends import Backend, make_backend, settings_of
 from .exceptions import (ClosedError, ProfileError, SandboxError, UnknownProfileError,
                          UnknownRunError, UnknownSandboxError)
 from .identity import Identity
+from .live import KernelSession, KernelState
 from .pool import Pool, PoolEvent, PoolStatus
 from .pool import cost as pricing
 from .profiles import Profile, shown_env_name
 from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState, Stage
 from .runs.drive import attached, drive
 from .runs.ledger import Ledger, RunRecord, every_kernel
-from .runs.run import Listener
+from .runs.run import Decode, Listener
 from .sweeps import Sweep
 from .sweeps.grid import Params
 from .sweeps.sweep import Item
@@ -101,6 +103,7 @@ class Manager:
         self._noticed: set[str] = set()
         self._ledger_failed = False
         self._checked: dict[str, tuple[Profile, Hashable]] = {}
+        self.kernels: dict[tuple[str, str], KernelSession] = {}
 
     def _check_open(self) -> None:
         if self.state is ManagerState.CLOSED:
@@ -184,11 +187,11 @@ class Manager:
                                       self.client_folder("artifacts"), self.grace))
 
     def _new_run(self, run_id: str, spec: RunSpec, profile: Profile,
-                 listener: Listener | None = None) -> Run:
+                 listener: Listener | None = None, decode: Decode | None = None) -> Run:
         """A `Run` of this kernel, registered and recorded in the ledger at each change."""
         run = Run(run_id, spec, profile.backend,
                   LogBuffer(spill_dir=str(self.client_folder("logs")),
-                            disk_limit=int(profile.log_limit_mb * 2**20)))
+                            disk_limit=int(profile.log_limit_mb * 2**20)), decode)
         if listener is not None:
             run.add_listener(listener)
         run.add_listener(self._record)
@@ -216,15 +219,26 @@ class Manager:
         for listener in list(self.listeners):
             listener(event)
 
-    def submit(self, spec: RunSpec, listener: Listener | None = None) -> Run:
+    def submit(self, spec: RunSpec, listener: Listener | None = None,
+               decode: Decode | None = None) -> Run:
         """Queue ``spec`` and return its `Run` at once; the run proceeds in a task.
 
-        ``listener`` is attached before anything (notices included) is emitted.
+        ``listener`` is attached before anything (notices included) is emitted; ``decode``
+        turns the process's output into the run's (a kernel session's frames).
+
+        Raises:
+            SandboxError: ``spec``'s session holds a live kernel (it takes Python cells only).
         """
         self._check_open()
         profile = self.profile(spec.profile)
+        kernel = self.kernels.get((profile.name, spec.session or ""))
+        if not spec.interactive and kernel is not None and kernel.state is not KernelState.STOPPED:
+            raise SandboxError(
+                f"Session {spec.session!r} holds a live Python kernel, which takes its cells "
+                f"(%%sandbox python --kernel --session {spec.session}); end it first with "
+                f"%sandbox end-session {spec.session}.")
         pool = self.pool(profile)
-        run = self._new_run(self.runs.next_id(), spec, profile, listener)
+        run = self._new_run(self.runs.next_id(), spec, profile, listener, decode)
         if profile.name not in self._noticed:
             self._noticed.add(profile.name)
             for notice in pool.backend.notices(profile):
@@ -234,6 +248,22 @@ class Manager:
             return run
         self._start(run, drive(run, profile, pool, self.client_folder("artifacts"), self.grace))
         return run
+
+    def kernel(self, profile_name: str, session: str, python: str) -> KernelSession:
+        """The kernel session ``session`` of profile ``profile_name``, made on first use
+        (its kernel starts with its first cell). ``python`` runs it; on the local backend
+        the sandbox uses this kernel's own Python."""
+        self._check_open()
+        profile = self.profile(profile_name)
+        if profile.backend == "local":
+            python = sys.executable
+        kernel = self.kernels.get((profile.name, session))
+        if kernel is None or (kernel.python != python and kernel.state is KernelState.STOPPED):
+            kernel = self.kernels[(profile.name, session)] = KernelSession(
+                session, profile, python, lambda spec, decode: self.submit(spec, decode=decode),
+                self.cancel)
+        kernel.profile = profile
+        return kernel
 
     def cost(self) -> float | None:
         """What this kernel's sandboxes cost so far, estimated, over the pools whose price
@@ -430,6 +460,9 @@ class Manager:
     async def end_session(self, session: str) -> list[str]:
         """End ``session`` in every pool that has it; return those pools' profiles."""
         self._check_open()
+        for (_, name), kernel in self.kernels.items():
+            if name == session:
+                await kernel.stop("its session was ended (%sandbox end-session)")
         return [name for name, pool in self.pools.items() if await pool.end_session(session)]
 
     async def sandbox_log(self, name: str) -> str:
@@ -461,6 +494,8 @@ class Manager:
         if not leave_detached:
             await self._adopt_left_runs()
         self.state = ManagerState.CLOSED
+        for kernel in self.kernels.values():
+            kernel.close()
         sweeps = [task for tasks in self._sweep_tasks.values() for task in tasks]
         for task in sweeps:  # first, so that no item starts a run meanwhile
             task.cancel()

@@ -9,6 +9,9 @@ Routes (all under ``/v1``, all behind the bearer token)::
     GET  /slots/{slot}/runs/{run_id}/output?offset=N
                                           the run's frames from output offset N (default
                                           0): what is kept, then live until EXIT
+    POST /slots/{slot}/runs/{run_id}/stdin?eof=1
+                                          more stdin for an interactive run (the body),
+                                          then, with ``eof``, its end
     POST /slots/{slot}/signal             deliver one signal to the run's process group
     POST /slots/{slot}/reset              empty the slot's workspace
     GET  /slots/{slot}/files              list files  (?path= is not taken: whole workspace)
@@ -118,6 +121,7 @@ def make_app(token: str, root: Path, slots: int, stop: asyncio.Event,
         post(f"{p}/slots/{{slot}}/exec", exec_run),
         get(f"{p}/slots/{{slot}}/runs/{{run_id}}", run_state),
         get(f"{p}/slots/{{slot}}/runs/{{run_id}}/output", run_output),
+        post(f"{p}/slots/{{slot}}/runs/{{run_id}}/stdin", run_stdin),
         post(f"{p}/slots/{{slot}}/signal", signal_run),
         post(f"{p}/slots/{{slot}}/reset", reset),
         get(f"{p}/slots/{{slot}}/files", list_files),
@@ -422,14 +426,29 @@ async def exec_run(request: web.Request) -> web.StreamResponse:
     try:
         slot.path.mkdir(parents=True, exist_ok=True)
         _write_files(request, slot.path, body.files)
-        with tempfile.TemporaryFile() as stdin:
-            await _receive_stdin(request, stdin, stdin_head)
+        if body.interactive:
+            if stdin_head or not request.content.at_eof() and await request.content.read(1):
+                raise Refusal(400, "an interactive exec's body is its JSON line only; send "
+                                   "its stdin to the run's stdin route")
+            read, run.stdin = process.stdin_pipe()
             try:
-                job = process.start(body.argv, slot.path, env, stdin)
+                job = process.start(body.argv, slot.path, env, read)
             except OSError as exc:
+                run.close_stdin()
                 _not_started(run, body.argv, exc)
                 return await _follow(request, run, 0)
+            finally:
+                os.close(read)
+        else:
+            with tempfile.TemporaryFile() as stdin:
+                await _receive_stdin(request, stdin, stdin_head)
+                try:
+                    job = process.start(body.argv, slot.path, env, stdin)
+                except OSError as exc:
+                    _not_started(run, body.argv, exc)
+                    return await _follow(request, run, 0)
     except BaseException:
+        run.close_stdin()
         slot.abandon(run)
         raise
     run.start(job, slot.path, body.timeout, tuple(body.files))
@@ -508,6 +527,29 @@ async def _follow(request: web.Request, run: process.Run, offset: int,
         if owner and not sent and not run.detach and run.job is not None:
             process.kill(run.job, "client-gone")
     return response
+
+
+async def run_stdin(request: web.Request) -> web.Response:
+    """Write the body to the stdin of the slot's interactive run, as it comes; with
+    ``?eof=1`` close that stdin afterwards. Answers ``{"written": n}``."""
+    _, run = _run(request)
+    if run.log.ended or run.job is None:
+        raise Refusal(409, f"run {workspace.shown(run.run_id)} has ended; its stdin is gone")
+    if run.stdin is None:
+        raise Refusal(409, f"run {workspace.shown(run.run_id)} takes no more stdin: it was not "
+                           "exec'd interactive, or its stdin was closed")
+    written = 0
+    with _body_refusals(request):
+        async for chunk in request.content.iter_chunked(FILE_READ):
+            try:
+                await run.write_stdin(chunk)
+            except BrokenPipeError:
+                raise Refusal(409, f"run {workspace.shown(run.run_id)} no longer reads its "
+                                   "stdin") from None
+            written += len(chunk)
+    if request.query.get("eof") == "1":
+        run.close_stdin()
+    return web.json_response({"written": written})
 
 
 async def signal_run(request: web.Request) -> web.Response:

@@ -35,7 +35,8 @@ class ExecBody:
     agent's own, the rest of the body as its stdin; a ``detach``-ed run goes on when its
     client goes away; past ``timeout`` seconds the agent stops the run (SIGINT, SIGTERM,
     SIGKILL), whether a client watches or not. ``files`` (name → text) are written into
-    the workspace before the run starts and removed when it ends."""
+    the workspace before the run starts and removed when it ends. An ``interactive`` run's
+    stdin is a pipe that stays open: the stdin route writes to it while the run goes."""
 
     run_id: str
     argv: list[str]
@@ -43,6 +44,7 @@ class ExecBody:
     detach: bool = False
     timeout: float | None = None
     files: dict[str, str] = field(default_factory=dict)
+    interactive: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ def exec_body(raw: bytes) -> ExecBody:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not 0 < timeout < float("inf")):
         raise BadBody(f"timeout must be a positive number of seconds or null, got: {_shown(timeout)}")
+    interactive = body.get("interactive", False)
+    if not isinstance(interactive, bool):
+        raise BadBody(f"interactive must be true or false, got: {_shown(interactive)}")
     files = {} if body.get("files") is None else body["files"]
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise BadBody(f"files must be an object of file names to text, got: {_shown(files)}")
@@ -94,6 +99,7 @@ def exec_body(raw: bytes) -> ExecBody:
         detach=detach,
         timeout=None if timeout is None else float(timeout),
         files=dict(files),
+        interactive=interactive,
     )
 
 

@@ -139,6 +139,31 @@ class Run:
     recorder: asyncio.Future[None] | None = None
     followers: int = 0
     read: bool = False
+    stdin: int | None = None
+    """The write end of an interactive run's stdin pipe, until it is closed."""
+
+    def close_stdin(self) -> None:
+        """Close an interactive run's stdin: the process reads end of file (idempotent)."""
+        if self.stdin is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.stdin)
+            self.stdin = None
+
+    async def write_stdin(self, data: bytes) -> None:
+        """Write all of ``data`` to the interactive run's stdin as the pipe takes it.
+
+        Raises:
+            BrokenPipeError: the process no longer reads it (it ended, or closed it).
+        """
+        if self.stdin is None:
+            raise BrokenPipeError("stdin is closed")
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.stdin, view):]
+            except BlockingIOError:
+                await _readable(loop, self.stdin, writing=True)
 
     def start(self, job: Job, workspace_path: Path, timeout: float | None = None,
               files: tuple[str, ...] = ()) -> None:
@@ -242,7 +267,7 @@ async def stop(job: Job, reason: str, grace: float = STOP_GRACE) -> None:
             await asyncio.wait_for(job.finished.wait(), grace)
 
 
-def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: IO[bytes]) -> Job:
+def start(argv: list[str], cwd: Path, env: dict[str, str], stdin: IO[bytes] | int) -> Job:
     """Start ``argv`` in ``cwd`` as the leader of a new process group, ``stdin`` as its input.
 
     The input is a file the caller filled (an unlinked temporary file) rather than a pipe:
@@ -283,6 +308,7 @@ async def record(run: Run, workspace_path: Path, timeout: float | None = None,
             pumper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pumper
+    run.close_stdin()
     for name in files:
         with contextlib.suppress(OSError):
             os.unlink(workspace_path / name)  # a link the run put there goes, not its target
@@ -376,18 +402,26 @@ def _wait_in_thread(loop: asyncio.AbstractEventLoop, job: Job) -> None:
         loop.call_soon_threadsafe(job.exited.set)
 
 
-async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int, writing: bool = False) -> None:
+    """Wait until ``fd`` can be read (or, ``writing``, written) without blocking."""
     ready = loop.create_future()
 
     def wake() -> None:
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(fd, wake)
+    (loop.add_writer if writing else loop.add_reader)(fd, wake)
     try:
         await ready
     finally:
-        loop.remove_reader(fd)
+        (loop.remove_writer if writing else loop.remove_reader)(fd)
+
+
+def stdin_pipe() -> tuple[int, int]:
+    """An interactive run's stdin: (read end for the process, non-blocking write end)."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    return read, write
 
 
 def _grow_pipe(fd: int) -> None:

@@ -97,10 +97,12 @@ class AgentSandbox(Sandbox):
     async def exec(self, slot: int, request: ExecRequest) -> AgentProcess:
         stdin = request.stdin or ""
         size = _utf8_size(stdin, request.run_id)
-        line = json.dumps({"run_id": request.run_id, "argv": list(request.argv),
-                           "env": dict(request.env), "detach": request.detach,
-                           "timeout": request.timeout, "files": dict(request.files)}
-                          ).encode() + b"\n"
+        body: dict[str, Any] = {"run_id": request.run_id, "argv": list(request.argv),
+                                "env": dict(request.env), "detach": request.detach,
+                                "timeout": request.timeout, "files": dict(request.files)}
+        if request.interactive:  # its stdin comes later, through the stdin route
+            body["interactive"], stdin, size = True, "", 0
+        line = json.dumps(body).encode() + b"\n"
         # A known length, not chunks: a chunked body's last chunk is written after the
         # body, and an agent gone by then left aiohttp's writing task failing unretrieved.
         return await self._stream("POST", f"/slots/{slot}/exec", slot, request.run_id,
@@ -167,6 +169,12 @@ class AgentSandbox(Sandbox):
                                      json={"run_id": run_id, "signal": int(sig)},
                                      timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT * 5))
         return bool(result.get("delivered"))
+
+    async def write_stdin(self, slot: int, run_id: str, data: bytes, eof: bool = False) -> None:
+        """Send ``data`` to the stdin of ``run_id``, the interactive run of ``slot``, and
+        with ``eof`` close it."""
+        await self._request("POST", f"/slots/{slot}/runs/{_segment(run_id)}/stdin", data=data,
+                            params={"eof": "1"} if eof else None)
 
     async def list_files(self, slot: int) -> list[FileInfo]:
         result = await self._request("GET", f"/slots/{slot}/files")
@@ -249,6 +257,9 @@ class AgentProcess(Process):
 
     async def signal(self, sig: int) -> bool:
         return await self._sandbox.signal(self._slot, self._run_id, sig)
+
+    async def write(self, data: bytes) -> None:
+        await self._sandbox.write_stdin(self._slot, self._run_id, data)
 
     async def aclose(self) -> None:
         self._resp.release()

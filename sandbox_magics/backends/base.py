@@ -52,7 +52,8 @@ class ExecRequest:
     output; they stop a command that is not detached then). Past ``timeout`` seconds the
     sandbox itself stops the command, whether a client watches or not (its `Exited`
     then gives the reason "timeout"). ``files`` (plain file name → text, small) are in the
-    workspace when the command starts and gone when it ends."""
+    workspace when the command starts and gone when it ends. An ``interactive`` command's
+    stdin stays open (``stdin`` is not sent): `Process.write` feeds it while it runs."""
 
     run_id: str
     argv: tuple[str, ...]
@@ -61,6 +62,7 @@ class ExecRequest:
     detach: bool = False
     timeout: float | None = None
     files: Mapping[str, str] = field(default_factory=dict, repr=False)
+    interactive: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,16 @@ class Process(abc.ABC):
         Raises:
             SandboxError: the sandbox could not be reached to deliver it.
         """
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` to the stdin of a command exec'd ``interactive``, in order.
+
+        Raises:
+            SandboxError: the command takes no more input (not interactive, or ended).
+            SandboxLostError: the sandbox could not be reached.
+        """
+        raise SandboxError("This command takes no input while it runs: it was not started "
+                           "interactive.")
 
     async def kill(self) -> bool:
         """Send SIGKILL, as `asyncio.subprocess.Process.kill` does."""

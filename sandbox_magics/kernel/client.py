@@ -34,6 +34,7 @@ from ..runs.registry import history_frame
 from ..runs.run import Listener
 from ..sweeps import Sweep, from_rows, grid
 from ..sweeps.sweep import ITEM_STATES
+from .live_cell import Kernel
 from .loop import LoopThread
 
 if TYPE_CHECKING:
@@ -192,6 +193,22 @@ class Client:
         """What this kernel's sandboxes cost so far, estimated (None: unknown)."""
         self._check_open()
         return self._loop.run(self._call(self._manager.cost), CALL_TIMEOUT)
+
+    def kernel(self, session: str = "default", profile: str = "default",
+               interpreter: str = "python") -> Kernel:
+        """The live Python kernel of ``session`` in ``profile``'s pool (it starts with its
+        first cell): ``k.run(code)``, ``k.push({...})``, ``k.pull([...])`` and their
+        ``a``-twins. ``interpreter`` runs it (the local backend uses this kernel's own)."""
+        self._check_open()
+        return Kernel(self._loop, self._loop.run(
+            self._call(self._manager.kernel, profile, session, interpreter), CALL_TIMEOUT))
+
+    def kernels(self) -> pd.DataFrame:
+        """Every kernel session of this client, one row each."""
+        import pandas as pd
+        rows = [k.row() for k in self._manager.kernels.values()]
+        return pd.DataFrame(rows, columns=["session", "profile", "state", "since", "memory",
+                                           "cells", "run", "sandbox", "ended"])
 
     def get_sweep(self, key: str | Sweep) -> Sweep:
         """A sweep by id or name (the latest of that name).

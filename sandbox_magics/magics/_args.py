@@ -74,6 +74,31 @@ def run_args(f: F) -> F:
     return f
 
 
+def kernel_args(f: F) -> F:
+    """A cell in a kernel session's live Python kernel, and the variables it moves."""
+    decorators = [
+        argument("--kernel", action="store_true",
+                 help="run the cell in the live Python kernel of --session (default: the "
+                      "profile's 'default' session): variables persist across cells"),
+        argument("--push", type=names("--push"), default=(), metavar="A,B",
+                 help="with --kernel: send these notebook variables into the kernel first"),
+        argument("--pull", type=names("--pull"), default=(), metavar="X,Y",
+                 help="with --kernel: bind these kernel variables in the notebook after"),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def names(flag: str) -> Callable[[str], tuple[str, ...]]:
+    """The argparse type of ``flag``: comma-separated Python names."""
+    check = _variable(flag)
+
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(check(name.strip()) for name in text.split(",") if name.strip())
+    return split
+
+
 def sweep_args(f: F) -> F:
     """A sweep: the cell run once per point of a parameter grid."""
     decorators = [

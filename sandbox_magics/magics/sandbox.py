@@ -10,6 +10,7 @@ first: each a `SandboxError`, shown as its one-line message).
 
 from __future__ import annotations
 
+import argparse
 import queue
 import shlex
 import sys
@@ -27,6 +28,7 @@ from traitlets import Bool, Unicode, observe
 from ..exceptions import RunFailedError, UnknownRunError, WaitTimeoutError
 from ..kernel import Client
 from ..kernel.cell import queue_listener, stream_to_cell
+from ..kernel.live_cell import RemoteResult, outcome, run_in_cell
 from ..manager import Stopped
 from ..pool.cost import money
 from ..runs import Run, RunState
@@ -34,11 +36,15 @@ from ..runs.words import stop_words
 from ..sweeps import Sweep, SweepFailedError, from_rows, grid, parse_map
 from ..widgets import ArtifactsView, Dashboard, RunLogView, SweepView
 from ..widgets.runs_table import tidy
-from ._args import (parse_downloads, parse_env, parse_uploads, run_args, split_line,
-                    sweep_args)
+from ._args import (kernel_args, parse_downloads, parse_env, parse_uploads, run_args,
+                    split_line, sweep_args)
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+DEFAULT_KERNEL_SESSION = "default"
+"""The kernel session ``--kernel`` runs in without ``--session``: one per profile."""
 
 
 def _scale_target(text: str) -> int | None:
@@ -102,8 +108,10 @@ class SandboxMagics(Magics):
         return stopped
 
     @magic_arguments()
+    @kernel_args
     @sweep_args
     @run_args
+    @argument("--routed", action="store_true", help=argparse.SUPPRESS)
     @line_cell_magic
     def sandbox(self, line: str, cell: str | None = None) -> Any:
         """Run the cell in a pooled sandbox, or manage the pools.
@@ -172,6 +180,11 @@ class SandboxMagics(Magics):
         args = _parse(self.sandbox, line)
         self.client.profile(args.profile)  # an unknown profile fails before any upload
         raise_error = self.raise_error if args.raise_error is None else args.raise_error
+        if args.kernel:
+            return self._kernel_cell(cell, args, raise_error)
+        if args.push or args.pull:
+            raise UsageError("--push and --pull move the variables of a kernel session; add "
+                             "--kernel (and --session NAME).")
         options = dict(profile=args.profile, timeout=args.timeout, env=parse_env(args.env),
                        session=args.session, name=args.name,
                        uploads=parse_uploads(args.upload), downloads=parse_downloads(args.download),
@@ -207,6 +220,34 @@ class SandboxMagics(Magics):
         elif run.state not in (RunState.SUCCEEDED, RunState.FAILED):
             print(f"[sandbox] {run.failure_message()}", file=sys.stderr)
         return None
+
+    def _kernel_cell(self, cell: str, args: Any, raise_error: bool) -> RemoteResult | None:
+        """Run the cell in the live kernel of ``--session``, as a local cell would run."""
+        taken = [flag for flag, given in (("--bg", args.bg), ("--map", args.map),
+                                          ("--map-from", args.map_from is not None),
+                                          ("--out", args.out), ("--err", args.err),
+                                          ("--upload", args.upload),
+                                          ("--download", args.download),
+                                          ("--env", args.env), ("--timeout", args.timeout))
+                 if given]
+        if taken:
+            raise UsageError(f"--kernel runs the cell in a live kernel, which {', '.join(taken)} "
+                             "does not apply to; leave it out, or run without --kernel.")
+        interpreter = "python" if args.interpreter == "bash" else args.interpreter
+        if "python" not in interpreter:
+            raise UsageError(f"--kernel runs a Python kernel; give python (or a path to one), "
+                             f"not {interpreter!r}.")
+        missing = [name for name in args.push if name not in self.shell.user_ns]
+        if missing:
+            raise UsageError(f"--push: {', '.join(missing)} is not defined in this notebook.")
+        session = args.session or DEFAULT_KERNEL_SESSION
+        kernel = self.client.kernel(session, profile=args.profile, interpreter=interpreter)
+        if args.routed:
+            print(f"[sandbox] → kernel {session!r} ({args.profile})", file=sys.stderr, flush=True)
+        reply = run_in_cell(self.client._loop, kernel.session, cell,
+                            {name: self.shell.user_ns[name] for name in args.push}, args.pull)
+        self.shell.user_ns.update(reply.pulled)
+        return outcome(kernel.session, reply, raise_error)
 
     def _grid(self, args: Any) -> list[dict[str, str]]:
         """The parameter sets of ``--map``/``--zip`` or ``--map-from VAR``."""
@@ -414,12 +455,57 @@ class SandboxMagics(Magics):
               f"Budget: {money(dollars)} for this kernel ({spent} spent so far)"
               + ("; once spent, the runs going are cancelled too." if args.hard else "."))
 
+    @magic_arguments()
+    def _kernels(self, line: str) -> pd.DataFrame:
+        _parse(self._kernels, line)
+        return self.client.kernels()
+
+    @magic_arguments()
+    @argument("off", nargs="?", help="off: every cell runs in this notebook again")
+    @argument("--kernel", action="store_true", help="send every cell to a kernel session")
+    @argument("--session", default=DEFAULT_KERNEL_SESSION, metavar="NAME",
+              help="the kernel session (default: the profile's default one)")
+    @argument("--profile", "-p", default="default", help="its profile")
+    def _route(self, line: str) -> None:
+        """Send every following cell to a kernel session, as ipyparallel's %autopx does,
+        until ``%sandbox route off``; ``%sandbox`` lines always run here."""
+        args = _parse(self._route, line)
+        transformers = self.shell.input_transformers_cleanup
+        for old in [t for t in transformers if isinstance(t, Route)]:
+            transformers.remove(old)
+        if args.off is not None:
+            if args.off != "off" or args.kernel:
+                raise UsageError("%sandbox route takes --kernel [--session NAME] [--profile P], "
+                                 "or off.")
+            print("Routing off: cells run in this notebook's kernel again.")
+            return
+        if not args.kernel:
+            raise UsageError("%sandbox route takes --kernel [--session NAME] [--profile P], or off.")
+        self.client.profile(args.profile)
+        transformers.append(Route(args.session, args.profile))
+        print(f"Every cell now runs in the kernel of session {args.session!r} ({args.profile}) "
+              "until %sandbox route off; %sandbox lines run here.")
+
     _commands: dict[str, Callable[[SandboxMagics, str], Any]] = {
         "profiles": _profiles, "runs": _runs, "status": _status, "logs": _logs,
         "artifacts": _artifacts, "wait": _wait, "cancel": _cancel, "end-session": _end_session,
         "scale": _scale, "shutdown": _shutdown, "sandbox-log": _sandbox_log, "attach": _attach,
-        "sweeps": _sweeps, "budget": _budget,
+        "sweeps": _sweeps, "budget": _budget, "kernels": _kernels, "route": _route,
     }
+
+
+class Route:
+    """An input transformer: every cell but a ``%sandbox`` one becomes a kernel-session cell."""
+
+    def __init__(self, session: str, profile: str) -> None:
+        self.header = (f"%%sandbox python --kernel --routed --session {shlex.quote(session)} "
+                       f"--profile {shlex.quote(profile)}\n")
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        text = "".join(lines).lstrip()
+        if not text or text.startswith(("%sandbox", "%%sandbox")):
+            return lines
+        return [self.header, *lines]
 
 
 def _parse(magic: Callable[..., Any], line: str) -> Any:

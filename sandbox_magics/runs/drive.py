@@ -161,10 +161,11 @@ async def _execute(run: Run, profile: Profile, lease: Lease, grace: float,
     if run.cancelling:
         return Outcome(RunState.CANCELLED, error="cancelled while uploading", started=False)
     timeout = run.timeout = run.spec.timeout or profile.run_timeout
-    request = ExecRequest(run_id=run.id, argv=(run.spec.interpreter,),
+    request = ExecRequest(run_id=run.id, argv=(run.spec.interpreter, *run.spec.args),
                           env={**profile.env, **run.spec.env, "SANDBOX_RUN_ID": run.id},
                           stdin=run.spec.code, detach=run.spec.detach, files=run.spec.files,
-                          timeout=timeout + BACKSTOP if timeout and run.spec.detach else None)
+                          timeout=timeout + BACKSTOP if timeout and run.spec.detach else None,
+                          interactive=run.spec.interactive)
     run._stage(Stage.RUNNING)
     return await _watch(run, lease, grace, lease.sandbox.exec(lease.index, request), timeout)
 
@@ -194,6 +195,8 @@ async def _watch(run: Run, lease: Lease, grace: float, opening: Awaitable[Proces
         return Outcome(RunState.ERROR, error=f"the sandbox refused the run: {exc or 'no answer'}",
                        started=False)
     started = asyncio.Event()
+    if run.spec.interactive:
+        run._process = process
     consume = asyncio.ensure_future(_consume(run, process, started))
     lost = asyncio.ensure_future(lease.lost.wait())
     try:
@@ -223,6 +226,7 @@ async def _watch(run: Run, lease: Lease, grace: float, opening: Awaitable[Proces
         run.stop_step = await _stop(run, process, consume, lease, grace)
         return _stopped(run, consume, RunState.TIMED_OUT, None)
     finally:
+        run._process = None
         for task in (consume, lost):
             task.cancel()
         try:

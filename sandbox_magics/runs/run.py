@@ -15,7 +15,8 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import RunFailedError, WaitTimeoutError
+from ..backends.base import Process
+from ..exceptions import RunFailedError, SandboxError, WaitTimeoutError
 from ..pool import cost as pricing
 from .artifacts import Artifact
 from .log import LogBuffer
@@ -46,6 +47,12 @@ class RunSpec:
     raise_error: bool = True
     detach: bool = False
     files: Mapping[str, str] = field(default_factory=dict, repr=False)
+    args: tuple[str, ...] = field(default=(), repr=False)
+    interactive: bool = False
+
+
+Decode = Callable[[str, bytes], list[tuple[str, bytes]]]
+"""Turns a chunk of a process's output into what the run's log and listeners get."""
 
 
 Listener = Callable[["Run", str, bytes], None]
@@ -55,7 +62,7 @@ class Run:
     """A submitted command. ``returncode`` is None until it ends."""
 
     def __init__(self, run_id: str, spec: RunSpec, backend: str,
-                 log: LogBuffer | None = None) -> None:
+                 log: LogBuffer | None = None, decode: Decode | None = None) -> None:
         self.id = run_id
         self.spec = spec
         self.backend = backend
@@ -79,6 +86,8 @@ class Run:
         self._listeners: list[Listener] = []
         self._future: concurrent.futures.Future[Run] = concurrent.futures.Future()
         self._cancel: Callable[[], Any] | None = None
+        self._decode = decode
+        self._process: Process | None = None
 
     def __repr__(self) -> str:
         where = f" {self.sandbox}/slot-{self.slot}" if self.sandbox else ""
@@ -207,9 +216,25 @@ class Run:
         for listener in list(self._listeners):
             listener(self, stream, data)
 
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` to the stdin of an interactive run's process (on the manager's loop).
+
+        Raises:
+            SandboxError: the run is not running interactive now.
+        """
+        if self._process is None:
+            raise SandboxError(f"Run {self.id} takes no input now: it is {self.state.value}.")
+        await self._process.write(data)
+
+    async def signal(self, sig: int) -> bool:
+        """Send ``sig`` to the process group of a running interactive run; False if it is
+        not running (on the manager's loop)."""
+        return self._process is not None and await self._process.signal(sig)
+
     def _output(self, stream: str, data: bytes) -> None:
-        self.log.append(stream, data)
-        self._emit(stream, data)
+        for stream, data in self._decode(stream, data) if self._decode else ((stream, data),):
+            self.log.append(stream, data)
+            self._emit(stream, data)
 
     def _notice(self, text: str) -> None:
         self.notices.append(text)

@@ -295,13 +295,13 @@ class ModalSandbox(Sandbox):
             cp = await self.sb.exec.aio("sh", "-c", WRAPPER, "sandbox-magics", f"slot-{slot}", pgfile,
                                         *request.argv, env=env or None, text=False,
                                         workdir=str(self.workdir))
-            data = (request.stdin or "").encode()
+            data = b"" if request.interactive else (request.stdin or "").encode()
             for start in range(0, len(data), STDIN_CHUNK):
                 cp.stdin.write(data[start:start + STDIN_CHUNK])
                 if start + STDIN_CHUNK >= len(data):
                     cp.stdin.write_eof()
                 await cp.stdin.drain.aio()
-            if not data:
+            if not data and not request.interactive:
                 cp.stdin.write_eof()
                 await cp.stdin.drain.aio()
         except _modal().exception.Error as exc:
@@ -525,6 +525,16 @@ class ModalProcess(Process):
             return await cp.wait.aio() == 0
         except _modal().exception.Error as exc:
             raise await self._sandbox.lost(exc, f"signalling run {self._request.run_id}") from None
+
+    async def write(self, data: bytes) -> None:
+        if not self._request.interactive or self._ended:
+            await super().write(data)
+        try:
+            for start in range(0, len(data), STDIN_CHUNK):
+                self._cp.stdin.write(data[start:start + STDIN_CHUNK])
+                await self._cp.stdin.drain.aio()
+        except _modal().exception.Error as exc:
+            raise await self._sandbox.lost(exc, f"writing to run {self._request.run_id}") from None
 
     async def aclose(self) -> None:
         for task in self._readers:
