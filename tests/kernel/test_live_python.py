@@ -25,11 +25,12 @@ def sessions_ended(kernel: Kernel) -> Iterator[None]:
 
 
 def check_a_kernel_session_keeps_state_and_shows_rich_output(kernel: Kernel, profile: str,
-                                                             session: str) -> None:
+                                                             session: str,
+                                                             python: str = "python") -> None:
     """Three cells in one session share their variables; a DataFrame as the last
     expression comes back as the cell's execute_result in text/html; a remote exception
     fails the cell with the remote traceback; the kernel process is not this kernel's."""
-    head = f"%%sandbox python --kernel --session {session} --profile {profile}\n"
+    head = f"%%sandbox {python} --kernel --session {session} --profile {profile}\n"
     first = kernel.execute(head + "import os\nmodel = {'weights': 41}\nprint('loaded', os.getpid())")
     assert first.status == "ok", first.error or first.stderr
     assert first.stdout.startswith("loaded "), first.stdout

@@ -4,6 +4,7 @@ the local stand-in of Modal's API (which runs the commands as processes on this 
 from __future__ import annotations
 
 import json
+import sys
 import math
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from sandbox_magics import identity
 from tests.conftest import kernel_env
 from tests.kernel_driver import Kernel, pid_alive, wait_until
+from tests.kernel.test_live_python import check_a_kernel_session_keeps_state_and_shows_rich_output
 from tests.magics.test_sweep import check_a_sweep_runs_every_item
 from tests.modal_standin.fixtures import CANARY_VALUE, Running, modal_environment, standin  # noqa: F401,F811
 
@@ -262,3 +264,14 @@ def test_no_modal_credentials_fail_a_cell_with_one_sentence_within_seconds(
 
 def test_a_sweep_runs_every_item_on_modal(kernel: Kernel) -> None:
     check_a_sweep_runs_every_item(kernel, "m")
+
+
+def test_a_kernel_session_keeps_state_and_shows_rich_output_on_modal(kernel: Kernel) -> None:
+    check_a_kernel_session_keeps_state_and_shows_rich_output(kernel, "m", "live", sys.executable)
+
+
+def test_a_kernel_session_on_an_image_without_ipython_fails_with_what_to_add(kernel: Kernel) -> None:
+    reply = kernel.execute("%%sandbox /usr/bin/python3 --kernel --session bare --profile m\nx = 1")
+    assert reply.status == "error" and reply.error["ename"] == "KernelError", reply.error
+    assert "has no IPython" in reply.error["evalue"]
+    assert 'pip = ["ipython"] in [profiles.m.modal]' in reply.error["evalue"]

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import kernel_env
 from tests.kernel_driver import Kernel, wait_until
+from tests.kernel.test_live_python import check_a_kernel_session_keeps_state_and_shows_rich_output
 from tests.magics.test_sweep import check_a_sweep_runs_every_item
 from tests.nomad_standin.cluster import Cluster, cluster  # noqa: F401
 
@@ -322,3 +323,8 @@ def test_shutdown_purge_leaves_no_job_and_no_running_allocation(
 
 def test_a_sweep_runs_every_item_on_nomad(kernel: Kernel) -> None:
     check_a_sweep_runs_every_item(kernel, "cluster")
+
+
+def test_a_kernel_session_keeps_state_and_shows_rich_output_on_nomad(kernel: Kernel) -> None:
+    check_a_kernel_session_keeps_state_and_shows_rich_output(kernel, "cluster", "live",
+                                                             sys.executable)
