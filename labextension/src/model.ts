@@ -53,6 +53,16 @@ export interface ISweep {
   done: boolean;
 }
 
+export interface IKernel {
+  session: string;
+  profile: string;
+  state: string;
+  since: number;
+  memory: number | null;
+  cells: number;
+  ended: string | null;
+}
+
 export interface IState {
   type: 'state';
   now: number;
@@ -61,6 +71,7 @@ export interface IState {
   pools: IPool[];
   runs: IRun[];
   sweeps?: ISweep[];
+  kernels?: IKernel[];
   money?: string;
 }
 

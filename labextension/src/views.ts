@@ -2,7 +2,7 @@
 import { Dialog, InputDialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { ILog, IRun, IState, ISweep, SandboxModel } from './model';
+import { IKernel, ILog, IRun, IState, ISweep, SandboxModel } from './model';
 
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -139,6 +139,9 @@ export class SandboxPanel extends ModelView {
     for (const pool of state.pools) {
       node.append(this._pool(state, pool));
     }
+    if (state.kernels?.length) {
+      node.append(this._kernels(state.kernels));
+    }
     if (state.sweeps?.length) {
       node.append(this._sweeps(state.sweeps));
     }
@@ -228,6 +231,36 @@ export class SandboxPanel extends ModelView {
     keep.onclick = () => this.model?.send({ action: 'keep-idle', profile });
     stop.onclick = () => this.model?.send({ action: 'stop-idle', profile });
     return el('div', { class: 'sbx-lab-notice sbx-lab-idle' }, `${text} — `, keep, ' ', stop);
+  }
+
+  private _kernels(kernels: IKernel[]): HTMLElement {
+    const list = el('section', { class: 'sbx-lab-kernels' }, el('h3', {}, 'Kernel sessions'));
+    for (const kernel of kernels) {
+      const since = new Date(kernel.since * 1000).toLocaleTimeString();
+      const memory = kernel.memory ? ` · ${Math.round(kernel.memory / 2 ** 20)} MB` : '';
+      const detail = kernel.state === 'stopped' && kernel.ended ? ` (${kernel.ended})` : '';
+      const row = el(
+        'div',
+        { class: `sbx-lab-kernel sbx-lab-kernel-${kernel.state}`, 'data-session': kernel.session, 'data-profile': kernel.profile, 'data-state': kernel.state },
+        el('b', {}, kernel.session),
+        el('span', { class: 'sbx-lab-muted' }, ` ${kernel.profile} · ${kernel.state}${detail} since ${since}${memory} · ${kernel.cells} cells`)
+      );
+      const actions: [string, string, string][] = [
+        ['kernel-interrupt', 'Interrupt', 'Interrupt the running cell; the kernel keeps its state'],
+        ['kernel-restart', 'Restart', 'Stop the kernel and start a fresh one'],
+        ['kernel-stop', 'Stop', 'Stop the kernel; its next cell starts a fresh one']
+      ];
+      for (const [action, label, title] of actions) {
+        const button = el('button', { class: `sbx-lab-button sbx-lab-${action}`, title }, label);
+        button.onclick = () => {
+          (button as HTMLButtonElement).disabled = true;
+          this.model?.send({ action, session: kernel.session, profile: kernel.profile });
+        };
+        row.append(' ', button);
+      }
+      list.append(row);
+    }
+    return list;
   }
 
   private _sweeps(sweeps: ISweep[]): HTMLElement {

@@ -2,7 +2,7 @@
 
 One HTML widget for any number of slots (10,000 render as one string of small cells, not
 as widgets); per pool, the queue, sandboxes starting, run counts and the latest scaling
-decisions. Each pool's ``<div>`` carries its counts (`PoolStatus.counts`, as the sidebar
+decisions. Below, one row per kernel session with its Interrupt, Restart and Stop buttons. Each pool's ``<div>`` carries its counts (`PoolStatus.counts`, as the sidebar
 shows them) and its runs' as ``data-`` attributes.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
+import threading
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..kernel import Client
 from ..pool import PoolEvent, PoolStatus, SandboxState
 from ..pool.cost import spending
 from ._html import CSS, LEGEND_STATES, PolledView, esc
+from .lab import KERNEL_ACTIONS
 
 TITLE_LIMIT = 256
 EVENTS_SHOWN = 4
@@ -92,6 +94,50 @@ def render(status: list[PoolStatus], run_states: dict[str, collections.Counter[s
     return "".join(parts)
 
 
+def kernel_html(row: dict[str, Any], said: str = "") -> str:
+    """A kernel session's line: its state since when, memory, cells, and what a button said."""
+    since = time.strftime("%H:%M:%S", time.localtime(row["since"]))
+    memory = f" · {row['memory'] / 2**20:.0f} MB" if row["memory"] else ""
+    ended = f" ({esc(row['ended'])})" if row["state"] == "stopped" and row["ended"] else ""
+    note = f' <span class="sbx-muted">— {esc(said)}</span>' if said else ""
+    return (f'<span class="sbx-kernel" data-session="{esc(row["session"])}" '
+            f'data-state="{row["state"]}"><b>kernel {esc(row["session"])}</b> '
+            f'<span class="sbx-muted">{esc(row["profile"])} · {row["state"]}{ended} since '
+            f'{since}{memory} · {row["cells"]} cells</span>{note}</span>')
+
+
+class KernelRow:
+    """A kernel session in the dashboard: its line and buttons, which act off this thread
+    (a click answers while a cell blocks, where the kernel gives panels a subshell)."""
+
+    def __init__(self, client: Client, session: str, profile: str) -> None:
+        import ipywidgets as w
+        self.client, self.session, self.profile = client, session, profile
+        self.said = ""
+        self.label = w.HTML()
+        buttons = []
+        for action, text in (("kernel-interrupt", "Interrupt"), ("kernel-restart", "Restart"),
+                             ("kernel-stop", "Stop")):
+            button = w.Button(description=text, layout=w.Layout(width="7em"))
+            button.add_class(f"sbx-{action}")
+            button.on_click(lambda _, action=action: self.act(action))
+            buttons.append(button)
+        self.widget = w.HBox([self.label, *buttons])
+
+    def act(self, action: str) -> None:
+        def work() -> None:
+            try:
+                self.said = KERNEL_ACTIONS[action](self.client.kernel(self.session, self.profile))
+            except Exception as exc:  # noqa: BLE001 - shown in the row
+                self.said = f"{action} failed: {exc}"
+        threading.Thread(target=work, name=f"sandbox-{action}", daemon=True).start()
+
+    def update(self, row: dict[str, Any]) -> None:
+        value = kernel_html(row, self.said)
+        if value != self.label.value:
+            self.label.value = value
+
+
 class Dashboard(PolledView):
     """Live view of every pool of ``client``; refreshed on the client's loop."""
 
@@ -103,7 +149,19 @@ class Dashboard(PolledView):
     def _build(self) -> Any:
         import ipywidgets as w
         self._html = w.HTML()
-        return w.VBox([self._html])
+        self._kernels = w.VBox()
+        self._rows: dict[tuple[str, str], KernelRow] = {}
+        return w.VBox([self._html, self._kernels])
+
+    def _refresh_kernels(self) -> None:
+        sessions = [k.row() for k in self.client.manager.kernels.values()]
+        keys = [(row["profile"], row["session"]) for row in sessions]
+        if keys != list(self._rows):
+            self._rows = {key: self._rows.get(key) or KernelRow(self.client, key[1], key[0])
+                          for key in keys}
+            self._kernels.children = [row.widget for row in self._rows.values()]
+        for key, row in zip(keys, sessions):
+            self._rows[key].update(row)
 
     def _names(self) -> dict[str, str]:
         return {run.id: f"{run.id} {run.name} ({run.state.value})" if run.name != run.id
@@ -122,6 +180,7 @@ class Dashboard(PolledView):
         if value != self._last:
             self._last = value
             self._html.value = value
+        self._refresh_kernels()
         return True
 
     def html(self) -> str:

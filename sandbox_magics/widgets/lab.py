@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..pool.cost import money, spending
@@ -32,6 +33,7 @@ from . import _comm
 
 if TYPE_CHECKING:
     from ..kernel import Client
+    from ..kernel.live_cell import Kernel
     from ..pool import PoolStatus
 
 TARGET = "sandbox_magics"
@@ -80,6 +82,13 @@ def run_state(run: Any) -> dict[str, Any]:
             "queued": run.queued_at, "started": run.started_at, "ended": run.ended_at,
             "sandbox": run.sandbox, "slot": run.slot, "exit_code": run.exit_code,
             "done": run.done}
+
+
+def kernel_state(kernel: Any) -> dict[str, Any]:
+    """A kernel session as the sidebar lists it."""
+    row = kernel.row()
+    return {key: row[key] for key in ("session", "profile", "state", "since", "memory",
+                                      "cells", "ended")}
 
 
 def sweep_state(sweep: Any) -> dict[str, Any]:
@@ -185,6 +194,7 @@ class LabBridge:
                 "busy": sum(p["busy"] for p in pools), "total": sum(p["total"] for p in pools),
                 "pools": pools, "runs": [run_state(r) for r in shown],
                 "sweeps": [sweep_state(s) for s in sweeps],
+                "kernels": [kernel_state(k) for k in client.manager.kernels.values()],
                 "money": money(client.manager.cost()) if priced else ""}
 
     def _tick(self) -> bool:
@@ -265,6 +275,11 @@ class LabBridge:
                 sweep.cancel()
                 return f"Sweep {sweep.name}: cancelled ({sweep.counts()['cancelled']} item(s))."
             self._in_thread(comm, f"cancel sweep {sweep.name}", cancel)
+        elif action in KERNEL_ACTIONS:
+            session, profile = str(data.get("session")), str(data.get("profile"))
+            kernel = client.kernel(session, profile)
+            self._in_thread(comm, f"{action} of kernel {session!r}",
+                            lambda: KERNEL_ACTIONS[action](kernel))
         elif action in ("keep-idle", "stop-idle"):
             profile = str(data.get("profile"))
 
@@ -301,6 +316,31 @@ class LabBridge:
     def _notice(self, comm: Any, text: str, error: bool = False) -> None:
         if comm is not None:
             self._send(comm, {"type": "notice", "text": text, "error": error})
+
+
+INTERRUPTED = {"kept": "interrupted; it keeps its state.", "idle": "nothing was running.",
+               "lost": "it did not answer the interrupt and was stopped; its state is lost."}
+
+
+def interrupt_kernel(kernel: Kernel) -> str:
+    return f"Kernel {kernel.session.session!r}: {INTERRUPTED[kernel.interrupt()]}"
+
+
+def restart_kernel(kernel: Kernel) -> str:
+    kernel.restart()
+    return f"Kernel {kernel.session.session!r}: restarted, with a fresh namespace."
+
+
+def stop_kernel(kernel: Kernel) -> str:
+    kernel.stop()
+    return f"Kernel {kernel.session.session!r}: stopped; its next cell starts a fresh one."
+
+
+KERNEL_ACTIONS: dict[str, Callable[[Kernel], str]] = {
+    "kernel-interrupt": interrupt_kernel, "kernel-restart": restart_kernel,
+    "kernel-stop": stop_kernel,
+}
+"""What the panels' kernel buttons do (each blocks its own thread, never the cell's)."""
 
 
 def scale_target(value: Any) -> Any:

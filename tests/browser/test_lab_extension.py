@@ -296,3 +296,40 @@ def test_the_money_shows_in_the_status_bar_and_sidebar_and_the_idle_warning_answ
     wait_text(pool.locator(".sbx-lab-pool-head"), "0/0 busy", 15)
     gate.touch()
     nb.wait_cell(blocking, 60)
+
+
+def test_a_kernel_session_shows_its_plot_and_table_and_its_buttons_answer_while_a_cell_blocks(
+        lab: JupyterLab, page: Any, screenshots: Path) -> None:
+    nb = Notebook(lab, page, "live.ipynb")
+    nb.run("%load_ext sandbox_magics")
+    plot = nb.run("%%sandbox python --kernel --session lab\n"
+                  "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()", timeout=90)
+    img = nb.output(plot).locator("img")
+    wait_for(lambda: img.count() == 1, 15, "the plot is not an <img> in the cell")
+    assert img.get_attribute("src").startswith("data:image/png;base64,")
+    table = nb.run("%%sandbox python --kernel --session lab\nimport pandas as pd\n"
+                   "pd.DataFrame({'lr': [0.1, 0.01], 'loss': [1.5, 0.7]})")
+    wait_text(nb.output(table).locator("table"), "loss", 10)
+
+    blocking = nb.run("%%sandbox python --kernel --session lab\nimport time\nmarker = 7\n"
+                      "print('sleeping', flush=True)\ntime.sleep(60)", wait=False)
+    wait_text(nb.output(blocking).first, "sleeping", 20)
+    page.evaluate("() => window.jupyterapp.shell.activateById('sandbox-magics-sidebar')")
+    row = page.locator('#sandbox-magics-sidebar .sbx-lab-kernel[data-session="lab"]')
+    wait_for(lambda: row.count() == 1 and row.get_attribute("data-state") == "busy", 15,
+             "the sidebar does not list the busy kernel session")
+    page.screenshot(path=str(screenshots / "kernel-session.png"))
+    row.locator(".sbx-lab-kernel-interrupt").click()
+    nb.wait_cell(blocking, 30)
+    wait_text(nb.cell(blocking), "keeps its state", 10)
+    kept = nb.run("%%sandbox python --kernel --session lab\nprint(marker)")
+    wait_text(nb.output(kept).first, "7", 10)
+
+    status = nb.run("%sandbox status")
+    dashboard_row = nb.cell(status).locator('.sbx-kernel[data-session="lab"]')
+    wait_for(lambda: dashboard_row.count() == 1, 15, "the dashboard does not list the kernel")
+    nb.cell(status).locator(".sbx-kernel-stop").click()
+    wait_for(lambda: dashboard_row.get_attribute("data-state") == "stopped", 20,
+             "the dashboard's Stop did not stop the kernel")
+    wait_for(lambda: row.get_attribute("data-state") == "stopped", 15,
+             "the sidebar does not show the stopped kernel")
