@@ -11,7 +11,7 @@ import time
 from ._harness import Row, table
 
 CASES = ["per_run", "throughput", "streaming", "responsiveness", "pool_scale",
-         "multiplexing", "cold_start", "modal_overhead", "nomad_overhead", "sweep"]
+         "multiplexing", "cold_start", "modal_overhead", "nomad_overhead", "sweep", "live"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -295,10 +295,11 @@ async def record(run: Run, workspace_path: Path, timeout: float | None = None,
     job = run.job
     assert job is not None
     out = OutputBuffer()
-    pumper = asyncio.ensure_future(_pump_then_close(job, out))
+    paced = run.stdin is None  # an interactive run answers requests: no pacing delays them
+    pumper = asyncio.ensure_future(_pump_then_close(job, out, paced))
     limit = asyncio.ensure_future(_stop_after(job, timeout)) if timeout else None
     try:
-        await _keep(out, run.log)
+        await _keep(out, run.log, paced)
         info = await pumper
     finally:
         if limit is not None:
@@ -321,27 +322,27 @@ async def _stop_after(job: Job, timeout: float) -> None:
     await stop(job, "timeout")
 
 
-async def _pump_then_close(job: Job, out: OutputBuffer) -> dict[str, Any]:
+async def _pump_then_close(job: Job, out: OutputBuffer, paced: bool) -> dict[str, Any]:
     try:
-        return await pump(job, out)
+        return await pump(job, out, paced)
     finally:
         out.close()
 
 
-async def _keep(out: OutputBuffer, log: output.RunLog) -> None:
+async def _keep(out: OutputBuffer, log: output.RunLog, paced: bool = True) -> None:
     """Move output frames from ``out`` to ``log`` until the run's output ends.
 
     Output after a quiet spell is kept at once; while it trickles in, appends are at least
     `FLUSH_INTERVAL` apart and carry everything gathered meanwhile, so a chatty run costs
     its followers ~20 frames a second, not one per ``print``. A flood is kept as fast as
-    it comes.
+    it comes, and so is all output of a run that is not ``paced``.
     """
     loop = asyncio.get_running_loop()
     rate = RateMeter()
     last_append = -FLUSH_INTERVAL
     while await out.wait():
         pause = last_append + FLUSH_INTERVAL - loop.time()
-        if pause > 0 and not rate.flooding:
+        if pause > 0 and paced and not rate.flooding:
             await asyncio.sleep(pause)
         size, groups = out.take()
         rate.add(size)
@@ -349,13 +350,14 @@ async def _keep(out: OutputBuffer, log: output.RunLog) -> None:
         last_append = loop.time()
 
 
-async def pump(job: Job, out: OutputBuffer) -> dict[str, Any]:
-    """Put the job's output into ``out`` until it ends; return the EXIT payload."""
+async def pump(job: Job, out: OutputBuffer, paced: bool = True) -> dict[str, Any]:
+    """Put the job's output into ``out`` until it ends (reads paced as `_read` says,
+    unless not ``paced``); return the EXIT payload."""
     popen = job.popen
     assert popen.stdout is not None and popen.stderr is not None
     started = time.monotonic()
-    feeders = [asyncio.ensure_future(_read(popen.stdout.fileno(), protocol.STDOUT, out)),
-               asyncio.ensure_future(_read(popen.stderr.fileno(), protocol.STDERR, out))]
+    feeders = [asyncio.ensure_future(_read(popen.stdout.fileno(), protocol.STDOUT, out, paced)),
+               asyncio.ensure_future(_read(popen.stderr.fileno(), protocol.STDERR, out, paced))]
     try:
         await job.exited.wait()
         _, pending = await asyncio.wait(feeders, timeout=STRAGGLER_GRACE)
@@ -431,7 +433,7 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
 
 
-async def _read(fd: int, kind: int, out: OutputBuffer) -> None:
+async def _read(fd: int, kind: int, out: OutputBuffer, paced: bool = True) -> None:
     """Move a pipe's output into ``out``.
 
     While output trickles (under `FLOOD_RATE`), the pipe is left alone for `READ_PAUSE`
@@ -455,5 +457,5 @@ async def _read(fd: int, kind: int, out: OutputBuffer) -> None:
             read_size = PIPE_SIZE
         await out.put(kind, chunk)
         rate.add(len(chunk))
-        if not rate.flooding and len(chunk) < SMALL_READ:
+        if paced and not rate.flooding and len(chunk) < SMALL_READ:
             await asyncio.sleep(READ_PAUSE)

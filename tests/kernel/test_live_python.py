@@ -6,7 +6,9 @@ Nomad and Modal stand-ins (`check_a_kernel_session_keeps_state_and_shows_rich_ou
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -202,3 +204,11 @@ def test_shutdown_leaves_no_kernel_process(fresh_kernel: Kernel) -> None:
     assert pid_alive(remote)
     assert fresh_kernel.execute("%sandbox shutdown").status == "ok"
     assert wait_until(lambda: not pid_alive(remote), 20)
+
+
+def test_a_sigkilled_notebook_kernel_leaves_no_kernel_session_process(fresh_kernel: Kernel) -> None:
+    assert fresh_kernel.execute("%load_ext sandbox_magics").status == "ok"
+    pid = fresh_kernel.execute("%%sandbox python --kernel\nimport os\nprint(os.getpid())")
+    remote = int(pid.stdout.strip())
+    os.kill(fresh_kernel.pid, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(remote), 30), "the kernel session outlived its notebook"
