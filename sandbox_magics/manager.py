@@ -494,6 +494,8 @@ class Manager:
         if not leave_detached:
             await self._adopt_left_runs()
         self.state = ManagerState.CLOSED
+        await asyncio.gather(*(k.stop("its client was shut down") for k in self.kernels.values()),
+                             return_exceptions=True)
         for kernel in self.kernels.values():
             kernel.close()
         sweeps = [task for tasks in self._sweep_tasks.values() for task in tasks]

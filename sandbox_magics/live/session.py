@@ -11,6 +11,7 @@ life is a `KernelState`, checked at each change. Loop-bound: call from the manag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import json
@@ -196,6 +197,8 @@ class KernelSession:
         run = self.run
         if run is not None and not run.done:
             self._stop_reason = self._stop_reason or reason
+            with contextlib.suppress(SandboxError):
+                await run.signal(signal.SIGTERM)  # an idle kernel ignores the SIGINT a cancel starts with
             await self._cancel(run)
         self._ended(self._stop_reason or reason)
 

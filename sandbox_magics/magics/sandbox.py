@@ -517,7 +517,8 @@ def _parse(magic: Callable[..., Any], line: str) -> Any:
     except UsageError as exc:
         if "unrecognized arguments" not in str(exc):
             raise
-        flags = sorted({o for a in parser._actions for o in a.option_strings if o.startswith("--")})
+        flags = sorted({o for a in parser._actions for o in a.option_strings
+                        if o.startswith("--") and a.help != argparse.SUPPRESS})
         raise UsageError(f"{exc}; valid options are: {', '.join(flags)}.") from None
 
 

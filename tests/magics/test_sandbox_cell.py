@@ -81,9 +81,9 @@ def test_unknown_profile_is_an_unknown_profile_error_listing_profiles(kernel: Ke
 def test_bad_flags_are_usage_errors(kernel: Kernel) -> None:
     for line, expected in [
         ("--bogus", "unrecognized arguments: --bogus; valid options are: --bg, --download, "
-                    "--env, --err, --fail-fast, --map, --map-from, --max-parallel, --name, "
-                    "--no-raise-error, --out, --profile, --raise-error, --retries, --session, "
-                    "--timeout, --upload, --zip."),
+                    "--env, --err, --fail-fast, --kernel, --map, --map-from, --max-parallel, "
+                    "--name, --no-raise-error, --out, --profile, --pull, --push, --raise-error, "
+                    "--retries, --session, --timeout, --upload, --zip."),
         ("--timeout soon", "--timeout takes a number of seconds"),
         ("--timeout -1", "--timeout must be more than 0"),
         ("--env NOEQUALS", "--env takes NAME=VALUE"),
@@ -162,5 +162,5 @@ def test_profiles_and_runs_are_dataframes(kernel: Kernel) -> None:
 def test_unknown_subcommand_lists_the_valid_ones(kernel: Kernel) -> None:
     reply = kernel.execute("%sandbox frobnicate")
     assert reply.usage_error is not None
-    assert ("cancel, end-session, logs, profiles, runs, sandbox-log, scale, shutdown, status"
-            in reply.usage_error)
+    assert ("cancel, end-session, kernels, logs, profiles, route, runs, sandbox-log, scale, "
+            "shutdown, status" in reply.usage_error)

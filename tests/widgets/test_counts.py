@@ -103,7 +103,7 @@ class Magics:
 
 
 def sidebar_counts(status: PoolStatus) -> dict[str, int]:
-    client = SimpleNamespace(manager=SimpleNamespace(status=lambda: [status], runs=[], sweeps={},
+    client = SimpleNamespace(manager=SimpleNamespace(status=lambda: [status], runs=[], sweeps={}, kernels={},
                                                     cost=lambda: None))
     state = LabBridge(Magics()).state(client)  # type: ignore[arg-type]
     (pool,) = state["pools"]
