@@ -28,7 +28,7 @@ from .exceptions import (ClosedError, ProfileError, SandboxError, UnknownProfile
                          UnknownRunError, UnknownSandboxError)
 from .identity import Identity
 from .live import KernelSession, KernelState
-from .pool import Pool, PoolEvent, PoolStatus
+from .pool import EventKind, Pool, PoolEvent, PoolStatus
 from .pool import cost as pricing
 from .profiles import Profile, shown_env_name
 from .runs import LogBuffer, Run, RunRegistry, RunSpec, RunState, Stage
@@ -216,6 +216,10 @@ class Manager:
         task.add_done_callback(lambda _: self._ended(run, task))
 
     def _on_event(self, event: PoolEvent) -> None:
+        if event.kind is EventKind.STAGE:  # what the cells waiting for a sandbox wait for
+            for run in self.runs:
+                if run.state is RunState.QUEUED and run.profile == event.profile:
+                    run._notice(f"Waiting for sandbox {event.sandbox} to start: {event.detail}.")
         for listener in list(self.listeners):
             listener(event)
 

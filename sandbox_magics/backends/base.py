@@ -269,6 +269,11 @@ class Backend(abc.ABC):
         """Sentences a user should see when this backend serves ``profile``."""
         return []
 
+    def preparation_timeout(self, profile: Profile) -> float:
+        """Seconds preparing ``profile``'s image (a pull, a build) may add to a start on
+        top of its ``start_timeout``: the engine bounds that itself. None by default."""
+        return 0.0
+
     async def price_per_hour(self, profile: Profile) -> float | None:
         """Dollars one sandbox of ``profile`` costs an hour: the profile's
         ``price_per_hour``, else the engine's own rates where it has them; None if

@@ -373,7 +373,8 @@ class Pool:
         STAGE.set(lambda stage: self._staged(record, stage))  # this task's own context
         try:
             sandbox = await asyncio.wait_for(
-                self.backend.create(self.profile, tags), self.profile.start_timeout + 5)
+                self.backend.create(self.profile, tags), self.profile.start_timeout + 5
+                + self.backend.preparation_timeout(self.profile))
         except Exception as exc:
             reason = str(exc) if isinstance(exc, SandboxError) else (
                 f"{type(exc).__name__}: {exc}" if not isinstance(exc, asyncio.TimeoutError)

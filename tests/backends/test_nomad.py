@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 import sys
 import tracemalloc
 import uuid
@@ -25,14 +26,14 @@ import pytest
 
 from sandbox_magics import identity
 from sandbox_magics.backends import make_backend, settings_of
-from sandbox_magics.backends.base import ExecRequest, Exited, Health, Output, Started
+from sandbox_magics.backends.base import STAGE, ExecRequest, Exited, Health, Output, Started
 from sandbox_magics.backends.nomad import Backend, NomadSandbox
 from sandbox_magics.backends.nomad import _job
 from sandbox_magics.backends.nomad._api import NomadAPI, decode_frames
 from sandbox_magics.exceptions import (ProfileError, SandboxError, SandboxLostError,
                                      SandboxStartError)
 from sandbox_magics.identity import Identity
-from sandbox_magics.profiles import Profile
+from sandbox_magics.profiles import Profile, load_profiles
 from tests.kernel_driver import wait_until
 from tests.nomad_standin.cluster import Cluster, cluster, start_standin  # noqa: F401
 
@@ -747,3 +748,104 @@ def test_a_pool_shows_what_a_start_waits_for_as_the_sandboxs_stage_in_the_dashbo
     stage, html = run(scenario)
     assert stage == "waiting for capacity: memory exhausted on 1 node(s)"
     assert re.search(r"waiting for capacity: memory exhausted on 1 node\(s\) \(0:\d\d\)", html), html
+
+
+@pytest.mark.parametrize("builtin", ["default", "high-memory"])
+def test_a_builtin_profile_moved_to_nomad_runs_in_a_stock_image_whose_python_has_no_packages(
+        cluster: Cluster, prefix: str, builtin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docker task's Python is the standard library alone (the stand-in runs it with
+    -I -S): the job itself brings the agent, and a run goes through it."""
+    monkeypatch.setenv("SANDBOX_MAGICS_BACKEND", "nomad")
+    monkeypatch.setenv("NOMAD_ADDR", cluster.address)
+    monkeypatch.setenv(f"SANDBOX_MAGICS__{builtin.upper().replace('-', '_')}__NOMAD__JOB_PREFIX",
+                       prefix)
+    p = load_profiles(None)[builtin]
+    p = dataclasses.replace(p, memory_mb=512, cpu=0.1)  # the stand-in's one node is small
+
+    async def scenario() -> None:
+        backend, sandbox = await started(p)
+        try:
+            job = cluster.api.job.get_job(sandbox.id)
+            task = job["TaskGroups"][0]["Tasks"][0]
+            assert task["Driver"] == "docker" and task["Config"]["args"][0] == "-c"
+            (template,) = task["Templates"]
+            assert template["DestPath"] == "local/agent.pyz.b64"
+            agents = [pid for pid in _pids_with(b"sandbox_magics.agent.__main__")
+                      if b"-S" in _argv(pid)]
+            assert agents, "the agent did not run in a bare interpreter"
+            bare = subprocess_text([_argv(agents[0])[0].decode(), "-I", "-S", "-c",
+                                    "import importlib.util as u; print(u.find_spec('aiohttp'), "
+                                    "u.find_spec('sandbox_magics'))"])
+            assert bare == "None None\n"
+            events, exited = await collect(await sandbox.exec(0, ExecRequest(
+                "r1", ("sh",), stdin="echo served by the bundled agent")))
+            assert exited.exit_code == 0 and text(events) == "served by the bundled agent\n"
+        finally:
+            await sandbox.terminate()
+            await backend.aclose()
+
+    run(scenario, timeout=120)
+
+
+def _pids_with(needle: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _argv(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+def subprocess_text(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+PULLED = "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime"
+
+
+@pytest.fixture
+def slow_pull(cluster: Cluster) -> Iterator[None]:
+    """The image PULLED takes 4 s to pull, with a progress event every 0.5 s."""
+    cluster.faults(pull_seconds={PULLED: 4}, pull_report_interval=0.5)
+    yield
+    cluster.faults(pull_seconds={}, pull_report_interval=120)
+
+
+def test_a_slow_image_pull_is_the_stage_and_does_not_count_against_start_timeout(
+        cluster: Cluster, prefix: str, slow_pull: None) -> None:
+    p = profile(cluster, prefix, image=PULLED, start_timeout=3, nomad={"driver": "docker"})
+    stages: list[str] = []
+
+    async def scenario() -> float:
+        STAGE.set(stages.append)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        backend, sandbox = await started(p)
+        took = loop.time() - began
+        try:
+            _, exited = await collect(await sandbox.exec(0, ExecRequest("r1", ("true",))))
+            assert exited.exit_code == 0
+        finally:
+            await sandbox.terminate()
+            await backend.aclose()
+        return took
+
+    took = run(scenario)
+    assert took > 4, "the start did not wait for the pull"  # the pull alone takes 4 s
+    assert f"pulling the image {PULLED}" in stages
+    assert any(s.startswith(f"pulling the image {PULLED}: Pulled ") for s in stages), stages
+
+
+def test_a_pull_past_the_drivers_image_pull_timeout_is_one_sentence(
+        cluster: Cluster, prefix: str, slow_pull: None) -> None:
+    message, _ = start_failure(profile(cluster, prefix, image=PULLED, start_timeout=1,
+                                       nomad={"driver": "docker", "image_pull_timeout": 1}))
+    assert re.search(rf"its image could not be pulled: Failed to pull `{re.escape(PULLED)}`: "
+                     r"context deadline exceeded", message), message

@@ -212,3 +212,17 @@ def test_a_sigkilled_notebook_kernel_leaves_no_kernel_session_process(fresh_kern
     remote = int(pid.stdout.strip())
     os.kill(fresh_kernel.pid, signal.SIGKILL)
     assert wait_until(lambda: not pid_alive(remote), 30), "the kernel session outlived its notebook"
+
+
+def test_a_display_updated_remotely_is_updated_in_the_cell(kernel: Kernel) -> None:
+    first = len(kernel.messages)
+    reply = kernel.execute("%%sandbox python --kernel --session displays\n"
+                           "from IPython.display import display\n"
+                           "handle = display('first', display_id=True)\nhandle.update('second')")
+    assert reply.status == "ok", reply.error or reply.stderr
+    sent = [m for _, m in kernel.messages[first:]
+            if m["msg_type"] in ("display_data", "update_display_data")]
+    assert [(m["msg_type"], m["content"]["data"]["text/plain"]) for m in sent] == [
+        ("display_data", "'first'"), ("update_display_data", "'second'")]
+    ids = {m["content"]["transient"]["display_id"] for m in sent}
+    assert len(ids) == 1

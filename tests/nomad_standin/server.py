@@ -31,7 +31,9 @@ signals and timeouts, ``alloc stop`` (the allocation is replaced, as a migration
 deregistration with ``purge``.
 
 Faults a test may ask for (``PUT /standin/faults``, not part of Nomad's API):
-``pull_fail`` (images whose pull fails), ``delay`` (seconds added to every API answer),
+``pull_fail`` (images whose pull fails), ``pull_seconds`` (image → how long its pull takes,
+with progress events every ``pull_report_interval`` seconds, bounded by the task's
+``image_pull_timeout``), ``delay`` (seconds added to every API answer),
 ``start_fail`` (a driver error for the next tasks). ``GET /standin/tasks`` lists the
 running tasks' pids, for tests that kill one as a crash would.
 """
@@ -47,6 +49,7 @@ import random
 import re
 import signal
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -75,6 +78,12 @@ _INTERPOLATION = re.compile(r"\$\{([^}]+)\}")
 
 def _now_ns() -> int:
     return time.time_ns()
+
+
+def _go_seconds(text: str) -> float:
+    """A Go duration ("5m", "1800s", "1h30m") in seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", text))
 
 
 def _rfc3339(ns: int | None) -> str:
@@ -741,6 +750,46 @@ class StandIn:
             task.done.set()
             self._settle(alloc)
 
+    async def _slow_pull(self, alloc: Alloc, task: Task, image: str,
+                         config: dict[str, Any]) -> str | None:
+        """A pull told to take ``pull_seconds[image]``: progress events every
+        ``pull_report_interval`` seconds (Nomad's is two minutes), and the failure Nomad
+        gives once the task's ``image_pull_timeout`` (default 5m) passes first."""
+        seconds = float((self.faults.get("pull_seconds") or {}).get(image, 0))
+        if not seconds:
+            return None
+        limit = _go_seconds(str(config.get("image_pull_timeout") or "5m"))
+        every = float(self.faults.get("pull_report_interval", 120))
+        started, layers, size = time.monotonic(), 7, 3.4
+        while (elapsed := time.monotonic() - started) < seconds:
+            if elapsed >= limit:
+                return f"Failed to pull `{image}`: context deadline exceeded"
+            await asyncio.sleep(min(every, seconds - elapsed, limit - elapsed))
+            elapsed = time.monotonic() - started
+            if elapsed < min(seconds, limit):
+                done = elapsed / seconds
+                self._event(alloc, task, "Driver",
+                            f"Docker image pull progress: Pulled {int(layers * done)}/{layers} "
+                            f"({size * done:.1f}GiB/{size}GiB) layers: 0 waiting/"
+                            f"{layers - int(layers * done)} pulling - est "
+                            f"{seconds - elapsed:.1f}s remaining", {"image": image})
+        return None
+
+    def _render_templates(self, task: Task, task_dir: Path) -> str | None:
+        """Write the task's embedded templates to their destinations, as a client's
+        template runner does before the task starts; a sentence if one cannot be (the
+        stand-in renders no template actions: a template with ``{{`` fails)."""
+        for template in task.spec.get("Templates") or []:
+            text = str(template.get("EmbeddedTmpl") or "")
+            if "{{" in text:
+                return ("Template failed: the stand-in renders templates without actions "
+                        "only")
+            target = task_dir / str(template["DestPath"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            target.chmod(int(str(template.get("Perms") or "0644"), 8))
+        return None
+
     async def _run_task_inner(self, alloc: Alloc, task: Task, group: dict[str, Any]) -> None:
         task_dir = alloc.root / task.name
         for sub in ("local", "secrets", "tmp"):
@@ -755,6 +804,8 @@ class StandIn:
             self._event(alloc, task, "Driver", "Downloading image",
                         {"image": image}, DriverMessage="Downloading image")
             await asyncio.sleep(0.05)
+            if (failure := await self._slow_pull(alloc, task, image, config)) is not None:
+                return self._driver_failure(alloc, task, failure)
             if image in self.faults.get("pull_fail", []) or not image:
                 message = (f"Failed to pull `{image}`: Error response from daemon: pull access "
                            f"denied for {image.split(':')[0]}, repository does not exist or may "
@@ -767,10 +818,15 @@ class StandIn:
                 alloc, task, "failed to launch command with executor: rpc error: code = Unknown "
                              "desc = the stand-in was told to fail this start")
         env = self._env(alloc, task, group, task_dir)
+        if (failure := self._render_templates(task, task_dir)) is not None:
+            return self._driver_failure(alloc, task, failure)
         task_env = {k: self._interpolate(str(v), env, alloc)
                     for k, v in (task.spec.get("Env") or {}).items()}
         command = self._interpolate(str(config.get("command", "")), env, alloc)
         args = [self._interpolate(str(a), env, alloc) for a in config.get("args") or []]
+        if task.spec["Driver"] == "docker" and Path(command).name.startswith("python"):
+            # a stock image's Python: the standard library only, no sandbox_magics, no aiohttp
+            command, args = sys.executable, ["-I", "-S", *args]
         logs = alloc.root / "alloc" / "logs"
         task.stdout, task.stderr = logs / f"{task.name}.stdout.0", logs / f"{task.name}.stderr.0"
         full_env = {**os.environ, **env, **task_env}

@@ -169,6 +169,35 @@ def _device(device: dict[str, Any]) -> list[str]:
     return errors
 
 
+CHANGE_MODES = ("noop", "restart", "signal", "script")
+
+
+def template_errors(template: dict[str, Any]) -> list[str]:
+    """``Template.Validate`` (nomad/structs/structs.go), after ``api`` canonicalized it
+    (ChangeMode "restart", Perms "0644" when absent)."""
+    errors = []
+    if not template.get("SourcePath") and not template.get("EmbeddedTmpl"):
+        errors.append("Must specify a source path or have an embedded template")
+    dest = template.get("DestPath") or ""
+    if not dest:
+        errors.append("Must specify a destination for the template")
+    elif dest.startswith("/") or ".." in dest.split("/"):
+        errors.append("destination escapes allocation directory")
+    mode = template.get("ChangeMode") or "restart"
+    if mode not in CHANGE_MODES:
+        errors.append("Invalid change mode. Must be one of the following: noop, signal, "
+                      "script, restart")
+    elif mode == "signal" and not template.get("ChangeSignal"):
+        errors.append("Must specify signal value when change mode is signal")
+    if (template.get("Splay") or 0) < 0:
+        errors.append("Must specify positive splay value")
+    perms = template.get("Perms") or "0644"
+    if not re.fullmatch(r"[0-7]{1,4}", perms):
+        errors.append(f'Failed to parse "{perms}" as octal: strconv.ParseUint: parsing '
+                      f'"{perms}": invalid syntax')
+    return errors
+
+
 def _task(task: dict[str, Any]) -> str | None:
     """``Task.Validate`` (the parts a job of ours or a test reaches)."""
     errors = []
@@ -186,6 +215,9 @@ def _task(task: dict[str, Any]) -> str | None:
     if text := _resources(task.get("Resources")):
         errors.append(text)
     errors += _constraints(task.get("Constraints"))
+    for i, template in enumerate(task.get("Templates") or [], 1):
+        if text := multierror(template_errors(template)):
+            errors.append(f"Template {i} validation failed: {text}")
     for i, constraint in enumerate(task.get("Constraints") or [], 1):
         if constraint.get("Operand") in ("distinct_hosts", "distinct_property"):
             errors.append(f"Constraint {i} has disallowed Operand at task level: "

@@ -274,6 +274,13 @@ class Lab:
         thread.start()
         return thread
 
+    def live_kernel(self) -> int:
+        """Start a kernel session (a slot of the default profile); return its process id."""
+        reply = self.kernel.execute(f"%%sandbox {sys.executable} --kernel --session lc\n"
+                                    "import os\nprint(os.getpid())", 60)
+        assert reply.status == "ok", (reply.error, reply.stderr)
+        return int(reply.stdout.strip())
+
     def run_processes(self) -> list[int]:
         """Pids of live processes that carry this lab's mark in their environment."""
         needle = f"MARK={self.mark}".encode()
@@ -461,10 +468,12 @@ def test_a_restart_ends_a_blocking_run_keeps_a_bg_run_whose_next_kernel_attaches
     sleepers = {pid for pid in lab.run_processes() if _argv(pid) == [b"sleep", b"300"]}
     sleeper, blocking = sleepers & kept, sleepers - kept
     assert len(sleeper) == len(blocking) == 1, (sleepers, kept)
+    live = lab.live_kernel()
     lab.kernel.manager.restart_kernel(now=False)
     lab.kernel.client.wait_for_ready(timeout=60)
     lab.pids.append(lab.kernel.pid)
     assert wait_until(lambda: not blocking & set(lab.run_processes()), WINDOW), lab.leftovers()
+    assert wait_until(lambda: not pid_alive(live), WINDOW), "a kernel session outlived its kernel"
     assert sleeper <= set(lab.run_processes()), "the --bg run did not outlive its kernel"
     lab.load()
     listed = lab.kernel.execute(f"print({CLIENT}.runs().loc['r1', 'state'])").stdout
@@ -483,12 +492,14 @@ def test_a_sigkilled_kernels_bg_runs_end_after_the_heartbeat_window_and_the_next
     assert lab.cell("sleep 300", "--bg").status == "ok"
     assert lab.cell("sleep 300 & wait", "--bg --profile tiny").status == "ok"
     assert wait_until(lambda: len(lab.run_processes()) >= 3, 60)
+    live = lab.live_kernel()
     killed = lab.kernel.pid
     folders = lab.folders()
     os.kill(killed, signal.SIGKILL)
     window = lab.engine.after_kill
     assert wait_until(lambda: not lab.agents() and not lab.run_processes()
-                      and not lab.engine.remote(lab), window), lab.leftovers()
+                      and not lab.engine.remote(lab) and not pid_alive(live), window), \
+        {**lab.leftovers(), "kernel session alive": pid_alive(live)}
     lab.kernel.manager.restart_kernel(now=True)
     lab.kernel.client.wait_for_ready(timeout=60)
     lab.pids.append(lab.kernel.pid)

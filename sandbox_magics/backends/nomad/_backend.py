@@ -76,6 +76,7 @@ class _Start:
     profile: Profile
     deadline: float
     stage: str = "its evaluation was not processed yet"
+    pulling_since: float | None = None
 
     @property
     def job(self) -> str:
@@ -83,6 +84,17 @@ class _Start:
 
     def left(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
+
+    def pull(self, stage: str | None) -> None:
+        """While the driver pulls the image (``stage`` says so), the time goes on the
+        deadline: a pull is bounded by the driver's ``image_pull_timeout``, not by
+        ``start_timeout``."""
+        now = asyncio.get_running_loop().time()
+        if stage is not None and self.pulling_since is not None:
+            self.deadline += now - self.pulling_since
+        self.pulling_since = now if stage is not None else None
+        if stage is not None:
+            self.at(stage)
 
     def at(self, stage: str) -> None:
         if stage != self.stage:
@@ -207,6 +219,9 @@ class Backend(BaseBackend):
 
     # ------------------------------------------------------------------ create
 
+    def preparation_timeout(self, profile: Profile) -> float:
+        return self.settings.image_pull_timeout if self.settings.driver == "docker" else 0.0
+
     async def create(self, profile: Profile, tags: Mapping[str, str]) -> NomadSandbox:
         sandbox_id = _job.job_id(self.settings, self.identity.client_id,
                                  tags.get(identity.NAME, profile.name))
@@ -271,8 +286,11 @@ class Backend(BaseBackend):
             await self._fail_if_ended(start, alloc)
             if alloc.get("ClientStatus") == "running":
                 return alloc
-            start.at(f"its allocation {_job.short(alloc['ID'])} is "
-                     f"{alloc.get('ClientStatus', 'pending')}")
+            pull = _job.pulling(alloc)
+            start.pull(pull)
+            if pull is None:
+                start.at(f"its allocation {_job.short(alloc['ID'])} is "
+                         f"{alloc.get('ClientStatus', 'pending')}")
 
     async def _unplaced(self, start: _Start) -> None:
         """Fail if the job's evaluation cannot place it; while nodes that fit are only

@@ -1,7 +1,8 @@
 """The Nomad job of one sandbox, and Nomad's answers read as sentences (pure functions).
 
-One batch job per sandbox: one group, one task running the agent, restarts and
-rescheduling off (an agent that exits ends its allocation, and the pool replaces the
+One batch job per sandbox: one group, one task running the agent (with the docker
+driver, from the `agent_bundle` the job carries as a template, so any image with Python
+runs it), restarts and rescheduling off (an agent that exits ends its allocation, and the pool replaces the
 sandbox), a dynamic port ``agent``, the core's tags in the job's meta, and only the
 SHA-256 of the agent's token in its environment.
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 from ... import identity
 from ...profiles import Profile
+from ..agent_bundle import BOOT, BUNDLE_FILE, bundle_text
 from ._settings import Settings
 
 GROUP = "sandbox"
@@ -68,14 +70,20 @@ def job_spec(settings: Settings, profile: Profile, sandbox_id: str, tags: Mappin
              token_sha256: str, namespace: str | None, region: str | None) -> dict[str, Any]:
     """The job that runs one agent serving ``profile.slots_per_sandbox`` slots."""
     host = "${NOMAD_IP_%s}" % PORT if settings.driver == "raw_exec" else "0.0.0.0"
-    args = ["-m", "sandbox_magics.agent", "--root", "${NOMAD_TASK_DIR}/workspaces",
-            "--slots", str(profile.slots_per_sandbox), "--host", host,
-            "--port", "${NOMAD_PORT_%s}" % PORT,
-            "--idle-timeout", f"{profile.heartbeat_window:g}",
-            "--heartbeat-window", f"{profile.heartbeat_window:g}"]
-    config: dict[str, Any] = {"command": settings.python, "args": args}
-    if settings.driver == "docker":
-        config.update(image=profile.image or "python:3.12-slim", ports=[PORT])
+    agent = ["--root", "${NOMAD_TASK_DIR}/workspaces",
+             "--slots", str(profile.slots_per_sandbox), "--host", host,
+             "--port", "${NOMAD_PORT_%s}" % PORT,
+             "--idle-timeout", f"{profile.heartbeat_window:g}",
+             "--heartbeat-window", f"{profile.heartbeat_window:g}"]
+    config: dict[str, Any] = {"command": settings.python,
+                              "args": ["-m", "sandbox_magics.agent", *agent]}
+    templates = None
+    if settings.driver == "docker":  # a stock image: the job brings the agent (agent_bundle)
+        config.update(image=profile.image or "python:3.12-slim", ports=[PORT],
+                      args=["-c", BOOT, "${NOMAD_TASK_DIR}", *agent],
+                      image_pull_timeout=f"{settings.image_pull_timeout:g}s")
+        templates = [{"EmbeddedTmpl": bundle_text(), "DestPath": f"local/{BUNDLE_FILE}",
+                      "ChangeMode": "noop", "Perms": "0644"}]
     resources: dict[str, Any] = {"CPU": max(1, round(profile.cpu * settings.mhz_per_cpu)),
                                  "MemoryMB": int(profile.memory_mb)}
     if profile.gpu:
@@ -98,7 +106,7 @@ def job_spec(settings: Settings, profile: Profile, sandbox_id: str, tags: Mappin
             "Tasks": [{
                 "Name": TASK, "Driver": settings.driver, "Config": config,
                 "Env": {TOKEN_SHA256_ENV: token_sha256, "PYTHONUNBUFFERED": "1"},
-                "Resources": resources,
+                "Resources": resources, "Templates": templates,
                 "KillSignal": "SIGTERM", "KillTimeout": int(KILL_TIMEOUT * _NS),
                 "LogConfig": {"MaxFiles": 2, "MaxFileSizeMB": 10},
             }],
@@ -151,6 +159,27 @@ def _events(alloc: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _message(event: Mapping[str, Any]) -> str:
     return str(event.get("DisplayMessage") or event.get("DriverError") or event.get("Message")
                or event.get("Type") or "").strip().rstrip(".")
+
+
+def pulling(alloc: Mapping[str, Any]) -> str | None:
+    """What an image pull of the allocation's task says, while its driver pulls ("pulling
+    the image python:3.12-slim: Pulled 3/7 (1.2GiB/3.4GiB) layers: ..."), else None.
+
+    The docker driver's events: "Downloading image" as the pull starts (the image in its
+    annotations), "Docker image pull progress: ..." every two minutes of a slow one
+    (drivers/docker/driver.go, coordinator.go); any later event ends the pull."""
+    image, progress = None, None
+    for event in _events(alloc):
+        text = _message(event)
+        if text == "Downloading image":
+            image, progress = (event.get("Details") or {}).get("image", ""), None
+        elif image is not None and text.startswith("Docker image pull progress: "):
+            progress = text.removeprefix("Docker image pull progress: ")
+        else:
+            image = None
+    if image is None:
+        return None
+    return f"pulling the image {image}" + (f": {progress}" if progress else "")
 
 
 def sigkilled(memory_mb: int | None) -> str:

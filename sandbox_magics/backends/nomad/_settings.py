@@ -124,6 +124,8 @@ class Settings:
         gpu_device: the device name asked for when the profile has a ``gpu``.
         ca_cert: a CA bundle to check an https address against (default: the system's).
         api_timeout: seconds one Nomad API call may take before it counts as unanswered.
+        image_pull_timeout: seconds the docker driver may pull the image (its
+            ``image_pull_timeout``); a pull does not count against ``start_timeout``.
     """
 
     address: str | None = field(default=None, metadata={"check": _address})
@@ -141,6 +143,7 @@ class Settings:
     gpu_device: str = field(default="nvidia/gpu", metadata={"check": non_empty_text})
     ca_cert: str | None = field(default=None, metadata={"check": non_empty_text})
     api_timeout: float = field(default=10.0, metadata={"check": positive})
+    image_pull_timeout: float = field(default=1800.0, metadata={"check": positive})
 
     def check_profile(self, profile: Profile) -> None:
         """Refuse, before any job is registered, a profile value Nomad would refuse.
