@@ -463,12 +463,12 @@ def test_a_restart_ends_a_blocking_run_keeps_a_bg_run_whose_next_kernel_attaches
     assert lab.cell("sleep 300", "--bg --name kept").status == "ok"
     assert wait_until(lambda: len(lab.run_processes()) >= 2, 60)
     kept = set(lab.run_processes())
+    live = lab.live_kernel()
     lab.kernel.client.execute(f"%%sandbox bash --env MARK={lab.mark} --profile tiny\nsleep 300")
     assert wait_until(lambda: len(lab.run_processes()) >= len(kept) + 2, 60)
     sleepers = {pid for pid in lab.run_processes() if _argv(pid) == [b"sleep", b"300"]}
     sleeper, blocking = sleepers & kept, sleepers - kept
     assert len(sleeper) == len(blocking) == 1, (sleepers, kept)
-    live = lab.live_kernel()
     lab.kernel.manager.restart_kernel(now=False)
     lab.kernel.client.wait_for_ready(timeout=60)
     lab.pids.append(lab.kernel.pid)
