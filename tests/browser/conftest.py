@@ -57,9 +57,8 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture
-def page(browser: Any, lab: JupyterLab, screenshots: Path,
-         request: pytest.FixtureRequest) -> Iterator[Any]:
+def new_page(browser: Any) -> tuple[Any, Any]:
+    """A browser context and its page; the page's script errors collect in ``page.errors``."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000},
                                   accept_downloads=True)
     page = context.new_page()
@@ -67,12 +66,32 @@ def page(browser: Any, lab: JupyterLab, screenshots: Path,
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.errors = errors
-    yield page
+    return context, page
+
+
+def screenshot_if_failed(page: Any, screenshots: Path, request: pytest.FixtureRequest) -> None:
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
         try:
             page.screenshot(path=str(screenshots / f"FAILED-{request.node.name}.png"))
         except Exception:
             pass
+
+
+@pytest.fixture
+def page(browser: Any, lab: JupyterLab, screenshots: Path,
+         request: pytest.FixtureRequest) -> Iterator[Any]:
+    context, page = new_page(browser)
+    yield page
+    screenshot_if_failed(page, screenshots, request)
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def shared_page(browser: Any) -> Iterator[Any]:
+    """One page for a module's `notebook` tests: each opens its notebook in the JupyterLab
+    the page loaded already, which takes half the time of loading JupyterLab again."""
+    context, page = new_page(browser)
+    yield page
     context.close()
 
 
@@ -84,13 +103,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
 
 
 @pytest.fixture
-def notebook(lab: JupyterLab, page: Any, request: pytest.FixtureRequest) -> Iterator[Notebook]:
-    """A new notebook named after the test, opened, its kernel started and the extension loaded."""
+def notebook(lab: JupyterLab, shared_page: Any, screenshots: Path,
+             request: pytest.FixtureRequest) -> Iterator[Notebook]:
+    """A new notebook named after the test, opened in the module's page, its kernel started
+    and the extension loaded; closed afterwards, its kernel shut down."""
     name = request.node.name.replace("[", "_").replace("]", "") + ".ipynb"
-    nb = Notebook(lab, page, name)
+    shared_page.errors.clear()
+    nb = Notebook(lab, shared_page, name, reuse=True)
     nb.run("%load_ext sandbox_magics")
     yield nb
+    screenshot_if_failed(shared_page, screenshots, request)
     try:
-        nb.page.evaluate("() => window.sbxTest.nb().sessionContext.shutdown()")
+        nb.page.evaluate("async () => { const p = window.sbxTest.nb();"
+                         " await p.sessionContext.shutdown(); p.context.model.dirty = false;"
+                         " p.dispose(); }")
     except Exception:
         pass
