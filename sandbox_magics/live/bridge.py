@@ -33,16 +33,23 @@ READY, STDOUT, STDERR, DISPLAY, RESULT, ERROR, CLEAR, DATA, DONE, FATAL = (
 EXECUTE, PUSH, PULL = b"e", b"p", b"u"
 NO_IPYTHON = 3
 READ = 65536
+BATCH = 8192
 
 
 class Channel:
-    """Frames out on ``fd`` (a copy of the original stdout), one writer at a time."""
+    """Frames out on ``fd`` (a copy of the original stdout), one writer at a time. Before
+    any frame but output, the ``flushers`` send the output held so far (Python's, then
+    the pipes'), so output keeps its place before displays and answers."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
+        self.flushers: list = []
 
     def send(self, kind: bytes, payload: bytes) -> None:
+        if kind not in (STDOUT, STDERR):
+            for flush in self.flushers:  # outside the lock: a pipe's pump takes it too
+                flush()
         data = memoryview(HEADER.pack(kind, len(payload)) + payload)
         with self.lock:
             while data:
@@ -119,17 +126,23 @@ class Pipes:
 
 
 class Stream:
-    """``sys.stdout`` / ``sys.stderr``: text written goes out as one frame at once."""
+    """``sys.stdout`` / ``sys.stderr``: text written goes out as a frame at each line end,
+    each `BATCH` characters, each ``flush`` and before any other frame."""
 
     encoding = "utf-8"
     errors = "replace"
 
     def __init__(self, channel: Channel, kind: bytes, fileno: int) -> None:
         self.channel, self.kind, self._fileno = channel, kind, fileno
+        self.held: list = []
+        self.size = 0
 
     def write(self, text: str) -> int:
-        if text:
-            self.channel.send(self.kind, text.encode("utf-8", "replace"))
+        with self.channel.lock:
+            self.held.append(text)
+            self.size += len(text)
+            if "\n" in text or self.size >= BATCH:
+                self.flush()
         return len(text)
 
     def writelines(self, lines: Any) -> None:
@@ -137,7 +150,10 @@ class Stream:
             self.write(line)
 
     def flush(self) -> None:
-        pass
+        with self.channel.lock:
+            if self.size:
+                text, self.held, self.size = "".join(self.held), [], 0
+                self.channel.send(self.kind, text.encode("utf-8", "replace"))
 
     def isatty(self) -> bool:
         return False
@@ -205,8 +221,8 @@ def make_shell(channel: Channel) -> Any:
 class Bridge:
     """The request loop: one request at a time, in the main thread (signals land here)."""
 
-    def __init__(self, channel: Channel, pipes: Pipes, shell: Any) -> None:
-        self.channel, self.pipes, self.shell = channel, pipes, shell
+    def __init__(self, channel: Channel, shell: Any) -> None:
+        self.channel, self.shell = channel, shell
         self.busy = False
 
     def interrupt(self, signum: int, frame: Any) -> None:
@@ -214,8 +230,6 @@ class Bridge:
             raise KeyboardInterrupt
 
     def done(self, rid: int, **fields: Any) -> None:
-        sys.stdout.flush()
-        self.pipes.drain()
         self.channel.json(DONE, {"id": rid, "memory": memory(), **fields})
 
     def execute(self, request: dict) -> None:
@@ -287,10 +301,11 @@ def main() -> int:
     pipes = Pipes(channel)
     sys.stdout = Stream(channel, STDOUT, 1)
     sys.stderr = Stream(channel, STDERR, 2)
+    channel.flushers = [sys.stdout.flush, sys.stderr.flush, pipes.drain]
     if importlib.util.find_spec("matplotlib_inline"):  # plots show inline, as in a notebook
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     shell = make_shell(channel)
-    bridge = Bridge(channel, pipes, shell)
+    bridge = Bridge(channel, shell)
     signal.signal(signal.SIGINT, bridge.interrupt)
     inbox: "queue.Queue[tuple[bytes, bytes] | None]" = queue.Queue()
     Requests(requests, inbox).start()

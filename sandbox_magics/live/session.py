@@ -38,6 +38,8 @@ READY_TIMEOUT = 120.0
 PICKLE_PROTOCOL = 4
 """Readable by every Python 3 a sandbox may have, large objects included."""
 TAIL = 2000
+WRITE_GRACE = 5.0
+"""Seconds a kernel whose request could not be sent has to end by itself before it is stopped."""
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 Sink = Callable[[str, Any], None]
@@ -313,8 +315,10 @@ class KernelSession:
             try:
                 await run.write(make(rid))
                 await asyncio.wait({answer, ended}, return_when=asyncio.FIRST_COMPLETED)
-            except SandboxError:
-                await ended
+            except SandboxError as exc:  # it ended meanwhile, or cannot be reached
+                await asyncio.wait({ended}, timeout=WRITE_GRACE)
+                if not ended.done():
+                    await self.stop(f"a request could not be sent to it ({exc})")
             if answer.done():
                 done = answer.result()
                 reply.status = done["status"]

@@ -223,6 +223,7 @@ def test_a_bg_run_outlives_a_kernel_restart_and_its_attached_log_and_sidebar_row
 
     attached = nb.run("%sandbox attach outlives")
     wait_text(nb.output(attached), "tick 200.", 60)
+    wait_text(nb.output(attached), "succeeded, exit code 0", 15)  # the state follows the log
     head = nb.output(attached).inner_text().splitlines()[0]
     assert "succeeded, exit code 0" in head and "1.8 KB of output" in head, head
     lines = nb.run("run = get_ipython().magics_manager.registry['SandboxMagics'].client"
