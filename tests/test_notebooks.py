@@ -61,12 +61,15 @@ def test_quickstart_notebook_runs_and_leaves_nothing_running(tmp_path: Path) -> 
     assert "hello from " in outputs[1] and "tick 3" in outputs[1]
     assert outputs[2] == "fast\n"
     assert outputs[4] == "42\n"
-    assert "about to fail" in outputs[5]
-    assert "reserves no GPU" in outputs[6]
-    assert "succeeded" in outputs[7] and "failed" in outputs[7]
-    assert "pytorch-gpu" in outputs[8]
-    assert "0 45" in outputs[10] and "async" in outputs[10]
-    assert "Stopped" in outputs[11]
+    assert "step  loss" in outputs[5]  # the kernel session's DataFrame, as its result
+    assert "<table" in cells[5].outputs[0]["data"]["text/html"]
+    assert outputs[7] == "1.8\n"  # pulled after the kernel session doubled it
+    assert "about to fail" in outputs[8]
+    assert "reserves no GPU" in outputs[9]
+    assert "succeeded" in outputs[10] and "failed" in outputs[10]
+    assert "pytorch-gpu" in outputs[11]
+    assert "0 45" in outputs[13] and "async" in outputs[13]
+    assert "Stopped" in outputs[14]
     assert wait_until(lambda: set(agent_pids()) <= before, 15)
 
 

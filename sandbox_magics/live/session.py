@@ -35,6 +35,7 @@ from .frames import FrameReader, frame, json_frame
 BRIDGE = Path(bridge.__file__).read_text()
 READY_TIMEOUT = 120.0
 """Seconds a kernel has, once its slot is granted, to import IPython and say it is ready."""
+READY_POLL = 1.0
 PICKLE_PROTOCOL = 4
 """Readable by every Python 3 a sandbox may have, large objects included."""
 TAIL = 2000
@@ -258,11 +259,15 @@ class KernelSession:
         if run.done:
             self._gone.set()
         ended = asyncio.ensure_future(self._gone.wait())
+        granted: float | None = None
         try:
             while not ready.done() and not ended.done():
-                await asyncio.wait({ready, ended}, timeout=READY_TIMEOUT,
+                await asyncio.wait({ready, ended}, timeout=READY_POLL,
                                    return_when=asyncio.FIRST_COMPLETED)
-                if not ready.done() and not ended.done() and run.stage is Stage.RUNNING:
+                if run.stage is Stage.RUNNING and granted is None:
+                    granted = loop.time()
+                if (granted is not None and loop.time() - granted > READY_TIMEOUT
+                        and not ready.done() and not ended.done()):
                     await self.stop(f"it did not start within {READY_TIMEOUT:g} s of getting "
                                     "its slot")
         finally:
@@ -291,8 +296,6 @@ class KernelSession:
         if stream == "state" and run.done and run is self.run:
             self._gone.set()
             self._ended(self.why(run))
-            if self._ready is not None and not self._ready.done():
-                self._ready.cancel()
 
     def _ended(self, reason: str) -> None:
         self._cancel_idle()

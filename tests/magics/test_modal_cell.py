@@ -275,3 +275,11 @@ def test_a_kernel_session_on_an_image_without_ipython_fails_with_what_to_add(ker
     assert reply.status == "error" and reply.error["ename"] == "KernelError", reply.error
     assert "has no IPython" in reply.error["evalue"]
     assert 'pip = ["ipython"] in [profiles.m.modal]' in reply.error["evalue"]
+
+
+def test_a_kernel_session_whose_python_is_missing_is_one_sentence(kernel: Kernel) -> None:
+    reply = kernel.execute("%%sandbox /no/such/python3 --kernel --session nopython --profile m\n"
+                           "x = 1")
+    assert reply.status == "error" and reply.error["ename"] == "KernelError", reply.error
+    assert "could not start" in reply.error["evalue"] and "/no/such/python3" in reply.error["evalue"]
+    assert len(reply.error["traceback"]) == 1
