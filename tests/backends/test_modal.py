@@ -257,6 +257,8 @@ def test_no_credentials_is_one_sentence_saying_how_to_create_them(
                       r"available.*; set the profile's gpu to a type Modal offers\."),
     ({"secrets": ("nope",)}, r"Modal could not find something profile 'mp' names: Secret 'nope' "
                              r"not found.*"),
+    ({"modal": {"pip": ["sandbox-magics-slow-build-30"], "build_timeout": 1}},
+     r"The image of profile 'mp' did not build within 1 s \(the modal table's build_timeout\)\."),
 ])
 def test_start_failures_are_one_readable_sentence(modal_env: Running, fields: dict[str, Any],
                                                   expected: str) -> None:

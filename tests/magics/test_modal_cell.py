@@ -30,6 +30,16 @@ acquire_timeout = 60
 [profiles.m.modal]
 app_name = "kernel-tests"
 
+[profiles.built]
+backend = "modal"
+slots_per_sandbox = 1
+max_sandboxes = 1
+start_timeout = 3
+
+[profiles.built.modal]
+app_name = "kernel-tests"
+pip = ["sandbox-magics-slow-build-4"]
+
 [profiles.s]
 backend = "modal"
 slots_per_sandbox = 1
@@ -283,3 +293,13 @@ def test_a_kernel_session_whose_python_is_missing_is_one_sentence(kernel: Kernel
     assert reply.status == "error" and reply.error["ename"] == "KernelError", reply.error
     assert "could not start" in reply.error["evalue"] and "/no/such/python3" in reply.error["evalue"]
     assert len(reply.error["traceback"]) == 1
+
+
+def test_a_cell_waiting_on_an_image_build_shows_it_and_runs_past_start_timeout(
+        kernel: Kernel) -> None:
+    reply = kernel.execute("%%sandbox bash --profile built\necho built and ran", timeout=90)
+    assert reply.status == "ok", reply.error or reply.stderr
+    assert reply.stdout == "built and ran\n"
+    assert "to start: preparing the image (a first start builds it)" in reply.stderr
+    assert reply.replied - reply.sent > 4  # the build alone takes 4 s; start_timeout is 3 s
+    assert kernel.execute("%sandbox scale built 0").status == "ok"

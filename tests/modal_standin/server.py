@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import secrets
 import signal
 import sys
@@ -51,6 +52,8 @@ FS_TOOLS = "/__modal/.bin/modal-sandbox-fs-tools"
 FS_TOOLS_SCRIPT = Path(__file__).with_name("fs_tools.py")
 GPU_TYPES = ("T4", "L4", "A10G", "A10", "A100", "A100-40GB", "A100-80GB", "L40S", "H100", "H200", "B200")
 BUILD_FAILS = "does-not-exist"
+SLOW_BUILD = re.compile(r"slow-build-([0-9.]+)")
+"""A package name that makes an image take that many seconds to build (the first time)."""
 READ_CHUNK = 64 * 1024
 SEND_CHUNK = 1024 * 1024
 KEEP_FINISHED = 120.0
@@ -129,6 +132,8 @@ class StandIn:
         self.calls: collections.Counter[str] = collections.Counter()
         self.apps: dict[tuple[str, str], str] = {}
         self.images: dict[bytes, str] = {}
+        self.building: dict[str, tuple[float, str]] = {}
+        """Images being built: id → (monotonic time the build ends, builder version)."""
         self.named_secrets: dict[str, str] = {}
         self.secret_values: dict[str, dict[str, str]] = {}
         self.volumes: dict[tuple[str, str], str] = {}
@@ -380,18 +385,43 @@ class ControlPlane(_Servicer):
     async def ImageGetOrCreate(self, stream: Stream[Any, Any]) -> None:
         req = await self._req(stream, "ImageGetOrCreate")
         key = req.image.SerializeToString()
+        new = key not in self.standin.images
         image_id = self.standin.images.setdefault(key, f"im-{next(self.standin._ids)}")
         bad = [c for c in req.image.dockerfile_commands if BUILD_FAILS in c]
+        slow = [m for c in req.image.dockerfile_commands if (m := SLOW_BUILD.search(c))]
         if bad:
             result = api_pb2.GenericResult(
                 status=_RESULT.GENERIC_STATUS_FAILURE,
                 exception=f"Build step failed: {bad[0].strip()}: manifest unknown or package "
                           "not found (exit code 1)")
+        elif slow and (new or image_id in self.standin.building):
+            # not built yet: no result, the client joins the build (ImageJoinStreaming)
+            self.standin.building.setdefault(
+                image_id, (time.monotonic() + float(slow[0].group(1)), req.builder_version))
+            result = api_pb2.GenericResult()
         else:
             result = api_pb2.GenericResult(status=_RESULT.GENERIC_STATUS_SUCCESS)
         await stream.send_message(api_pb2.ImageGetOrCreateResponse(
             image_id=image_id, result=result,
             metadata=api_pb2.ImageMetadata(image_builder_version=req.builder_version)))
+
+    async def ImageJoinStreaming(self, stream: Stream[Any, Any]) -> None:
+        """A build's end: held up to the request's ``timeout`` (the client asks again),
+        then its log's last line and its result, as Modal streams them."""
+        req = await self._req(stream, "ImageJoinStreaming")
+        ends, version = self.standin.building.get(req.image_id, (0.0, ""))
+        left = ends - time.monotonic()
+        if left > req.timeout:
+            await asyncio.sleep(req.timeout)
+            await stream.send_message(api_pb2.ImageJoinStreamingResponse())
+            return
+        await asyncio.sleep(max(left, 0.0))
+        self.standin.building.pop(req.image_id, None)
+        await stream.send_message(api_pb2.ImageJoinStreamingResponse(
+            task_logs=[api_pb2.TaskLogs(data="Built image.\n",
+                                        file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT)],
+            result=api_pb2.GenericResult(status=_RESULT.GENERIC_STATUS_SUCCESS),
+            entry_id="1", eof=True, metadata=api_pb2.ImageMetadata(image_builder_version=version)))
 
     async def SecretGetOrCreate(self, stream: Stream[Any, Any]) -> None:
         req = await self._req(stream, "SecretGetOrCreate")

@@ -35,7 +35,7 @@ from ...identity import Identity
 from ...profiles import Profile
 from ..base import Backend as BaseBackend
 from ..base import (ExecEvent, ExecRequest, Exited, FileInfo, Health, KeptRun, Output, Process,
-                    Sandbox, Started)
+                    Sandbox, Started, report_stage)
 from .settings import MAX_TIMEOUT, Settings
 
 """The one ``modal`` release this backend and its stand-in are written against."""
@@ -543,6 +543,14 @@ class ModalProcess(Process):
         self._readers = []
 
 
+async def _within(awaitable: Any, seconds: float, sentence: str) -> Any:
+    """``awaitable``'s result, or `SandboxStartError` with ``sentence`` past ``seconds``."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        raise SandboxStartError(sentence) from None
+
+
 def _result_text(sb: Any) -> str:
     """Modal's own words on why a sandbox ended (its result's ``exception``), if any."""
     try:
@@ -585,21 +593,35 @@ class Backend(BaseBackend):
         idle = self.settings.idle_timeout or min(profile.idle_timeout * 2, MAX_TIMEOUT)
         return max(1, int(lifetime)), max(1, int(idle))
 
+    def preparation_timeout(self, profile: Profile) -> float:
+        return self.settings.build_timeout
+
     async def create(self, profile: Profile, tags: Mapping[str, str]) -> ModalSandbox:
+        """Build the image if Modal has no build of it yet (bounded by ``build_timeout``,
+        not ``start_timeout``, and shown as the start's stage), then start the sandbox."""
         modal, s = _modal(), self.settings
         timeout, idle = self._timeouts(profile)
         try:
-            sb = await modal.Sandbox.create.aio(
-                app=await self.app(), name=sandbox_name(tags), tags=dict(tags),
-                image=self.image(profile),
+            app = await self.app()
+            image = self.image(profile)
+            report_stage("preparing the image (a first start builds it)")
+            await _within(image.build.aio(app), s.build_timeout,
+                          f"The image of profile {profile.name!r} did not build within "
+                          f"{s.build_timeout:g} s (the modal table's build_timeout).")
+            report_stage("starting the sandbox")
+            sb = await _within(modal.Sandbox.create.aio(
+                app=app, name=sandbox_name(tags), tags=dict(tags),
+                image=image,
                 secrets=[modal.Secret.from_name(n, environment_name=s.environment)
                          for n in (*profile.secrets, *s.secrets)],
                 volumes={path: modal.Volume.from_name(name, environment_name=s.environment)
                          for name, path in s.volumes.items()},
                 timeout=timeout, idle_timeout=idle, workdir=s.workdir, gpu=profile.gpu,
                 cpu=profile.cpu, memory=profile.memory_mb, region=list(s.region) or None,
-                cloud=s.cloud)
-        except asyncio.CancelledError:
+                cloud=s.cloud), profile.start_timeout,
+                f"Modal did not start a sandbox for profile {profile.name!r} within "
+                f"{profile.start_timeout:g} s of its image being ready.")
+        except (asyncio.CancelledError, SandboxStartError):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes one sentence
             raise SandboxStartError(self.explain(profile, exc)) from None

@@ -60,6 +60,8 @@ class Settings:
         secrets: names of Modal secrets attached besides the profile's ``secrets``.
         volumes: Modal volume name → absolute mount path.
         workdir: the folder in the sandbox that holds the slot workspaces.
+        build_timeout: seconds the image may take to build on a first start; a build does
+            not count against the profile's ``start_timeout``.
     """
 
     app_name: str = field(default="sandbox-magics", metadata={"check": non_empty_text})
@@ -75,3 +77,4 @@ class Settings:
     volumes: Mapping[str, str] = field(default_factory=lambda: FrozenMapping({}),
                                          metadata={"check": _mounts})
     workdir: str = field(default="/root/sandbox_magics", metadata={"check": _absolute})
+    build_timeout: float = field(default=1800.0, metadata={"check": _lifetime})
