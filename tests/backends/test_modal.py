@@ -218,12 +218,22 @@ def test_every_sandbox_has_a_name_tags_timeout_and_idle_timeout(modal_env: Runni
     me = Identity()
 
     async def scenario() -> ModalSandbox:
-        return await started(profile(idle_timeout=40, lifetime=900), me)
+        return await started(profile(idle_timeout=90, lifetime=900), me)
     sandbox = run(scenario)
     box = modal_env.standin.boxes[sandbox.sb.object_id]
     assert box.name == f"mp-1-{me.client_id}"
     assert box.tags[identity.CLIENT] == me.client_id and box.tags[identity.NAME] == "mp-1"
-    assert (box.definition.timeout_secs, box.definition.idle_timeout_secs) == (900, 80)
+    assert (box.definition.timeout_secs, box.definition.idle_timeout_secs) == (900, 180)
+    run(sandbox.terminate)
+
+
+def test_modals_idle_limit_outlasts_two_heartbeats_so_a_warm_sandbox_is_kept(
+        modal_env: Running) -> None:
+    """Execs are activity to Modal, health polls are not; the pool's heartbeat is an exec a
+    minute, so an idle limit under two minutes would end a warm (min_sandboxes) sandbox."""
+    sandbox = run(started, profile(idle_timeout=10, min_sandboxes=1))
+    box = modal_env.standin.boxes[sandbox.sb.object_id]
+    assert box.definition.idle_timeout_secs == 120
     run(sandbox.terminate)
 
 

@@ -47,6 +47,8 @@ HEALTH_INTERVAL = 5.0
 """Seconds a good health answer is reused: the pool asks every tick, and a run whose sandbox
 ends learns it at once from its own exec, so Modal is polled at most this often."""
 RUNS = ".runs"
+MIN_IDLE = 120
+"""Twice the pool's heartbeat interval: a warm sandbox is never idle that long for Modal."""
 FILES_ENV = "SANDBOX_MAGICS_FILES"
 FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -589,9 +591,12 @@ class Backend(BaseBackend):
         return image.pip_install(*s.pip) if s.pip else image
 
     def _timeouts(self, profile: Profile) -> tuple[int, int]:
+        """The sandbox's ``timeout`` and ``idle_timeout``. Modal counts execs as activity,
+        health polls not: the pool's heartbeats (an exec a minute) keep a warm sandbox of
+        a live kernel going, so Modal's idle limit is at least `MIN_IDLE`."""
         lifetime = self.settings.timeout or min(profile.lifetime, MAX_TIMEOUT)
         idle = self.settings.idle_timeout or min(profile.idle_timeout * 2, MAX_TIMEOUT)
-        return max(1, int(lifetime)), max(1, int(idle))
+        return max(1, int(lifetime)), max(MIN_IDLE, int(idle))
 
     def preparation_timeout(self, profile: Profile) -> float:
         return self.settings.build_timeout
