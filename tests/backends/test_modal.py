@@ -354,17 +354,39 @@ def _live_skip_reason() -> str | None:
 
 
 @pytest.mark.skipif(_live_skip_reason() is not None, reason=str(_live_skip_reason()))
-def test_live_modal_runs_a_command() -> None:
+def test_live_modal_runs_a_command_with_stdin_files_tags_discover_and_terminate(
+        tmp_path: Path) -> None:
+    """On the real Modal: the same calls the stand-in serves, end to end."""
     from tests.modal_standin.fixtures import reset_modal_client
     reset_modal_client()
+    p = profile(modal={"app_name": "sandbox-magics-tests"}, lifetime=600)
+    me = Identity()
+    (tmp_path / "in.txt").write_text("uploaded\n")
 
-    async def scenario() -> list[Any]:
-        sandbox = await started(profile(modal={"app_name": "sandbox-magics-tests"}, lifetime=600))
+    async def scenario() -> tuple[str, str, bool, bool, str]:
+        sandbox = await started(p, me)
         try:
-            return (await collect(await sandbox.exec(0, ExecRequest("live", ("sh",), stdin="echo live"))))[0]
+            events, _ = await collect(await sandbox.exec(0, ExecRequest(
+                "live", ("sh",), stdin="cat in.txt; echo from stdin; echo made > out.txt",
+                files={"note.txt": "a small file\n"})))
+            await sandbox.upload(1, tmp_path / "in.txt", "in.txt")
+            events, _ = await collect(await sandbox.exec(1, ExecRequest(
+                "live2", ("sh",), stdin="cat in.txt; echo from stdin; echo made > out.txt")))
+            await sandbox.download(1, "out.txt", tmp_path / "out.txt")
+            tagged = sandbox.tags[identity.CLIENT] == me.client_id
+            backend = make_backend(p, me)
+            found = [s.id for s in await backend.discover(p)]
+            return (text(events, "stdout"), (tmp_path / "out.txt").read_text(), tagged,
+                    sandbox.id in found, sandbox.id)
         finally:
             await sandbox.terminate()
-    assert text(run(scenario, timeout=600), "stdout") == "live\n"
+    out, downloaded, tagged, discovered, sandbox_id = run(scenario, timeout=600)
+    assert out == "uploaded\nfrom stdin\n" and downloaded == "made\n"
+    assert tagged and discovered
+
+    async def listed_after() -> list[str]:
+        return [s.id for s in await make_backend(p, me).discover(p)]
+    assert sandbox_id not in run(listed_after, timeout=120), "terminate left it running"
 
 
 def test_a_detached_run_whose_owner_stops_heartbeating_is_stopped_after_the_window(
