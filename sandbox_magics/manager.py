@@ -43,6 +43,8 @@ from .sweeps.sweep import drive as drive_sweep
 CANCEL_GRACE = 2.0
 SETTLE_TIMEOUT = 45.0
 BUDGET_CHECK = 1.0
+STAGE_SHOWN_AFTER = 2.0
+"""Seconds a sandbox's start must wait for the same thing before the waiting cells say so."""
 """Seconds to wait for a pool to adopt what an earlier kernel left, before attaching."""
 CLOSED = ("This sandbox client has been shut down; create a new Client "
           "(or run %reload_ext sandbox_magics).")
@@ -104,6 +106,7 @@ class Manager:
         self._ledger_failed = False
         self._checked: dict[str, tuple[Profile, Hashable]] = {}
         self.kernels: dict[tuple[str, str], KernelSession] = {}
+        self._stage_timers: set[asyncio.TimerHandle] = set()
 
     def _check_open(self) -> None:
         if self.state is ManagerState.CLOSED:
@@ -216,12 +219,23 @@ class Manager:
         task.add_done_callback(lambda _: self._ended(run, task))
 
     def _on_event(self, event: PoolEvent) -> None:
-        if event.kind is EventKind.STAGE:  # what the cells waiting for a sandbox wait for
-            for run in self.runs:
-                if run.state is RunState.QUEUED and run.profile == event.profile:
-                    run._notice(f"Waiting for sandbox {event.sandbox} to start: {event.detail}.")
+        if event.kind is EventKind.STAGE:
+            timer = asyncio.get_running_loop().call_later(STAGE_SHOWN_AFTER, self._stage_lasted,
+                                                          event)
+            self._stage_timers = {t for t in self._stage_timers if not t.cancelled()} | {timer}
         for listener in list(self.listeners):
             listener(event)
+
+    def _stage_lasted(self, event: PoolEvent) -> None:
+        """Tell the cells waiting for a sandbox of the profile what its start waits for,
+        if it still waits for that (a stage shorter than `STAGE_SHOWN_AFTER` is not news)."""
+        pool = self.pools.get(event.profile)
+        if pool is None or not any(box.id == event.sandbox and box.stage == event.detail
+                                   for box in pool.status().sandboxes):
+            return
+        for run in self.runs:
+            if run.state is RunState.QUEUED and run.profile == event.profile:
+                run._notice(f"Waiting for sandbox {event.sandbox} to start: {event.detail}.")
 
     def submit(self, spec: RunSpec, listener: Listener | None = None,
                decode: Decode | None = None) -> Run:
@@ -502,6 +516,8 @@ class Manager:
                              return_exceptions=True)
         for kernel in self.kernels.values():
             kernel.close()
+        for timer in self._stage_timers:
+            timer.cancel()
         sweeps = [task for tasks in self._sweep_tasks.values() for task in tasks]
         for task in sweeps:  # first, so that no item starts a run meanwhile
             task.cancel()

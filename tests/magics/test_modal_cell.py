@@ -303,3 +303,24 @@ def test_a_cell_waiting_on_an_image_build_shows_it_and_runs_past_start_timeout(
     assert "to start: preparing the image (a first start builds it)" in reply.stderr
     assert reply.replied - reply.sent > 4  # the build alone takes 4 s; start_timeout is 3 s
     assert kernel.execute("%sandbox scale built 0").status == "ok"
+
+
+def test_a_run_with_no_timeout_whose_worker_vanishes_ends_by_the_health_check(
+        kernel: Kernel, standin: Running) -> None:
+    """The exec's streams never end: the pool's health check, which polls Modal, retires
+    the sandbox, and the run ends lost with Modal's reason instead of hanging."""
+    client = client_id(kernel)
+    gone: list[str] = []
+
+    def on_stream(text: str) -> None:
+        if "working" in text and not gone:
+            live = [b for b in standin.standin.running() if b.tags.get(identity.CLIENT) == client
+                    and b.tags.get(identity.PROFILE) == "s"]
+            gone.extend(b.id for b in live)
+            for box in gone:
+                standin.call(standin.standin.vanish(box, "the worker vanished"))
+    reply = kernel.execute("%%sandbox bash --profile s\necho working; sleep 300",
+                           on_stream=on_stream, timeout=60)
+    assert gone
+    assert reply.error is not None and reply.error["ename"] == "RunFailedError", reply.error
+    assert "sandbox lost" in reply.error["evalue"] and "the worker vanished" in reply.error["evalue"]

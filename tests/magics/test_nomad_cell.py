@@ -345,13 +345,12 @@ def test_a_kernel_session_keeps_state_and_shows_rich_output_on_nomad(kernel: Ker
 def test_a_cell_waiting_on_a_slow_image_pull_shows_the_pull_and_runs_past_start_timeout(
         kernel: Kernel, cluster: Cluster) -> None:
     image = "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime"
-    cluster.faults(pull_seconds={image: 4}, pull_report_interval=0.5)
+    cluster.faults(pull_seconds={image: 4}, pull_report_interval=2.5)
     try:
         reply = kernel.execute("%%sandbox bash --profile pulled\necho pulled and ran", timeout=90)
     finally:
         cluster.faults(pull_seconds={}, pull_report_interval=120)
     assert reply.status == "ok", reply.error or reply.stderr
     assert reply.stdout == "pulled and ran\n"
-    assert f"to start: pulling the image {image}" in reply.stderr
-    assert "Pulled " in reply.stderr
+    assert f"to start: pulling the image {image}." in reply.stderr  # it lasted 2.5 s
     assert kernel.execute("%sandbox scale pulled 0").status == "ok"

@@ -103,6 +103,7 @@ class Box:
     result: api_pb2.GenericResult | None = None
     execs: dict[str, Exec] = field(default_factory=dict)
     last_active: float = field(default_factory=time.monotonic)
+    vanished: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     watchdog: asyncio.Task[None] | None = None
 
@@ -157,6 +158,14 @@ class StandIn:
                         status: int = _RESULT.GENERIC_STATUS_TERMINATED) -> None:
         """End a sandbox underneath its user, as Modal does (OOM, preemption...)."""
         await self._finish(self.boxes[sandbox_id], status, reason)
+
+    async def vanish(self, sandbox_id: str, reason: str) -> None:
+        """The worker goes away without a word: the sandbox reads as terminated with
+        ``reason`` (poll, wait) and its processes are gone, but the exec streams a client
+        has open never end (no EOF, no exit code, no error)."""
+        box = self.boxes[sandbox_id]
+        box.vanished = True
+        await self._finish(box, _RESULT.GENERIC_STATUS_TERMINATED, reason)
 
     @property
     def url(self) -> str:
@@ -651,6 +660,8 @@ class Router(_Servicer):
         offset = req.offset
         while True:
             changed = ex.changed
+            if box.vanished:  # its worker is gone: nothing more comes, not even an end
+                await asyncio.Event().wait()
             if box.result is not None:
                 raise GRPCError(Status.NOT_FOUND, f"Task {box.task_id} has finished")
             buffer = ex.out[fd]
@@ -676,6 +687,8 @@ class Router(_Servicer):
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             finished.cancel()
+        if box.vanished:
+            await asyncio.Event().wait()
         if not ex.done.is_set():
             raise GRPCError(Status.NOT_FOUND, f"Task {box.task_id} has finished")
         await stream.send_message(_exit(sr_pb2.TaskExecWaitResponse, ex))
