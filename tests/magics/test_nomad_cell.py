@@ -354,3 +354,28 @@ def test_a_cell_waiting_on_a_slow_image_pull_shows_the_pull_and_runs_past_start_
     assert reply.stdout == "pulled and ran\n"
     assert f"to start: pulling the image {image}." in reply.stderr  # it lasted 2.5 s
     assert kernel.execute("%sandbox scale pulled 0").status == "ok"
+
+
+def test_the_builtin_default_profile_moved_to_nomad_runs_a_cell_in_a_stock_image(
+        cluster: Cluster, prefix: str, tmp_path: Path) -> None:
+    """SANDBOX_MAGICS_BACKEND=nomad moves the built-in profiles: the docker driver, the
+    python:3.12-slim image, whose Python (the stand-in's bare interpreter) has no package:
+    the job brings the agent."""
+    env = kernel_env(tmp_path / "none.toml", tmp_path / "ws")
+    del env["SANDBOX_MAGICS_PROFILES"]
+    env.update({"SANDBOX_MAGICS_BACKEND": "nomad", "NOMAD_ADDR": cluster.address,
+                "SANDBOX_MAGICS__DEFAULT__NOMAD__JOB_PREFIX": prefix,
+                "SANDBOX_MAGICS__DEFAULT__MEMORY_MB": "256",  # the stand-in's node is small
+                "XDG_STATE_HOME": str(tmp_path / "state")})
+    k = Kernel(env)
+    try:
+        assert k.execute("%load_ext sandbox_magics").status == "ok"
+        reply = k.execute("%%sandbox bash\necho served in $(basename $PWD)", timeout=90)
+        assert reply.status == "ok", reply.error or reply.stderr
+        assert reply.stdout == "served in slot-0\n"
+        (job,) = [j for j in cluster.jobs(prefix)]
+        spec = cluster.api.job.get_job(job["ID"])["TaskGroups"][0]["Tasks"][0]
+        assert spec["Driver"] == "docker" and spec["Config"]["image"] == "python:3.12-slim"
+        assert k.execute("%sandbox shutdown", timeout=120).status == "ok"
+    finally:
+        k.shutdown()
