@@ -179,12 +179,14 @@ class Kernel:
 
 
 class Collected:
-    """A cell's output, collected: ``stdout``, ``stderr``, ``displays`` (MIME bundles)
-    and ``result`` (its last value, a `RemoteResult`, or None)."""
+    """A cell's output, collected: ``stdout``, ``stderr``, ``displays`` (MIME bundles),
+    ``notices`` (what sandbox_magics said of it, e.g. that a fresh kernel was started) and
+    ``result`` (its last value, a `RemoteResult`, or None)."""
 
     def __init__(self) -> None:
         self.stdout, self.stderr = "", ""
         self.displays: list[dict[str, Any]] = []
+        self.notices: list[str] = []
         self.result: RemoteResult | None = None
 
     def add(self, kind: str, data: Any) -> None:
@@ -194,6 +196,8 @@ class Collected:
             self.stderr += data.decode(errors="replace")
         elif kind == "display":
             self.displays.append(data.get("data") or {})
+        elif kind == "notice":
+            self.notices.append(data)
 
 
 def _names(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
