@@ -223,6 +223,11 @@ class Manager:
             timer = asyncio.get_running_loop().call_later(STAGE_SHOWN_AFTER, self._stage_lasted,
                                                           event)
             self._stage_timers = {t for t in self._stage_timers if not t.cancelled()} | {timer}
+        elif event.kind is EventKind.DRAINING:  # a kernel holds its slot: it must let go
+            for kernel in self.kernels.values():
+                if kernel.run is not None and not kernel.run.done and \
+                        kernel.run.sandbox == event.sandbox and kernel.profile.name == event.profile:
+                    kernel.release(f"its sandbox {event.sandbox} was scaled down")
         for listener in list(self.listeners):
             listener(event)
 

@@ -112,6 +112,7 @@ class KernelSession:
         self._tail = b""
         self._idle: asyncio.TimerHandle | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._release: str | None = None
 
     def __repr__(self) -> str:
         return f"<KernelSession {self.session!r} [{self.profile.name}] {self.state.value}>"
@@ -205,6 +206,13 @@ class KernelSession:
             await self._cancel(run)
         self._ended(self._stop_reason or reason)
 
+    def release(self, reason: str) -> None:
+        """Its sandbox is being scaled down: stop the kernel now if idle, else once the
+        running request ends (the sandbox stops when its runs end)."""
+        self._release = reason
+        if self.state is KernelState.IDLE:
+            self._stopping = asyncio.ensure_future(self.stop(reason))
+
     def close(self) -> None:
         """Forget timers and tasks (the manager stops the kernel's run itself)."""
         self._cancel_idle()
@@ -245,7 +253,7 @@ class KernelSession:
 
     async def _start(self) -> None:
         self._to(KernelState.STARTING)
-        self._stop_reason, self._tail = None, b""
+        self._stop_reason, self._tail, self._release = None, b"", None
         loop = asyncio.get_running_loop()
         ready = self._ready = loop.create_future()
         reader = FrameReader()
@@ -340,6 +348,8 @@ class KernelSession:
                 else:
                     self._to(KernelState.IDLE)
                     self._arm_idle()
+                    if self._release is not None:
+                        self.release(self._release)
         return reply
 
     async def _push(self, values: dict[str, Any], sink: Sink | None) -> Reply:

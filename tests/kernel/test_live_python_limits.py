@@ -1,6 +1,6 @@
-"""A kernel session is a session slot: the profile's ``idle_timeout`` and ``lifetime`` end
-its kernel, and the session's next cell says why and starts a fresh one (Python API, real
-local agents)."""
+"""A kernel session is a session slot: the profile's ``idle_timeout`` and ``lifetime``, and
+a scale down, end its kernel, and the session's next cell says why and starts a fresh one
+(Python API, real local agents)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ lifetime = 2
 
 [profiles.short.local]
 workspace_base = "{ws}"
+
+[profiles.short-lived]
+slots_per_sandbox = 2
+max_sandboxes = 1
+
+[profiles.short-lived.local]
+workspace_base = "{ws}"
 """
 
 
@@ -47,3 +54,16 @@ def test_a_kernel_past_the_profiles_lifetime_ends_with_a_sentence(client: Client
     out = asyncio.run(k.arun("print('state' in dir())"))
     assert out.stdout == "False\n"
     assert "had ended (it reached the profile's lifetime of 2 s)" in out.notices[0]
+
+
+def test_a_kernel_whose_sandbox_is_scaled_down_ends_and_the_next_cell_says_so(
+        client: Client) -> None:
+    k = client.kernel("scaled", profile="short-lived")
+    asyncio.run(k.arun("state = 1"))
+    client.scale("short-lived", 0)
+    assert wait_until(lambda: k.state == "stopped", 15), k.state
+    assert wait_until(lambda: not client.pool_status()[0].sandboxes, 15), "the sandbox stayed"
+    client.scale("short-lived", "auto")
+    out = asyncio.run(k.arun("print('state' in dir())"))
+    assert out.stdout == "False\n"
+    assert "had ended (its sandbox short-lived-1 was scaled down)" in out.notices[0]
