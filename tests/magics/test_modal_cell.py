@@ -4,18 +4,19 @@ the local stand-in of Modal's API (which runs the commands as processes on this 
 from __future__ import annotations
 
 import json
-import sys
 import math
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sandbox_magics import identity
 from tests.conftest import kernel_env
-from tests.kernel_driver import Kernel, pid_alive, wait_until
 from tests.kernel.test_live_python import check_a_kernel_session_keeps_state_and_shows_rich_output
+from tests.kernel_driver import Kernel, pid_alive, wait_until
 from tests.magics.test_sweep import check_a_sweep_runs_every_item
 from tests.modal_standin.fixtures import CANARY_VALUE, Running, modal_environment, standin  # noqa: F401,F811
 
@@ -166,18 +167,27 @@ def test_a_timeout_kills_the_remote_process_group(kernel: Kernel, tmp_path: Path
     assert wait_until(lambda: not pid_alive(int(pid_file.read_text())), 10)
 
 
+def when_working(standin: Running, client: str, end: Callable[[str], Any]
+                 ) -> tuple[list[str], Callable[[str], None]]:
+    """An ``on_stream`` that, once the run prints "working", calls ``end(box)`` on the
+    stand-in for each running sandbox of profile s of ``client``; and those boxes' ids."""
+    ended: list[str] = []
+
+    def on_stream(text: str) -> None:
+        if "working" in text and not ended:
+            ended.extend(b.id for b in standin.standin.running()
+                         if b.tags.get(identity.CLIENT) == client
+                         and b.tags.get(identity.PROFILE) == "s")
+            for box in ended:
+                standin.call(end(box))
+    return ended, on_stream
+
+
 def test_a_sandbox_terminated_underneath_fails_the_run_with_a_sentence_and_is_replaced(
         kernel: Kernel, standin: Running) -> None:
     client = client_id(kernel)
-    killed: list[str] = []
-
-    def on_stream(text: str) -> None:
-        if "working" in text and not killed:
-            live = [b for b in standin.standin.running() if b.tags.get(identity.CLIENT) == client
-                    and b.tags.get(identity.PROFILE) == "s"]
-            killed.extend(b.id for b in live)
-            for box in killed:
-                standin.call(standin.standin.terminate(box, "the worker was preempted"))
+    killed, on_stream = when_working(
+        standin, client, lambda box: standin.standin.terminate(box, "the worker was preempted"))
     reply = kernel.execute("%%sandbox bash --profile s\necho working; sleep 300", on_stream=on_stream)
     assert killed
     assert reply.replied - reply.sent < 15
@@ -309,16 +319,8 @@ def test_a_run_with_no_timeout_whose_worker_vanishes_ends_by_the_health_check(
         kernel: Kernel, standin: Running) -> None:
     """The exec's streams never end: the pool's health check, which polls Modal, retires
     the sandbox, and the run ends lost with Modal's reason instead of hanging."""
-    client = client_id(kernel)
-    gone: list[str] = []
-
-    def on_stream(text: str) -> None:
-        if "working" in text and not gone:
-            live = [b for b in standin.standin.running() if b.tags.get(identity.CLIENT) == client
-                    and b.tags.get(identity.PROFILE) == "s"]
-            gone.extend(b.id for b in live)
-            for box in gone:
-                standin.call(standin.standin.vanish(box, "the worker vanished"))
+    gone, on_stream = when_working(
+        standin, client_id(kernel), lambda box: standin.standin.vanish(box, "the worker vanished"))
     reply = kernel.execute("%%sandbox bash --profile s\necho working; sleep 300",
                            on_stream=on_stream, timeout=60)
     assert gone
