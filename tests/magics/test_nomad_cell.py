@@ -357,10 +357,11 @@ def test_a_cell_waiting_on_a_slow_image_pull_shows_the_pull_and_runs_past_start_
 
 
 def test_the_builtin_default_profile_moved_to_nomad_runs_a_cell_in_a_stock_image(
-        cluster: Cluster, prefix: str, tmp_path: Path) -> None:
+        cluster: Cluster, tmp_path: Path) -> None:
     """SANDBOX_MAGICS_BACKEND=nomad moves the built-in profiles: the docker driver, the
     python:3.12-slim image, whose Python (the stand-in's bare interpreter) has no package:
     the job brings the agent."""
+    prefix = f"b{secrets.token_hex(3)}-"  # its own: the module kernel's jobs are not its
     env = kernel_env(tmp_path / "none.toml", tmp_path / "ws")
     del env["SANDBOX_MAGICS_PROFILES"]
     env.update({"SANDBOX_MAGICS_BACKEND": "nomad", "NOMAD_ADDR": cluster.address,
@@ -373,7 +374,7 @@ def test_the_builtin_default_profile_moved_to_nomad_runs_a_cell_in_a_stock_image
         reply = k.execute("%%sandbox bash\necho served in $(basename $PWD)", timeout=90)
         assert reply.status == "ok", reply.error or reply.stderr
         assert reply.stdout == "served in slot-0\n"
-        (job,) = [j for j in cluster.jobs(prefix)]
+        (job,) = cluster.jobs(prefix)
         spec = cluster.api.job.get_job(job["ID"])["TaskGroups"][0]["Tasks"][0]
         assert spec["Driver"] == "docker" and spec["Config"]["image"] == "python:3.12-slim"
         assert k.execute("%sandbox shutdown", timeout=120).status == "ok"
