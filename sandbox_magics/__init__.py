@@ -15,7 +15,10 @@ from .exceptions import (
     AgentRequestError,
     BudgetError,
     ClosedError,
+    KernelError,
+    KernelInterruptedError,
     ProfileError,
+    RemoteError,
     RunFailedError,
     SandboxError,
     SandboxLostError,
@@ -25,6 +28,7 @@ from .exceptions import (
     UnknownProfileError,
     UnknownRunError,
     UnknownSandboxError,
+    VariableError,
     WaitTimeoutError,
 )
 
@@ -32,7 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "BudgetError", "Client",
-    "ClosedError",
+    "ClosedError", "KernelError", "KernelInterruptedError", "RemoteError", "VariableError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState",
     "SandboxError", "SandboxLostError", "SandboxStartError", "Sweep", "SweepError",
     "SweepFailedError", "UnknownProfileError",

@@ -11,7 +11,8 @@ EXPECTED = {
     "AcquireTimeoutError", "AgentAuthError", "AgentRequestError", "Client", "ClosedError",
     "Profile", "ProfileError", "Run", "RunFailedError", "RunSpec", "RunState", "SandboxError",
     "SandboxLostError", "SandboxStartError", "Sweep", "SweepError", "SweepFailedError",
-    "BudgetError", "UnknownProfileError", "UnknownRunError",
+    "BudgetError", "KernelError", "KernelInterruptedError", "RemoteError", "VariableError",
+    "UnknownProfileError", "UnknownRunError",
     "UnknownSandboxError", "WaitTimeoutError", "load_profiles", "load_ipython_extension",
     "unload_ipython_extension",
 }
