@@ -2,10 +2,12 @@
 
 `bundle` zips the agent's modules with the pure-Python sources of aiohttp and every
 package it needs, as installed here (their C accelerators are left out: each of them
-falls back to Python when its ``*_NO_EXTENSIONS`` variable is set, which `BOOT` does).
-`BOOT` is the program an image's ``python3 -c`` runs: it decodes the bundle that the
+falls back to Python when its ``*_NO_EXTENSIONS`` variable is set, which `boot` does).
+`boot` is the program an image's ``python3 -c`` runs: it decodes the bundle that the
 engine placed as base64 text, puts it on ``sys.path`` and starts the agent with the
-arguments that follow. Python's ``zipimport`` reads it: nothing is installed.
+arguments that follow. Python's ``zipimport`` reads it: nothing is installed. The bundle
+runs on the Pythons its sources support (`oldest_python`, from their ``Requires-Python``);
+on an older one `boot` says so in one line.
 """
 
 from __future__ import annotations
@@ -18,13 +20,29 @@ import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 PACKAGE = Path(__file__).resolve().parents[1]
 ROOTS = ("aiohttp",)
 PURE = ("AIOHTTP", "MULTIDICT", "YARL", "FROZENLIST", "PROPCACHE")
 BUNDLE_FILE = "agent.pyz.b64"
-BOOT = f"""
+TOO_OLD = 3
+"""The exit code of `boot` on a Python older than the bundle needs."""
+MINORS = range(6, 30)
+
+
+@functools.lru_cache(maxsize=1)
+def boot() -> str:
+    """``python3 -c BOOT DIR ARGS...``: run the agent from ``DIR/BUNDLE_FILE`` with ``ARGS``;
+    on a Python older than the bundle's sources need, one line on stderr and exit `TOO_OLD`."""
+    major, minor = oldest_python()
+    return f"""
 import base64, os, sys
+if sys.version_info < ({major}, {minor}):
+    sys.stderr.write("agent: the agent the job brings needs Python {major}.{minor} or later, and "
+                     "this image's is " + sys.version.split()[0] + ": use an image with a newer "
+                     "python3\\n")
+    sys.exit({TOO_OLD})
 text = os.path.join(sys.argv[1], {BUNDLE_FILE!r})
 path = os.path.join(sys.argv[1], "agent.pyz")
 with open(text, "rb") as source, open(path, "wb") as target:
@@ -35,7 +53,15 @@ sys.path.insert(0, path)
 from sandbox_magics.agent.__main__ import main
 sys.exit(main(sys.argv[2:]))
 """
-"""``python3 -c BOOT DIR ARGS...``: run the agent from ``DIR/BUNDLE_FILE`` with ``ARGS``."""
+
+
+@functools.lru_cache(maxsize=1)
+def oldest_python() -> tuple[int, int]:
+    """The oldest Python 3 every bundled distribution (and this package) says it supports
+    (their ``Requires-Python``), as (3, minor)."""
+    specs = [SpecifierSet(dist.metadata.get("Requires-Python") or "")
+             for dist in [*_distributions(), importlib.metadata.distribution("sandbox_magics")]]
+    return next(((3, m) for m in MINORS if all(f"3.{m}" in spec for spec in specs)), (3, 0))
 
 
 def _distributions() -> list[importlib.metadata.Distribution]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ... import identity
 from ...profiles import Profile
-from ..agent_bundle import BOOT, BUNDLE_FILE, bundle_text
+from ..agent_bundle import BUNDLE_FILE, boot, bundle_text
 from ._settings import Settings
 
 GROUP = "sandbox"
@@ -80,7 +80,7 @@ def job_spec(settings: Settings, profile: Profile, sandbox_id: str, tags: Mappin
     templates = None
     if settings.driver == "docker":  # a stock image: the job brings the agent (agent_bundle)
         config.update(image=profile.image or "python:3.12-slim", ports=[PORT],
-                      args=["-c", BOOT, "${NOMAD_TASK_DIR}", *agent],
+                      args=["-c", boot(), "${NOMAD_TASK_DIR}", *agent],
                       image_pull_timeout=f"{settings.image_pull_timeout:g}s")
         templates = [{"EmbeddedTmpl": bundle_text(), "DestPath": f"local/{BUNDLE_FILE}",
                       "ChangeMode": "noop", "Perms": "0644"}]
