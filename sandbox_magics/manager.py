@@ -106,7 +106,9 @@ class Manager:
         self._ledger_failed = False
         self._checked: dict[str, tuple[Profile, Hashable]] = {}
         self.kernels: dict[tuple[str, str], KernelSession] = {}
-        self._stage_timers: set[asyncio.TimerHandle] = set()
+        self._stage_timers: dict[tuple[str, str | None], asyncio.TimerHandle] = {}
+        """Per start (profile, sandbox): the timer that tells the waiting cells its stage
+        once that has lasted; it leaves when it fires or a newer stage replaces it."""
 
     def _check_open(self) -> None:
         if self.state is ManagerState.CLOSED:
@@ -219,10 +221,12 @@ class Manager:
         task.add_done_callback(lambda _: self._ended(run, task))
 
     def _on_event(self, event: PoolEvent) -> None:
-        if event.kind is EventKind.STAGE:
-            timer = asyncio.get_running_loop().call_later(STAGE_SHOWN_AFTER, self._stage_lasted,
-                                                          event)
-            self._stage_timers = {t for t in self._stage_timers if not t.cancelled()} | {timer}
+        if event.kind is EventKind.STAGE:  # a new stage of a start supersedes its last
+            key = (event.profile, event.sandbox)
+            if (superseded := self._stage_timers.pop(key, None)) is not None:
+                superseded.cancel()
+            self._stage_timers[key] = asyncio.get_running_loop().call_later(
+                STAGE_SHOWN_AFTER, self._stage_lasted, event)
         elif event.kind is EventKind.DRAINING:  # a kernel holds its slot: it must let go
             for kernel in self.kernels.values():
                 if kernel.run is not None and not kernel.run.done and \
@@ -234,6 +238,7 @@ class Manager:
     def _stage_lasted(self, event: PoolEvent) -> None:
         """Tell the cells waiting for a sandbox of the profile what its start waits for,
         if it still waits for that (a stage shorter than `STAGE_SHOWN_AFTER` is not news)."""
+        self._stage_timers.pop((event.profile, event.sandbox), None)
         pool = self.pools.get(event.profile)
         if pool is None or not any(box.id == event.sandbox and box.stage == event.detail
                                    for box in pool.status().sandboxes):
@@ -521,7 +526,7 @@ class Manager:
                              return_exceptions=True)
         for kernel in self.kernels.values():
             kernel.close()
-        for timer in self._stage_timers:
+        for timer in self._stage_timers.values():
             timer.cancel()
         sweeps = [task for tasks in self._sweep_tasks.values() for task in tasks]
         for task in sweeps:  # first, so that no item starts a run meanwhile

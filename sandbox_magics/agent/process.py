@@ -163,7 +163,7 @@ class Run:
             try:
                 view = view[os.write(self.stdin, view):]
             except BlockingIOError:
-                await _readable(loop, self.stdin, writing=True)
+                await _fd_ready(loop, self.stdin, writing=True)
 
     def start(self, job: Job, workspace_path: Path, timeout: float | None = None,
               files: tuple[str, ...] = ()) -> None:
@@ -404,7 +404,7 @@ def _wait_in_thread(loop: asyncio.AbstractEventLoop, job: Job) -> None:
         loop.call_soon_threadsafe(job.exited.set)
 
 
-async def _readable(loop: asyncio.AbstractEventLoop, fd: int, writing: bool = False) -> None:
+async def _fd_ready(loop: asyncio.AbstractEventLoop, fd: int, writing: bool = False) -> None:
     """Wait until ``fd`` can be read (or, ``writing``, written) without blocking."""
     ready = loop.create_future()
 
@@ -448,7 +448,7 @@ async def _read(fd: int, kind: int, out: OutputBuffer, paced: bool = True) -> No
         try:
             chunk = os.read(fd, read_size)
         except BlockingIOError:
-            await _readable(loop, fd)
+            await _fd_ready(loop, fd)
             continue
         if not chunk:
             return

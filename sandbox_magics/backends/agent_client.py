@@ -170,11 +170,9 @@ class AgentSandbox(Sandbox):
                                      timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT * 5))
         return bool(result.get("delivered"))
 
-    async def write_stdin(self, slot: int, run_id: str, data: bytes, eof: bool = False) -> None:
-        """Send ``data`` to the stdin of ``run_id``, the interactive run of ``slot``, and
-        with ``eof`` close it."""
-        await self._request("POST", f"/slots/{slot}/runs/{_segment(run_id)}/stdin", data=data,
-                            params={"eof": "1"} if eof else None)
+    async def write_stdin(self, slot: int, run_id: str, data: bytes) -> None:
+        """Send ``data`` to the stdin of ``run_id``, the interactive run of ``slot``."""
+        await self._request("POST", f"/slots/{slot}/runs/{_segment(run_id)}/stdin", data=data)
 
     async def list_files(self, slot: int) -> list[FileInfo]:
         result = await self._request("GET", f"/slots/{slot}/files")

@@ -10,12 +10,14 @@ import codecs
 import queue
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..runs import Run
 from ..runs.run import Listener
 from ..runs.words import stop_words
-from .client import Client
+
+if TYPE_CHECKING:
+    from .client import Client
 
 POLL = 0.2
 CELL_OUTPUT_LIMIT = 8 * 2**20
@@ -30,7 +32,7 @@ def stream_to_cell(client: Client, run: Run, chunks: queue.SimpleQueue[tuple[str
     printed, a line says which signal did it, and KeyboardInterrupt is raised again.
     """
     out, err = out or sys.stdout, err or sys.stderr
-    writer = _Writer(out, err)
+    writer = TextWriter(out, err)
     try:
         writer.drain(chunks, run, deadline=None)
     except KeyboardInterrupt:
@@ -67,11 +69,21 @@ def queue_listener(chunks: queue.SimpleQueue[tuple[str, bytes]],
     return listener
 
 
-class _Writer:
+class TextWriter:
+    """A run's stdout and stderr bytes written to ``out`` and ``err`` as text, as they
+    come: each stream decoded incrementally (a character split across chunks is written
+    whole), the rest of a split character on `close`."""
+
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self.files = {"stdout": out, "stderr": err}
         self.decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace")
                          for name in self.files}
+
+    def write(self, stream: str, data: bytes) -> None:
+        """Write ``data`` of ``stream`` ("stdout" or "stderr") and flush it."""
+        if text := self.decoders[stream].decode(data):
+            self.files[stream].write(text)
+            self.files[stream].flush()
 
     def drain(self, chunks: queue.SimpleQueue[tuple[str, bytes]], run: Run,
               deadline: float | None) -> None:
@@ -84,10 +96,7 @@ class _Writer:
                     return
                 continue
             if stream in self.files:
-                text = self.decoders[stream].decode(data)
-                if text:
-                    self.files[stream].write(text)
-                    self.files[stream].flush()
+                self.write(stream, data)
             elif stream == "truncated":
                 self.files["stderr"].write(
                     f"\n[sandbox] output shown in the cell stops here ({CELL_OUTPUT_LIMIT // 2**20} MB); "

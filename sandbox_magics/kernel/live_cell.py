@@ -10,13 +10,13 @@ sentence for a kernel that died or was interrupted, the values that could not mo
 
 from __future__ import annotations
 
-import codecs
 import queue
 import sys
 from typing import Any
 
 from ..exceptions import KernelError, KernelInterruptedError, RemoteError, VariableError
 from ..live import KernelSession, Reply
+from .cell import TextWriter
 from .loop import LoopThread
 
 POLL = 0.2
@@ -45,16 +45,12 @@ class CellView:
     """Shows a cell's output from the thread that runs the cell (so it lands in that cell)."""
 
     def __init__(self) -> None:
-        self.decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace")
-                         for name in ("stdout", "stderr")}
+        self.text = TextWriter(sys.stdout, sys.stderr)
 
     def show(self, kind: str, data: Any) -> None:
         from IPython.display import clear_output, publish_display_data
-        if kind in self.decoders:
-            stream = sys.stdout if kind == "stdout" else sys.stderr
-            if text := self.decoders[kind].decode(data):
-                stream.write(text)
-                stream.flush()
+        if kind in self.text.files:
+            self.text.write(kind, data)
         elif kind == "display":
             sys.stdout.flush()
             sys.stderr.flush()
@@ -84,6 +80,8 @@ def run_in_cell(loop: LoopThread, kernel: KernelSession, code: str,
     except KeyboardInterrupt:
         loop.run(kernel.interrupt(INTERRUPT_WINDOW), INTERRUPT_WINDOW + CALL_TIMEOUT)
         _drain(items, view)
+    finally:
+        view.text.close()
     return future.result()
 
 

@@ -297,15 +297,8 @@ class ModalSandbox(Sandbox):
             cp = await self.sb.exec.aio("sh", "-c", WRAPPER, "sandbox-magics", f"slot-{slot}", pgfile,
                                         *request.argv, env=env or None, text=False,
                                         workdir=str(self.workdir))
-            data = b"" if request.interactive else (request.stdin or "").encode()
-            for start in range(0, len(data), STDIN_CHUNK):
-                cp.stdin.write(data[start:start + STDIN_CHUNK])
-                if start + STDIN_CHUNK >= len(data):
-                    cp.stdin.write_eof()
-                await cp.stdin.drain.aio()
-            if not data and not request.interactive:
-                cp.stdin.write_eof()
-                await cp.stdin.drain.aio()
+            if not request.interactive:  # an interactive run's stdin stays open for `write`
+                await _feed(cp, (request.stdin or "").encode(), eof=True)
         except _modal().exception.Error as exc:
             raise await self.lost(exc, f"starting run {request.run_id}") from None
         return ModalProcess(self, cp, request, pgfile)
@@ -532,9 +525,7 @@ class ModalProcess(Process):
         if not self._request.interactive or self._ended:
             await super().write(data)
         try:
-            for start in range(0, len(data), STDIN_CHUNK):
-                self._cp.stdin.write(data[start:start + STDIN_CHUNK])
-                await self._cp.stdin.drain.aio()
+            await _feed(self._cp, data, eof=False)
         except _modal().exception.Error as exc:
             raise await self._sandbox.lost(exc, f"writing to run {self._request.run_id}") from None
 
@@ -543,6 +534,19 @@ class ModalProcess(Process):
             task.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
         self._readers = []
+
+
+async def _feed(cp: Any, data: bytes, eof: bool) -> None:
+    """Write ``data`` to an exec's stdin `STDIN_CHUNK` bytes at a time, each drained before
+    the next; with ``eof``, end the stdin with the last one."""
+    for start in range(0, len(data), STDIN_CHUNK):
+        cp.stdin.write(data[start:start + STDIN_CHUNK])
+        if eof and start + STDIN_CHUNK >= len(data):
+            cp.stdin.write_eof()
+        await cp.stdin.drain.aio()
+    if eof and not data:
+        cp.stdin.write_eof()
+        await cp.stdin.drain.aio()
 
 
 async def _within(awaitable: Any, seconds: float, sentence: str) -> Any:
